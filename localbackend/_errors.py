@@ -1,0 +1,121 @@
+"""Exceptions raised by the backend.
+
+Every exception carries the values it complains about as attributes, builds
+its message from them, and survives pickling, so a tuner that saves its state
+or ships errors between processes keeps the full story.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LocalBackendError(Exception):
+    """Base class of every error the backend raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[LocalBackendError], state: dict[str, Any]) -> LocalBackendError:
+    """Recreate an error from its attributes without calling ``__init__``."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message", ""))
+    error.__dict__.update(state)
+    return error
+
+
+class TrialNotFoundError(LocalBackendError, KeyError):
+    """A trial id that the backend does not know, or that is not an int."""
+
+    def __init__(self, trial_id: object, known: int) -> None:
+        self.trial_id = trial_id
+        self.known = known
+        if isinstance(trial_id, bool) or not isinstance(trial_id, int):
+            detail = f"trial ids are ints, got {trial_id!r} of type {type(trial_id).__name__}"
+        else:
+            span = f"0..{known - 1}" if known else "none yet"
+            detail = f"trial {trial_id} does not exist (known trial ids: {span})"
+        super().__init__(f"{detail}. Use an id returned by start_trial().")
+
+
+class InvalidTransitionError(LocalBackendError):
+    """An operation that the trial's current status does not allow."""
+
+    def __init__(self, trial_id: int, status: str, action: str, hint: str) -> None:
+        self.trial_id = trial_id
+        self.status = status
+        self.action = action
+        self.hint = hint
+        super().__init__(f"cannot {action} trial {trial_id}: its status is {status}. {hint}")
+
+
+class ConfigError(LocalBackendError, ValueError):
+    """A config that cannot be passed to a trial script."""
+
+    def __init__(self, key: str, value: object, problem: str, hint: str) -> None:
+        self.key = key
+        self.value = value
+        self.problem = problem
+        self.hint = hint
+        shown = repr(value)
+        if len(shown) > 200:
+            shown = shown[:200] + "..."
+        super().__init__(f"config entry {key!r} = {shown}: {problem}. {hint}")
+
+
+class EntryPointError(LocalBackendError, ValueError):
+    """The trial script is missing or cannot be run."""
+
+    def __init__(self, path: str, problem: str, hint: str) -> None:
+        self.path = path
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"entry point {path!r} {problem}. {hint}")
+
+
+class BackendConfigurationError(LocalBackendError, ValueError):
+    """A constructor argument or setting of the backend is invalid."""
+
+    def __init__(self, name: str, value: object, problem: str, hint: str) -> None:
+        self.name = name
+        self.value = value
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"{name}={value!r} {problem}. {hint}")
+
+
+class CheckpointCopyError(LocalBackendError):
+    """A checkpoint could not be copied; the target is left as it was."""
+
+    def __init__(self, src_trial_id: int, tgt_trial_id: int, problem: str, hint: str) -> None:
+        self.src_trial_id = src_trial_id
+        self.tgt_trial_id = tgt_trial_id
+        self.problem = problem
+        self.hint = hint
+        super().__init__(
+            f"cannot copy the checkpoint of trial {src_trial_id} to trial {tgt_trial_id}: "
+            f"{problem}. {hint}"
+        )
+
+
+class TrialLaunchError(LocalBackendError):
+    """The operating system refused to start a trial's process."""
+
+    def __init__(self, trial_id: int, argv: list[str], problem: str, hint: str) -> None:
+        self.trial_id = trial_id
+        self.argv = argv
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"cannot start trial {trial_id} ({argv[0]!r}): {problem}. {hint}")
+
+
+class SupervisorError(LocalBackendError):
+    """The helper process that owns the trial processes stopped unexpectedly."""

@@ -1,0 +1,87 @@
+"""Which GPUs exist, and which a new trial gets."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+
+from ._errors import BackendConfigurationError
+
+
+def detect_gpus(environ: Mapping[str, str]) -> list[str]:
+    """Device ids the trials may use, as ``CUDA_VISIBLE_DEVICES`` would list them.
+
+    An inherited ``CUDA_VISIBLE_DEVICES`` is honoured; otherwise ``nvidia-smi``
+    is asked, and no GPU is assumed when it is missing or fails.
+    """
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [device.strip() for device in visible.split(",") if device.strip()]
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        listing = subprocess.run(
+            [smi, "--list-gpus"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    count = sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+    return [str(index) for index in range(count)]
+
+
+class GpuAllocator:
+    """Hands out the least-used GPUs among those the backend may use."""
+
+    def __init__(
+        self, devices: Sequence[str], gpus_to_use: Sequence[int] | None, per_trial: int
+    ) -> None:
+        if gpus_to_use is not None:
+            bad = [g for g in gpus_to_use if isinstance(g, bool) or not isinstance(g, int)
+                   or not 0 <= g < len(devices)]
+            if bad or len(set(gpus_to_use)) != len(gpus_to_use) or not gpus_to_use:
+                raise BackendConfigurationError(
+                    "gpus_to_use", list(gpus_to_use),
+                    f"is not a non-empty list of distinct GPU indices below {len(devices)} "
+                    f"(this machine has {len(devices)} GPUs)",
+                    "Pass indices such as [0, 1], or leave it unset to use every GPU.",
+                )
+            self.devices = [devices[g] for g in gpus_to_use]
+        else:
+            self.devices = list(devices)
+        if self.devices and not 1 <= per_trial <= len(self.devices):
+            raise BackendConfigurationError(
+                "num_gpus_per_trial", per_trial,
+                f"must be between 1 and the {len(self.devices)} GPUs available",
+                "Lower num_gpus_per_trial or make more GPUs available.",
+            )
+        self.per_trial = per_trial
+        self.holders: dict[int, list[str]] = {}
+
+    def allocate(self, trial_id: int) -> list[str]:
+        """Give ``trial_id`` the least-used GPUs (lowest index first on ties)."""
+        if not self.devices:
+            return []
+        usage = {device: 0 for device in self.devices}
+        for held in self.holders.values():
+            for device in held:
+                usage[device] = usage.get(device, 0) + 1
+        order = sorted(self.devices, key=lambda d: (usage[d], self.devices.index(d)))
+        chosen = sorted(order[: self.per_trial], key=self.devices.index)
+        self.holders[trial_id] = chosen
+        return chosen
+
+    def release(self, trial_id: int) -> None:
+        self.holders.pop(trial_id, None)
+
+    def in_use(self) -> dict[str, int]:
+        return {d: sum(d in h for h in self.holders.values()) for d in self.devices}
+
+
+def visible_devices_env(devices: Iterable[str]) -> dict[str, str]:
+    chosen = list(devices)
+    return {"CUDA_VISIBLE_DEVICES": ",".join(chosen)} if chosen else {}
+
+
+__all__ = ["GpuAllocator", "detect_gpus", "visible_devices_env"]

@@ -1,0 +1,87 @@
+"""Every file name the backend writes, in one place.
+
+An experiment folder holds one sub-folder per trial, named by its id. No path
+is ever built from a config value, so a config cannot make the backend write
+outside the experiment folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNS_ROOT = "localbackend-runs"
+
+
+@dataclass(frozen=True)
+class TrialPaths:
+    """The files of one trial; see the README for what each holds."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def command(self) -> Path:
+        return self.root / "command.json"
+
+    @property
+    def stdout(self) -> Path:
+        return self.root / "stdout.log"
+
+    @property
+    def stderr(self) -> Path:
+        return self.root / "stderr.log"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def status_history(self) -> Path:
+        return self.root / "status.jsonl"
+
+    @property
+    def exit_status(self) -> Path:
+        return self.root / "exit.json"
+
+    def checkpoint_staging(self) -> Path:
+        """Where a checkpoint copy is assembled before it replaces ``checkpoints``."""
+        return self.root / f".checkpoints-incoming-{os.getpid()}-{secrets.token_hex(4)}"
+
+    def checkpoint_retired(self) -> Path:
+        """Where the replaced checkpoint folder waits to be deleted."""
+        return self.root / f".checkpoints-retired-{os.getpid()}-{secrets.token_hex(4)}"
+
+    def log(self, stream: str) -> Path:
+        return self.stdout if stream == "stdout" else self.stderr
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    """The files of one experiment folder."""
+
+    root: Path
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / "experiment.json"
+
+    def trial(self, trial_id: int) -> TrialPaths:
+        return TrialPaths(self.root / str(int(trial_id)))
+
+
+def default_experiment_dir(base: Path | None = None) -> Path:
+    """A new, unique folder name under ``./localbackend-runs/`` (not created)."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    parent = (base or Path.cwd()) / RUNS_ROOT
+    return parent / f"{stamp}_{secrets.token_hex(3)}"

@@ -1,0 +1,78 @@
+"""Trial records returned to tuners, shaped like Syne Tune's."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+class Status:
+    """Trial status strings, identical to Syne Tune's ``Status``."""
+
+    completed: str = "Completed"
+    in_progress: str = "InProgress"
+    failed: str = "Failed"
+    paused: str = "Paused"
+    stopped: str = "Stopped"
+    stopping: str = "Stopping"
+
+
+FINISHED_STATUSES = frozenset({Status.completed, Status.failed, Status.stopped})
+
+
+@dataclass
+class Trial:
+    """A trial as returned by ``fetch_status_results``.
+
+    Beyond Syne Tune's three fields it tells how the last run ended:
+    ``exit_code`` (None while running or when ended by a signal),
+    ``exit_signal`` (for example ``"SIGKILL"``), ``stderr_tail`` (the last
+    lines of stderr of a failed run) and ``trial_dir``.
+    """
+
+    trial_id: int
+    config: dict[str, Any]
+    creation_time: datetime.datetime
+    exit_code: Optional[int] = None
+    exit_signal: Optional[str] = None
+    stderr_tail: str = ""
+    trial_dir: Optional[Path] = None
+
+    def add_results(
+        self,
+        metrics: list[dict[str, Any]],
+        status: str,
+        training_end_time: Optional[datetime.datetime],
+    ) -> TrialResult:
+        return TrialResult(
+            trial_id=self.trial_id,
+            config=self.config,
+            creation_time=self.creation_time,
+            exit_code=self.exit_code,
+            exit_signal=self.exit_signal,
+            stderr_tail=self.stderr_tail,
+            trial_dir=self.trial_dir,
+            metrics=metrics,
+            status=status,
+            training_end_time=training_end_time,
+        )
+
+
+@dataclass
+class TrialResult(Trial):
+    """What ``start_trial`` and ``resume_trial`` return, as in Syne Tune."""
+
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    status: str = Status.in_progress
+    training_end_time: Optional[datetime.datetime] = None
+
+    @property
+    def seconds(self) -> int:
+        end = self.training_end_time or datetime.datetime.now()
+        return (end.replace(tzinfo=None) - self.creation_time.replace(tzinfo=None)).seconds
+
+    @property
+    def cost(self) -> Any:
+        return self.metrics[-1].get("st_worker_cost") if self.metrics else None
