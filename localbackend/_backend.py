@@ -31,7 +31,7 @@ from ._launch import (
     parse_binary,
 )
 from ._notify import FileWatcher
-from ._paths import ExperimentPaths, TrialPaths, default_experiment_dir
+from ._paths import ExperimentPaths, default_experiment_dir
 from ._processes import SupervisorClient
 from ._results import read_log_text
 from ._storage import (
@@ -532,9 +532,12 @@ class LocalBackend:
             delete_checkpoint_folder(self._paths.trial(target_id))
 
     def _checkpoint_target(self, trial_id: int) -> int:
-        if isinstance(trial_id, int) and not isinstance(trial_id, bool):
-            if trial_id == self.new_trial_id():
-                return trial_id
+        if (
+            isinstance(trial_id, int)
+            and not isinstance(trial_id, bool)
+            and trial_id == self.new_trial_id()
+        ):
+            return trial_id
         return self._record(trial_id).trial_id
 
     # -- persistence ---------------------------------------------------------
@@ -779,7 +782,8 @@ def _check_env(env: Mapping[str, str] | None) -> dict[str, str]:
         return {}
     if not isinstance(env, Mapping):
         raise BackendConfigurationError(
-            "env", env, "must be a dict of variable names to strings", "Pass e.g. {'OMP_NUM_THREADS': '1'}."
+            "env", env, "must be a dict of variable names to strings",
+            "Pass e.g. {'OMP_NUM_THREADS': '1'}.",
         )
     clean: dict[str, str] = {}
     for key, value in env.items():

@@ -119,3 +119,27 @@ class TrialLaunchError(LocalBackendError):
 
 class SupervisorError(LocalBackendError):
     """The helper process that owns the trial processes stopped unexpectedly."""
+
+
+class ExperimentError(LocalBackendError):
+    """An experiment folder that cannot be used or restored."""
+
+    def __init__(self, path: str, problem: str, hint: str) -> None:
+        self.path = path
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"experiment folder {path!r} {problem}. {hint}")
+
+
+class ExperimentLockedError(ExperimentError):
+    """Another live driver holds the experiment folder."""
+
+    def __init__(self, path: str, pid: object, host: object, since: object) -> None:
+        self.pid = pid
+        self.host = host
+        self.since = since
+        super().__init__(
+            path,
+            f"is in use by the driver with PID {pid} on host {host} (since {since})",
+            "Stop that driver first, or use another experiment folder.",
+        )

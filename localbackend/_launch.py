@@ -161,7 +161,7 @@ def build_launch_spec(
     pass_args_as_json: bool,
     inherited_env: Mapping[str, str],
     env_overrides: Mapping[str, str],
-    gpus: Sequence[int] | None,
+    gpus: Sequence[str] | None,
     iteration_start: int,
     run_start_time: float,
     cwd: Path,

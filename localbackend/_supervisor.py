@@ -165,9 +165,8 @@ class _Keeper:
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         _prctl(_PR_SET_PDEATHSIG, signal.SIGUSR1)
         signal.signal(signal.SIGTERM, lambda s, f: self.begin_termination(self.grace))
-        signal.signal(
-            signal.SIGUSR1, lambda s, f: self.begin_termination(min(self.grace, ORPHAN_GRACE_SECONDS))
-        )
+        fast_grace = min(self.grace, ORPHAN_GRACE_SECONDS)
+        signal.signal(signal.SIGUSR1, lambda s, f: self.begin_termination(fast_grace))
         signal.signal(signal.SIGALRM, self._on_alarm)
         if os.getppid() != supervisor_pid:
             return  # the supervisor died before we could be told to stop
@@ -299,9 +298,8 @@ class _Supervisor:
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    if line.strip():
-                        if self._handle(json.loads(line)):
-                            return
+                    if line.strip() and self._handle(json.loads(line)):
+                        return
 
     def _drain_wakeups(self) -> None:
         try:

@@ -1,0 +1,251 @@
+"""Trial-side reporting: one JSON line per ``report()`` call.
+
+Under localbackend, results are appended to the file named by
+``LOCALBACKEND_RESULTS_FILE``. Without it (a script run by hand, or under
+Syne Tune) they are printed on stdout as ``[tune-metric]: {json}``, the line
+Syne Tune's own ``Reporter`` prints, so one script works everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from localbackend._protocol import (
+    ENV_ITERATION_START,
+    ENV_RESULTS_FILE,
+    ENV_RUN_START_TIME,
+    ST_WORKER_ITER,
+    ST_WORKER_TIME,
+    ST_WORKER_TIMESTAMP,
+    TUNE_METRIC_PREFIX,
+)
+
+__all__ = ["ReportError", "Reporter", "report"]
+
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_PLAIN_SCALARS = (bool, int, float, str, type(None))
+
+
+class ReportError(ValueError):
+    """A value passed to ``report()`` cannot be written as a result."""
+
+    def __init__(self, key: str, value: Any, reason: str) -> None:
+        super().__init__(key, value, reason)
+        self.key = key
+        self.value = value
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"report({self.key}={self.value!r}): {self.reason}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The offending value may itself be unpicklable (that is often why it
+        # cannot be serialized), so a pickled copy carries its repr instead.
+        value = self.value if isinstance(self.value, _PLAIN_SCALARS) else repr(self.value)
+        return self.__class__, (self.key, value, self.reason)
+
+
+class Reporter:
+    """Writes results for one trial process; ``report()`` uses a shared one.
+
+    ``results_file=None`` prints ``[tune-metric]:`` lines on stdout instead.
+    The iteration counter starts at ``iteration_start`` so that it carries on
+    across a pause and resume.
+    """
+
+    def __init__(
+        self,
+        results_file: str | os.PathLike[str] | None,
+        iteration_start: int = 0,
+        run_start_time: float | None = None,
+    ) -> None:
+        self.results_file = None if results_file is None else os.fspath(results_file)
+        self.iteration = iteration_start
+        self.run_start_time = time.time() if run_start_time is None else run_start_time
+        self._fd: int | None = None
+        # Threads of one trial may report concurrently; the counter must not
+        # hand out the same iteration twice.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Reporter:
+        """Build a reporter from the variables localbackend sets for a trial."""
+        env = os.environ if environ is None else environ
+        return cls(
+            results_file=env.get(ENV_RESULTS_FILE) or None,
+            iteration_start=_int_from_env(env, ENV_ITERATION_START, default=0),
+            run_start_time=_float_from_env(env, ENV_RUN_START_TIME),
+        )
+
+    def report(self, **metrics: Any) -> None:
+        """Write one result; see the module-level ``report()``."""
+        _check_finite(metrics)
+        with self._lock:
+            now = time.time()
+            record = dict(metrics)
+            # A value the user reports under an st_ name wins over ours.
+            record.setdefault(ST_WORKER_TIMESTAMP, now)
+            record.setdefault(ST_WORKER_TIME, now - self.run_start_time)
+            record.setdefault(ST_WORKER_ITER, self.iteration)
+            line = _dumps(record, metrics)
+            if self.results_file is None:
+                print(f"{TUNE_METRIC_PREFIX.decode()} {line.decode()}", flush=True)
+            else:
+                self._append(line + b"\n")
+            self.iteration += 1
+
+    def close(self) -> None:
+        """Close the results file; a later ``report()`` reopens it."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def _append(self, line: bytes) -> None:
+        if self._fd is None:
+            assert self.results_file is not None
+            self._fd = os.open(
+                self.results_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        # One write on an O_APPEND fd puts the whole line at the end of the
+        # file, so lines from several processes never interleave.
+        written = os.write(self._fd, line)
+        # A short write only happens when the disk is full or similar; finish
+        # the line anyway so the reader is not left with a torn last line.
+        while written < len(line):
+            written += os.write(self._fd, line[written:])
+
+
+_reporter: Reporter | None = None
+_reporter_lock = threading.Lock()
+
+
+def report(**metrics: Any) -> None:
+    """Report one result of the running trial, e.g. ``report(epoch=3, loss=0.25)``.
+
+    The line also gets ``st_worker_timestamp`` (unix time),
+    ``st_worker_time`` (seconds since this run of the trial started) and
+    ``st_worker_iter`` (0-based, continuing across resumes), unless the
+    caller passes those keys itself.
+
+    Values may be ints, floats, strings, bools, None, lists and dicts of
+    those, and numpy scalars and arrays. NaN and infinity raise
+    ``ReportError``, because JSON cannot hold them and a silent ``null`` would
+    look like a missing metric to the scheduler; so does any value that cannot
+    be written as JSON.
+
+    Under localbackend the result is appended to ``$LOCALBACKEND_RESULTS_FILE``.
+    When that variable is not set (the script is run by hand, or by Syne
+    Tune), the result is printed on stdout as ``[tune-metric]: {json}``, which
+    is what Syne Tune's ``Reporter`` prints, so the same script works in all
+    three places. The environment is read at the first call, not at import.
+    """
+    global _reporter
+    if _reporter is None:
+        with _reporter_lock:
+            if _reporter is None:
+                _reporter = Reporter.from_environment()
+    _reporter.report(**metrics)
+
+
+def _dumps(record: dict[str, Any], metrics: Mapping[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(record, default=_to_builtin, option=_JSON_OPTIONS)
+    except orjson.JSONEncodeError as err:
+        # orjson does not say which key failed; find it by trying each one.
+        for key, value in metrics.items():
+            try:
+                orjson.dumps(value, default=_to_builtin, option=_JSON_OPTIONS)
+            except orjson.JSONEncodeError:
+                raise ReportError(
+                    key,
+                    value,
+                    f"a value of type {type(value).__name__} cannot be written as JSON "
+                    f"({err}). Report ints, floats, str, bool, None, lists or dicts of "
+                    "those, or numpy scalars/arrays; convert other values first, "
+                    "e.g. float(x) or str(x).",
+                ) from err
+        raise
+
+
+def _to_builtin(value: Any) -> Any:
+    # Numpy values orjson cannot take directly (float16, non-contiguous
+    # arrays, ...) still convert through tolist().
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def _check_finite(metrics: Mapping[str, Any]) -> None:
+    for key, value in metrics.items():
+        where = _find_non_finite(value, key)
+        if where is not None:
+            raise ReportError(
+                key,
+                value,
+                f"{where} is not a finite number. Results are JSON, which has no NaN or "
+                "infinity; report a finite number, or None when the metric is undefined "
+                "(e.g. the loss diverged).",
+            )
+
+
+def _find_non_finite(value: Any, path: str) -> str | None:
+    """Path of the first NaN or infinity inside ``value``, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _find_non_finite(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, dict):
+        for name, item in value.items():
+            found = _find_non_finite(item, f"{path}[{name!r}]")
+            if found is not None:
+                return found
+        return None
+    dtype = getattr(value, "dtype", None)
+    if getattr(dtype, "kind", None) in ("f", "c") and type(value).__module__ == "numpy":
+        # numpy is loaded already if the user passed a numpy value.
+        import numpy
+
+        finite = numpy.isfinite(value)
+        if not finite.all():
+            if finite.ndim == 0:
+                return path
+            position = ", ".join(str(int(i)) for i in numpy.argwhere(~finite)[0])
+            return f"{path}[{position}]"
+    return None
+
+
+def _int_from_env(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as err:
+        raise ValueError(
+            f"Environment variable {name}={raw!r} is not an integer. It is set by "
+            "localbackend; unset it to count iterations from 0."
+        ) from err
+
+
+def _float_from_env(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError as err:
+        raise ValueError(
+            f"Environment variable {name}={raw!r} is not a unix time in seconds. It is set "
+            "by localbackend; unset it to measure time from the first report."
+        ) from err
