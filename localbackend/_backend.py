@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import heapq
 import logging
 import math
 import os
@@ -15,21 +13,24 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from . import _protocol as proto
 from ._errors import (
     BackendConfigurationError,
     CheckpointCopyError,
+    ExperimentError,
     InvalidTransitionError,
     LocalBackendError,
     TrialNotFoundError,
 )
 from ._gpus import GpuAllocator, detect_gpus
+from ._journal import Journal, empty_state
 from ._launch import (
     build_launch_spec,
     check_entry_point,
     normalize_config,
     parse_binary,
+    resolve_program,
 )
+from ._lock import ExperimentLock
 from ._notify import FileWatcher
 from ._paths import ExperimentPaths, default_experiment_dir
 from ._processes import SupervisorClient
@@ -40,6 +41,7 @@ from ._storage import (
     delete_checkpoint_folder,
     has_checkpoint,
 )
+from ._table import TrialTable, process_matches
 from ._trials import TrialRecord
 from ._types import FINISHED_STATUSES, Status, Trial, TrialResult
 
@@ -79,6 +81,9 @@ class LocalBackend:
         num_gpus: GPU count; None detects it.
         num_gpus_per_trial: GPUs given to each trial.
         gpus_to_use: Indices of the GPUs the trials may use.
+        detach: Let trials keep running when the driver dies (by default
+            every trial's process tree ends within about a second of the
+            driver's death); ``restore`` re-attaches to them.
     """
 
     def __init__(
@@ -94,10 +99,11 @@ class LocalBackend:
         num_gpus: int | None = None,
         num_gpus_per_trial: int = 1,
         gpus_to_use: Sequence[int] | None = None,
+        detach: bool = False,
     ) -> None:
         self._entry_point = check_entry_point(entry_point)
         self._binary = parse_binary(binary)
-        self._executable = _resolve_program(self._binary[0])
+        self._executable = resolve_program(self._binary[0])
         if (
             isinstance(grace_period, bool)
             or not isinstance(grace_period, (int, float))
@@ -141,10 +147,34 @@ class LocalBackend:
         self._paths = ExperimentPaths(root)
         self._created = False
         self._cwd = Path.cwd()
-        self._trials: list[TrialRecord] = []
-        self._supervisor = SupervisorClient()
+        self._detach = bool(detach)
+        self._setup_runtime()
+
+    def _setup_runtime(self) -> None:
+        """The parts that live only as long as this driver process."""
+        self._supervisor = SupervisorClient(detach=self._detach)
         self._watcher: FileWatcher | None = None
+        self._table = TrialTable(self._supervisor, self._allocator, self._file_watcher)
+        self._table.delete_checkpoints = self.delete_checkpoints
+        self._journal: Journal | None = None
+        self._experiment_lock = ExperimentLock(self._paths)
         self._lock = threading.RLock()
+
+    def _options(self) -> dict[str, Any]:
+        """Constructor arguments, as stored in the experiment folder for ``restore``."""
+        return {
+            "entry_point": str(self._entry_point),
+            "binary": list(self._binary),
+            "pass_args_as_json": self.pass_args_as_json,
+            "delete_checkpoints": self.delete_checkpoints,
+            "grace_period": self._grace_period,
+            "env": self._env,
+            "num_gpus": self._num_gpus,
+            "num_gpus_per_trial": self._num_gpus_per_trial,
+            "gpus_to_use": self._gpus_to_use,
+            "detach": self._detach,
+            "cwd": str(self._cwd),
+        }
 
     # -- properties and paths ------------------------------------------------
 
@@ -172,28 +202,38 @@ class LocalBackend:
         if results_root is None:
             return
         with self._lock:
-            if self._trials:
+            if self._table.records:
                 raise LocalBackendError(
-                    f"cannot move the experiment to {results_root!r}: {len(self._trials)} "
+                    f"cannot move the experiment to {results_root!r}: {len(self._table.records)} "
                     f"trial(s) already run in {self.experiment_dir}. "
                     "Call set_path before the first start_trial."
                 )
             new_root = Path(results_root).expanduser().absolute()
             _check_experiment_dir(new_root)
             if self._created and new_root != self._paths.root:
+                # Only copied checkpoints of trials not yet started can be
+                # here; carry them over and start the bookkeeping afresh.
+                if self._journal is not None:
+                    self._journal.close()
+                self._experiment_lock.release()
                 new_root.mkdir(parents=True, exist_ok=True, mode=0o700)
                 for entry in self._paths.root.iterdir():
-                    shutil.move(str(entry), str(new_root / entry.name))
-                self._paths.root.rmdir()
+                    if entry.name not in ("experiment.json", "journal.jsonl", ".driver.lock"):
+                        shutil.move(str(entry), str(new_root / entry.name))
+                shutil.rmtree(self._paths.root, ignore_errors=True)
+                self._created = False
             self._paths = ExperimentPaths(new_root)
-            if self._created:
-                self._write_metadata()
+            self._experiment_lock = ExperimentLock(self._paths)
+            if self._table.records or (new_root.exists() and any(
+                entry.is_dir() for entry in new_root.iterdir()
+            )):
+                self._ensure_experiment_dir()
 
     # -- starting and resuming ----------------------------------------------
 
     def new_trial_id(self) -> int:
         """The id the next ``start_trial`` will use."""
-        return len(self._trials)
+        return len(self._table.records)
 
     def start_trial(
         self, config: Mapping[str, Any], checkpoint_trial_id: Optional[int] = None
@@ -212,8 +252,12 @@ class LocalBackend:
             if checkpoint_trial_id is not None:
                 self._copy_checkpoint(int(checkpoint_trial_id), trial_id)
             atomic_write_json(paths.config, clean)
-            record = TrialRecord.new(trial_id, clean, paths)
-            self._trials.append(record)
+            record = TrialRecord.new(trial_id, clean, paths, self._journal)
+            self._table.records.append(record)
+            record.log(
+                "trial", config=clean, time=record.creation_time.timestamp(),
+                checkpoint_trial_id=checkpoint_trial_id,
+            )
             self._launch(record, reason="start_trial")
             return self._trial_result(record)
 
@@ -223,7 +267,7 @@ class LocalBackend:
         """Start a paused trial again, in its folder, from its latest checkpoint."""
         with self._lock:
             record = self._record(trial_id)
-            self._pump()
+            self._table.pump()
             if record.status != Status.paused:
                 raise InvalidTransitionError(
                     record.trial_id, record.status, "resume",
@@ -234,10 +278,18 @@ class LocalBackend:
             if clean is not None:
                 atomic_write_json(record.paths.config, clean)
                 record.config = clean
+                record.log("config", config=clean)
             self._launch(record, reason="resume_trial")
             return self._trial_result(record)
 
     def _launch(self, record: TrialRecord, *, reason: str) -> None:
+        if record.attached:
+            # A run that outlived the previous driver is not the supervisor's
+            # to queue behind; wait here until its tree is gone.
+            deadline = time.monotonic() + self._grace_period + _STOP_ALL_MARGIN
+            while record.attached and time.monotonic() < deadline:
+                self._sleep_until_event(deadline - time.monotonic())
+                self._table.pump()
         paths = record.paths
         for path in (paths.results, paths.stdout, paths.stderr):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -272,6 +324,7 @@ class LocalBackend:
         watcher.watch(paths.results)
         watcher.watch(paths.stdout)
         run = record.runs
+        record.log("launch", run=run, time=run_start, gpus=gpus)
         self._supervisor.spawn(
             record.trial_id, run, spec, self._executable, paths, self._grace_period
         )
@@ -306,44 +359,49 @@ class LocalBackend:
     def _interrupt(self, trial_id: int, status: str, reason: str) -> None:
         with self._lock:
             record = self._record(trial_id)
-            self._pump()
+            self._table.pump()
             if record.status in FINISHED_STATUSES:
+                return
+            if record.status == Status.paused and status == Status.stopped:
+                record.set_status(status, reason=reason)
                 return
             if record.status == status:
                 return
-            if record.status == Status.in_progress:
-                self._ingest(record)
-            record.accepting = False
+            self._table.stop_accepting(record)
             record.set_status(status, reason=reason)
             current = record.runs - 1
-            if current in record.alive_runs:
+            if current in record.attached:
+                _signal_keeper(*record.attached[current])
+            elif current in record.alive_runs:
                 self._supervisor.terminate(record.trial_id, current)
 
     def stop_all(self) -> None:
         """Stop every running trial and wait until all their processes are gone."""
         with self._lock:
-            for record in self._trials:
+            for record in self._table.records:
                 if record.status == Status.in_progress:
                     self.stop_trial(record.trial_id)
             if self.delete_checkpoints:
-                for record in self._trials:
+                for record in self._table.records:
                     self.delete_checkpoint(record.trial_id)
             deadline = time.monotonic() + self._grace_period + _STOP_ALL_MARGIN
-            while any(r.alive_runs for r in self._trials) and time.monotonic() < deadline:
+            while any(r.alive_runs for r in self._table.records) and time.monotonic() < deadline:
                 self._sleep_until_event(deadline - time.monotonic())
-                self._pump()
+                self._table.pump()
 
     def close(self) -> None:
         """Stop every trial, wait for its processes to end, and release the supervisor."""
         with self._lock:
             self.stop_all()
             self._supervisor.shutdown()
-            self._pump()
+            self._table.pump()
             if self._watcher is not None:
                 self._watcher.close()
                 self._watcher = None
-            if self._created:
-                self._write_metadata()
+            if self._journal is not None:
+                self._journal.compact()
+                self._journal.close()
+            self._experiment_lock.release()
 
     def __enter__(self) -> LocalBackend:
         return self
@@ -363,30 +421,15 @@ class LocalBackend:
         """
         with self._lock:
             records = [self._record(trial_id) for trial_id in trial_ids]
-            self._pump()
-            streams: list[list[tuple[int, dict[str, Any]]]] = []
-            statuses: dict[int, tuple[Trial, str]] = {}
-            for record in records:
-                self._ingest(record)
-                for queue in (record.from_results_file, record.from_stdout):
-                    if queue:
-                        streams.append([(record.trial_id, result) for result in queue])
-                        queue.clear()
-                record.status_unfetched = False
-                statuses[record.trial_id] = (record.as_trial(), record.status)
-            if len(streams) == 1:
-                return statuses, streams[0]
-            merged = list(
-                heapq.merge(*streams, key=lambda item: item[1].get(proto.ST_WORKER_TIMESTAMP, 0.0))
-            )
-            return statuses, merged
+            self._table.pump()
+            return self._table.deliver(records)
 
     def busy_trial_ids(self) -> list[tuple[int, str]]:
         """Trials running (``InProgress``) or winding down after a pause or stop (``Stopping``)."""
         with self._lock:
-            self._pump()
+            self._table.pump()
             busy: list[tuple[int, str]] = []
-            for record in self._trials:
+            for record in self._table.records:
                 if record.status == Status.in_progress:
                     busy.append((record.trial_id, Status.in_progress))
                 elif record.alive_runs:
@@ -409,12 +452,12 @@ class LocalBackend:
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                self._pump()
+                self._table.pump()
                 ready = []
                 running = False
-                for record in self._trials:
+                for record in self._table.records:
                     if record.status == Status.in_progress:
-                        self._ingest(record)
+                        self._table.ingest(record)
                         running = True
                     if record.has_news:
                         ready.append(record.trial_id)
@@ -480,7 +523,7 @@ class LocalBackend:
         trial whose processes have ended; its checkpoint is replaced.
         """
         with self._lock:
-            self._pump()
+            self._table.pump()
             source = self._record(src_trial_id)
             target_id = self._checkpoint_target(tgt_trial_id)
             if target_id == source.trial_id:
@@ -488,8 +531,8 @@ class LocalBackend:
                     source.trial_id, target_id, "source and target are the same trial",
                     "Copy to a different trial.",
                 )
-            if target_id < len(self._trials):
-                target = self._trials[target_id]
+            if target_id < len(self._table.records):
+                target = self._table.records[target_id]
                 if target.status == Status.in_progress or target.alive_runs:
                     raise InvalidTransitionError(
                         target_id,
@@ -524,8 +567,8 @@ class LocalBackend:
         """Delete a trial's checkpoints (after its processes end, if they still run)."""
         with self._lock:
             target_id = self._checkpoint_target(trial_id)
-            if target_id < len(self._trials):
-                record = self._trials[target_id]
+            if target_id < len(self._table.records):
+                record = self._table.records[target_id]
                 if record.alive_runs:
                     record.delete_checkpoint_on_exit = True
                     return
@@ -543,16 +586,21 @@ class LocalBackend:
     # -- persistence ---------------------------------------------------------
 
     def on_tuner_save(self) -> None:
-        """Persist the experiment's metadata (called by Syne Tune's Tuner on save)."""
+        """Write the trial table snapshot (called by Syne Tune's Tuner on save)."""
         with self._lock:
-            if self._created:
-                self._write_metadata()
+            if self._journal is not None:
+                self._journal.compact()
 
     def _ensure_experiment_dir(self) -> None:
         if self._created:
             return
         root = self._paths.root
         _check_experiment_dir(root)
+        if self._paths.metadata.exists():
+            raise ExperimentError(
+                str(root), "already holds an experiment",
+                "Use LocalBackend.restore(experiment_dir) to carry it on, or choose a new folder.",
+            )
         try:
             root.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as err:
@@ -560,35 +608,58 @@ class LocalBackend:
                 "experiment_dir", str(root), f"cannot be created ({err.strerror})",
                 "Choose a folder you can write to.",
             ) from err
+        self._experiment_lock.acquire()
+        state = empty_state(self._options())
+        atomic_write_json(self._paths.metadata, state, durable=True)
+        self._journal = Journal(self._paths, state)
+        self._journal.open()
         self._created = True
-        self._write_metadata()
 
-    def _write_metadata(self) -> None:
-        atomic_write_json(
-            self._paths.metadata,
-            {
-                "format_version": FORMAT_VERSION,
-                "entry_point": str(self._entry_point),
-                "binary": list(self._binary),
-                "pass_args_as_json": self.pass_args_as_json,
-                "grace_period": self._grace_period,
-                "trials": [
-                    {"trial_id": r.trial_id, "status": r.status, "runs": r.runs}
-                    for r in self._trials
-                ],
-            },
-        )
+    # -- restore and pickling ------------------------------------------------
+
+    @classmethod
+    def restore(cls, experiment_dir: str | os.PathLike[str]) -> LocalBackend:
+        """Rebuild the backend of an experiment whose driver ended, even by SIGKILL.
+
+        Every trial comes back with its status and config. Results the old
+        driver delivered are not delivered again; results written but not
+        delivered are delivered once by the next ``fetch_status_results``.
+        Trials that were running come back ``Paused`` and resume from their
+        latest checkpoint, unless the experiment runs in detach mode, where
+        trials still running are re-attached and keep streaming.
+        """
+        from ._restore import restore_backend
+
+        return restore_backend(cls, Path(experiment_dir).expanduser().absolute())
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickle (Syne Tune's Tuner saves itself with dill) carries only the
+        # folder; unpickling restores the experiment from it.
+        self.on_tuner_save()
+        return {"experiment_dir": str(self._paths.root), "created": self._created,
+                "options": self._options()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get("created"):
+            restored = type(self).restore(state["experiment_dir"])
+            self.__dict__.update(restored.__dict__)
+            return
+        options = dict(state["options"])
+        options.pop("cwd", None)
+        fresh = type(self)(experiment_dir=state["experiment_dir"], **options)
+        self.__dict__.update(fresh.__dict__)
 
     # -- internals ---------------------------------------------------------
 
     def _record(self, trial_id: object) -> TrialRecord:
+        records = self._table.records
         if (
             isinstance(trial_id, bool)
             or not isinstance(trial_id, int)
-            or not 0 <= trial_id < len(self._trials)
+            or not 0 <= trial_id < len(records)
         ):
-            raise TrialNotFoundError(trial_id, len(self._trials))
-        return self._trials[trial_id]
+            raise TrialNotFoundError(trial_id, len(records))
+        return records[trial_id]
 
     def _trial_result(self, record: TrialRecord) -> TrialResult:
         return record.as_trial().add_results([], record.status, None)
@@ -612,169 +683,15 @@ class LocalBackend:
             self._watcher = FileWatcher()
         return self._watcher
 
-    def _pump(self) -> None:
-        """Apply every event the supervisor has sent."""
-        for event in self._supervisor.read_events():
-            kind = event["ev"]
-            if kind == "supervisor_gone":
-                self._on_supervisor_gone()
-                continue
-            trial_id = int(event["trial"])
-            if not 0 <= trial_id < len(self._trials):
-                continue
-            record = self._trials[trial_id]
-            run = int(event["run"])
-            if kind == "started":
-                if run == record.runs - 1:
-                    record.pid = int(event["pid"])
-                    record.pid_create_time = float(event["create_time"])
-            elif kind == "exited":
-                self._on_exit(record, run, event)
-            elif kind == "spawn_failed":
-                self._on_run_failed(record, run, f"the process could not be started: "
-                                    f"{event.get('error')}", signal_name=None)
-            elif kind in ("keeper_died", "cancelled"):
-                if kind == "keeper_died":
-                    self._on_run_failed(
-                        record, run, "the process supervising this trial died", "SIGKILL"
-                    )
-                else:
-                    self._run_gone(record, run)
+def _signal_keeper(keeper: int, keeper_created: float) -> None:
+    """Ask a keeper from an earlier driver to end its trial (SIGTERM, then grace)."""
+    import signal
 
-    def _run_gone(self, record: TrialRecord, run: int) -> None:
-        record.alive_runs.discard(run)
-        if not record.alive_runs:
-            self._allocator().release(record.trial_id)
-            if self._watcher is not None and record.status != Status.in_progress:
-                self._watcher.unwatch(record.paths.results)
-                self._watcher.unwatch(record.paths.stdout)
-            if record.delete_checkpoint_on_exit:
-                record.delete_checkpoint_on_exit = False
-                delete_checkpoint_folder(record.paths)
-
-    def _on_exit(self, record: TrialRecord, run: int, event: Mapping[str, Any]) -> None:
-        offsets = event.get("offsets", {})
-        current = run == record.runs - 1
-        if current and record.accepting and record.status == Status.in_progress:
-            self._ingest(record, limits=offsets, final=True)
-            code = event.get("returncode")
-            signal_name = event.get("signal")
-            record.exit_code = code
-            record.exit_signal = signal_name
-            record.training_end_time = datetime.datetime.now()
-            record.accepting = False
-            if code == 0:
-                record.set_status(Status.completed, reason="exited", news=True, returncode=0)
-                if self.delete_checkpoints:
-                    record.delete_checkpoint_on_exit = True
-            else:
-                record.stderr_tail = record.read_stderr_tail()
-                record.set_status(
-                    Status.failed, reason="exited", news=True, returncode=code, signal=signal_name
-                )
-        else:
-            # Output of a paused or stopped run, or of a run a resume has
-            # superseded: it stays on disk, but is never delivered.
-            record.iterations += _count_lines(
-                record.paths.results, record.results_reader.offset, offsets.get("results", 0)
-            )
-            if current:
-                record.exit_code = event.get("returncode")
-                record.exit_signal = event.get("signal")
-                record.training_end_time = datetime.datetime.now()
-        record.results_reader.skip_to(int(offsets.get("results", 0)))
-        record.stdout_reader.skip_to(int(offsets.get("stdout", 0)))
-        self._run_gone(record, run)
-
-    def _on_run_failed(
-        self, record: TrialRecord, run: int, reason: str, signal_name: str | None
-    ) -> None:
-        if run == record.runs - 1 and record.status == Status.in_progress:
-            record.accepting = False
-            record.exit_signal = signal_name
-            record.training_end_time = datetime.datetime.now()
-            try:
-                with open(record.paths.stderr, "a", encoding="utf-8") as log:
-                    log.write(f"localbackend: {reason}\n")
-            except OSError:
-                pass
-            record.stderr_tail = record.read_stderr_tail() or reason
-            record.set_status(Status.failed, reason=reason, news=True, signal=signal_name)
-        self._run_gone(record, run)
-
-    def _on_supervisor_gone(self) -> None:
-        for record in self._trials:
-            for run in sorted(record.alive_runs):
-                self._on_run_failed(
-                    record, run, "the supervisor process ended unexpectedly", "SIGKILL"
-                )
-
-    def _ingest(
-        self,
-        record: TrialRecord,
-        limits: Mapping[str, int] | None = None,
-        final: bool = False,
-    ) -> None:
-        """Read new results of the current run into the trial's queues."""
-        if not record.accepting:
-            return
-        if any(run != record.runs - 1 for run in record.alive_runs):
-            return  # an earlier run is still ending; its output is not ours to read
-        limits = limits or {}
-        now = time.time()
-        for reader, queue in (
-            (record.results_reader, record.from_results_file),
-            (record.stdout_reader, record.from_stdout),
-        ):
-            key = "results" if queue is record.from_results_file else "stdout"
-            new = reader.read(limit=limits.get(key), final=final)
-            if not new:
-                continue
-            iteration = record.iterations
-            elapsed = now - record.run_start_time
-            for result in new:
-                if proto.ST_WORKER_TIMESTAMP not in result:
-                    result[proto.ST_WORKER_TIMESTAMP] = now
-                if proto.ST_WORKER_ITER not in result:
-                    result[proto.ST_WORKER_ITER] = iteration
-                if proto.ST_WORKER_TIME not in result:
-                    result[proto.ST_WORKER_TIME] = elapsed
-                iteration += 1
-            record.iterations = iteration
-            queue.extend(new)
-
-    def __getstate__(self) -> dict[str, Any]:
-        raise TypeError(
-            "LocalBackend cannot be pickled yet: it owns live processes. "
-            "Keep the experiment folder and create a new backend instead."
-        )
-
-
-def _count_lines(path: Path, start: int, end: int) -> int:
-    """Newlines in ``path`` between two byte offsets."""
-    if end <= start:
-        return 0
-    count = 0
-    try:
-        with open(path, "rb") as results:
-            results.seek(start)
-            remaining = end - start
-            while remaining > 0:
-                block = results.read(min(remaining, 1 << 20))
-                if not block:
-                    break
-                count += block.count(b"\n")
-                remaining -= len(block)
-    except OSError:
-        return 0
-    return count
-
-
-def _resolve_program(program: str) -> str:
-    if os.sep in program:
-        return os.path.abspath(program)
-    found = shutil.which(program)
-    return found if found is not None else program
+    if process_matches(keeper, keeper_created):
+        try:
+            os.kill(keeper, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 def _check_env(env: Mapping[str, str] | None) -> dict[str, str]:

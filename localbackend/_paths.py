@@ -74,7 +74,23 @@ class ExperimentPaths:
 
     @property
     def metadata(self) -> Path:
+        """Snapshot of the trial table (see ``_journal``)."""
         return self.root / "experiment.json"
+
+    @property
+    def journal(self) -> Path:
+        """Changes to the trial table since the snapshot."""
+        return self.root / "journal.jsonl"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the driver that owns the experiment."""
+        return self.root / ".driver.lock"
+
+    @property
+    def driver(self) -> Path:
+        """Who holds the lock: PID, host and start time."""
+        return self.root / "driver.json"
 
     def trial(self, trial_id: int) -> TrialPaths:
         return TrialPaths(self.root / str(int(trial_id)))

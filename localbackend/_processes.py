@@ -29,7 +29,8 @@ _BOOTSTRAP = (
 class SupervisorClient:
     """Owns the supervisor process for one backend."""
 
-    def __init__(self) -> None:
+    def __init__(self, detach: bool = False) -> None:
+        self.detach = detach
         self._process: subprocess.Popen[bytes] | None = None
         self._stdin: IO[bytes] | None = None
         self._events_fd = -1
@@ -54,7 +55,10 @@ class SupervisorClient:
         package_parent = str(Path(__file__).resolve().parent.parent)
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-c", _BOOTSTRAP, str(write_fd), package_parent],
+                [
+                    sys.executable, "-c", _BOOTSTRAP, str(write_fd), package_parent,
+                    "detach" if self.detach else "attach",
+                ],
                 stdin=subprocess.PIPE,
                 pass_fds=(write_fd,),
                 # Its own session: a Ctrl-C in the driver's terminal is the

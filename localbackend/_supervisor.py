@@ -106,6 +106,9 @@ class _Keeper:
         self.grace = float(spec["grace"])
         self.leader = 0
         self.terminating = False
+        # Why the tree is being ended: "request" (pause or stop), "driver_lost"
+        # (the driver died), "leftovers" (the main process had already exited).
+        self.terminated_by: str | None = None
         self.kill_at = float("inf")
 
     # -- signalling ---------------------------------------------------------
@@ -143,10 +146,12 @@ class _Keeper:
                 except OSError:
                     pass
 
-    def begin_termination(self, grace: float) -> None:
+    def begin_termination(self, grace: float, why: str) -> None:
         deadline = time.monotonic() + max(grace, 0.0)
         first = not self.terminating
         self.terminating = True
+        if self.terminated_by is None or why == "driver_lost":
+            self.terminated_by = why
         if first:
             self._signal_groups(signal.SIGTERM)
         if deadline < self.kill_at:
@@ -164,9 +169,11 @@ class _Keeper:
         spec = self.spec
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         _prctl(_PR_SET_PDEATHSIG, signal.SIGUSR1)
-        signal.signal(signal.SIGTERM, lambda s, f: self.begin_termination(self.grace))
+        signal.signal(signal.SIGTERM, lambda s, f: self.begin_termination(self.grace, "request"))
         fast_grace = min(self.grace, ORPHAN_GRACE_SECONDS)
-        signal.signal(signal.SIGUSR1, lambda s, f: self.begin_termination(fast_grace))
+        signal.signal(
+            signal.SIGUSR1, lambda s, f: self.begin_termination(fast_grace, "driver_lost")
+        )
         signal.signal(signal.SIGALRM, self._on_alarm)
         if os.getppid() != supervisor_pid:
             return  # the supervisor died before we could be told to stop
@@ -184,10 +191,11 @@ class _Keeper:
                 },
             )
             return
-        create_time = 0.0
+        create_time = keeper_create_time = 0.0
         try:
             import psutil
 
+            keeper_create_time = psutil.Process().create_time()
             create_time = psutil.Process(self.leader).create_time()
         except Exception:  # the leader may already be gone; the time is informative only
             pass
@@ -200,6 +208,7 @@ class _Keeper:
                 "pid": self.leader,
                 "create_time": create_time,
                 "keeper": os.getpid(),
+                "keeper_create_time": keeper_create_time,
             },
         )
         status = self._reap_all()
@@ -209,6 +218,7 @@ class _Keeper:
             "run": spec["run"],
             "returncode": code if code >= 0 else None,
             "signal": signal.Signals(-code).name if code < 0 else None,
+            "terminated_by": self.terminated_by,
             "time": time.time(),
             "offsets": {
                 "results": _file_size(spec["results"]),
@@ -256,7 +266,7 @@ class _Keeper:
                 if not self.terminating and self._descendants():
                     # The trial's main process is done; what it left behind
                     # must not outlive it (and hold a GPU).
-                    self.begin_termination(self.grace)
+                    self.begin_termination(self.grace, "leftovers")
         signal.setitimer(signal.ITIMER_REAL, 0)
         return leader_status
 
@@ -264,8 +274,12 @@ class _Keeper:
 class _Supervisor:
     """The supervisor's loop: commands in, keepers out, reaping throughout."""
 
-    def __init__(self, event_fd: int) -> None:
+    def __init__(self, event_fd: int, detach: bool) -> None:
         self.event_fd = event_fd
+        # In detach mode the trials outlive the driver: on end-of-file the
+        # supervisor only waits for its keepers, and a restored driver
+        # re-attaches to them by PID.
+        self.detach = detach
         self.keepers: dict[int, tuple[int, int]] = {}  # keeper pid -> (trial, run)
         self.active: dict[int, tuple[int, int]] = {}  # trial -> (keeper pid, run)
         self.pending: dict[int, deque[dict[str, Any]]] = {}
@@ -293,7 +307,10 @@ class _Supervisor:
             if stdin in readable:
                 chunk = os.read(stdin, 1 << 16)
                 if not chunk:
-                    self._shutdown(fast=True)
+                    if self.detach:
+                        self._outlive_driver()
+                    else:
+                        self._shutdown(fast=True)
                     return
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
@@ -391,6 +408,26 @@ class _Supervisor:
             if queue:
                 self._fork_keeper(queue.popleft())
 
+    def _outlive_driver(self) -> None:
+        """Detach mode: keep the running trials, start no queued ones, exit after the last."""
+        for queue in self.pending.values():
+            for spec in queue:
+                _write_event(
+                    self.event_fd, {"ev": "cancelled", "trial": spec["trial"], "run": spec["run"]}
+                )
+        self.pending.clear()
+        # Nobody reads the event pipe any more; keepers must not block on it.
+        os.close(self.event_fd)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.event_fd)
+        os.close(devnull)
+        while self.keepers:
+            try:
+                pid, _status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            self.keepers.pop(pid, None)
+
     def _kill_strays(self) -> None:
         import psutil
 
@@ -438,8 +475,8 @@ class _Supervisor:
 
 
 def main() -> None:
-    """Entry point of the supervisor process: ``main()`` with the event fd in argv[1]."""
-    _Supervisor(int(sys.argv[1])).serve()
+    """Entry point of the supervisor: argv[1] is the event fd, argv[2] "detach" or "attach"."""
+    _Supervisor(int(sys.argv[1]), detach=sys.argv[2] == "detach").serve()
 
 
 if __name__ == "__main__":

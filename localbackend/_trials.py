@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import orjson
 
+from ._journal import Journal
 from ._paths import TrialPaths
 from ._results import ResultsReader, TuneMetricReader
 from ._types import Status, Trial
@@ -50,19 +51,34 @@ class TrialRecord:
     training_end_time: Optional[datetime.datetime] = None
     delete_checkpoint_on_exit: bool = False
     gpus: list[str] = field(default_factory=list)
+    # Runs whose keeper outlived an earlier driver (detach mode), by run
+    # number: (keeper pid, keeper start time). They are watched by polling.
+    attached: dict[int, tuple[int, float]] = field(default_factory=dict)
+    journal: Optional[Journal] = None
 
     @classmethod
     def new(
-        cls, trial_id: int, config: dict[str, Any], paths: TrialPaths
+        cls,
+        trial_id: int,
+        config: dict[str, Any],
+        paths: TrialPaths,
+        journal: Optional[Journal],
+        creation_time: Optional[datetime.datetime] = None,
     ) -> TrialRecord:
         return cls(
             trial_id=trial_id,
             config=config,
-            creation_time=datetime.datetime.now(),
+            creation_time=creation_time or datetime.datetime.now(),
             paths=paths,
             results_reader=ResultsReader(trial_id, paths.results),
             stdout_reader=TuneMetricReader(trial_id, paths.stdout),
+            journal=journal,
         )
+
+    def log(self, op: str, **fields: Any) -> None:
+        """Append a change of this trial to the experiment's journal."""
+        if self.journal is not None:
+            self.journal.append(op, trial=self.trial_id, **fields)
 
     @property
     def has_news(self) -> bool:
@@ -86,6 +102,7 @@ class TrialRecord:
             self.status_unfetched = True
         entry = {"time": time.time(), "status": status, "run": self.runs - 1, "reason": reason}
         entry.update({k: v for k, v in details.items() if v is not None})
+        self.log("status", **entry)
         try:
             fd = os.open(
                 self.paths.status_history,

@@ -1,0 +1,199 @@
+"""The experiment's trial table on disk: a snapshot plus an append-only journal.
+
+The driver appends one JSON line to ``journal.jsonl`` for every change that
+matters after a crash: a new trial, a launch, a process start and exit, a
+status change, and how far results have been delivered. Each line is written
+with one ``write`` on an ``O_APPEND`` file, so a reader never sees half a
+line as complete, and each carries a sequence number. ``experiment.json``
+holds a snapshot of the table, written atomically, with the sequence number
+it includes; the journal is then started afresh.
+
+A reader in another process (``localbackend status``) reads the snapshot,
+then replays journal lines with a higher sequence number. If it finds a gap,
+the journal was rotated between its two reads, and it simply reads again.
+No lock is needed to read.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._errors import ExperimentError
+from ._paths import ExperimentPaths
+from ._storage import atomic_write_json
+
+FORMAT_VERSION = 1
+# The journal is folded into the snapshot once it grows past this size.
+COMPACT_BYTES = 8 * 1024 * 1024
+
+
+def empty_state(options: dict[str, Any]) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, "seq": 0, "options": options, "trials": {}}
+
+
+def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
+    """Fold one journal entry into the table (pure bookkeeping, no I/O)."""
+    op = entry.get("op")
+    state["seq"] = max(state.get("seq", 0), int(entry.get("seq", 0)))
+    if op == "options":
+        state["options"] = entry["options"]
+        return
+    if op == "trial":
+        state["trials"][str(entry["trial"])] = {
+            "trial_id": entry["trial"],
+            "config": entry["config"],
+            "creation_time": entry["time"],
+            "status": None,
+            "history": [],
+            "runs": [],
+            "delivered": {"results": 0, "stdout": 0, "iterations": 0},
+            "accept_until": None,
+        }
+        return
+    trial = state["trials"].get(str(entry.get("trial")))
+    if trial is None:
+        return
+    if op == "config":
+        trial["config"] = entry["config"]
+    elif op == "status":
+        trial["status"] = entry["status"]
+        trial["history"].append(
+            {k: entry[k] for k in ("time", "status", "run", "reason", "returncode", "signal")
+             if k in entry}
+        )
+    elif op == "launch":
+        trial["runs"].append({"run": entry["run"], "launched": entry["time"]})
+        trial["accept_until"] = None
+    elif op in ("started", "exited"):
+        run = _run(trial, entry["run"])
+        if run is not None:
+            run.update({k: v for k, v in entry.items() if k not in ("op", "seq", "trial", "run")})
+            run["state"] = op
+    elif op == "delivered":
+        trial["delivered"] = {
+            "results": entry["results"], "stdout": entry["stdout"],
+            "iterations": entry["iterations"],
+        }
+    elif op == "accept_until":
+        trial["accept_until"] = {"results": entry["results"], "stdout": entry["stdout"]}
+
+
+def _run(trial: dict[str, Any], run: int) -> dict[str, Any] | None:
+    for entry in reversed(trial["runs"]):
+        if entry["run"] == run:
+            return entry  # type: ignore[no-any-return]
+    return None
+
+
+class Journal:
+    """Appends entries for the driver that owns the experiment."""
+
+    def __init__(self, paths: ExperimentPaths, state: dict[str, Any]) -> None:
+        self.paths = paths
+        self.state = state
+        self._fd = -1
+        self._size = 0
+
+    def open(self) -> None:
+        self._fd = os.open(
+            self.paths.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
+        self._size = os.fstat(self._fd).st_size
+
+    def append(self, op: str, **fields: Any) -> None:
+        entry = {"seq": self.state["seq"] + 1, "op": op, **fields}
+        apply(self.state, entry)
+        if self._fd < 0:
+            return
+        line = orjson.dumps(entry) + b"\n"
+        try:
+            os.write(self._fd, line)
+        except OSError:
+            # A full disk must not take the tuner down; the snapshot written
+            # at the next compaction or close carries the state.
+            return
+        self._size += len(line)
+        if self._size > COMPACT_BYTES:
+            self.compact()
+
+    def compact(self) -> None:
+        """Write the snapshot atomically, then start an empty journal."""
+        atomic_write_json(self.paths.metadata, self.state, durable=True)
+        if self._fd >= 0:
+            tmp = self.paths.journal.with_name(f".journal.tmp-{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            os.replace(tmp, self.paths.journal)
+            os.close(self._fd)
+            self.open()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def load_state(root: Path, *, attempts: int = 5) -> dict[str, Any]:
+    """The trial table of an experiment folder, read without any lock."""
+    paths = ExperimentPaths(root)
+    if not root.is_dir():
+        raise ExperimentError(
+            str(root), "does not exist or is not a folder", "Pass the folder of an experiment."
+        )
+    for _ in range(attempts):
+        try:
+            snapshot = orjson.loads(paths.metadata.read_bytes())
+        except FileNotFoundError:
+            raise ExperimentError(
+                str(root), "is not a localbackend experiment (it has no experiment.json)",
+                "Pass the folder printed when the experiment started.",
+            ) from None
+        except orjson.JSONDecodeError as err:
+            raise ExperimentError(
+                str(root), f"has a damaged experiment.json ({err})",
+                "Restore it from a backup; the trial folders are untouched.",
+            ) from err
+        version = snapshot.get("format_version") if isinstance(snapshot, dict) else None
+        if not isinstance(version, int) or "trials" not in snapshot:
+            raise ExperimentError(
+                str(root), "has an experiment.json that localbackend did not write",
+                "Pass the folder of a localbackend experiment.",
+            )
+        if version > FORMAT_VERSION:
+            raise ExperimentError(
+                str(root), f"was written in format version {version}, newer than this "
+                f"localbackend understands ({FORMAT_VERSION})",
+                "Upgrade localbackend to read it.",
+            )
+        if _replay_journal(paths, snapshot):
+            return snapshot  # type: ignore[no-any-return]
+        time.sleep(0.01)  # the journal was rotated under us; the new snapshot has it
+    raise ExperimentError(
+        str(root), "changed too fast to be read consistently", "Try again."
+    )
+
+
+def _replay_journal(paths: ExperimentPaths, state: dict[str, Any]) -> bool:
+    try:
+        data = paths.journal.read_bytes()
+    except FileNotFoundError:
+        return True
+    expected = state.get("seq", 0) + 1
+    for line in data.split(b"\n")[:-1]:  # an unfinished last line is not an entry yet
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        seq = entry.get("seq", 0)
+        if seq < expected:
+            continue
+        if seq > expected:
+            return False
+        apply(state, entry)
+        expected = seq + 1
+    return True

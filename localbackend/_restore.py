@@ -1,0 +1,172 @@
+"""Rebuild a ``LocalBackend`` from its experiment folder after the driver ended."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._journal import Journal, load_state
+from ._launch import parse_binary, resolve_program
+from ._paths import ExperimentPaths
+from ._table import count_lines, process_matches, read_exit_status
+from ._trials import TrialRecord
+from ._types import Status
+
+if TYPE_CHECKING:
+    from ._backend import LocalBackend
+
+# How long restore waits for the trees of a dead driver's trials to end.
+_ORPHAN_WAIT_MARGIN = 5.0
+
+
+def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
+    state = load_state(root)
+    options: dict[str, Any] = state["options"]
+    backend = cls.__new__(cls)
+    backend._entry_point = Path(options["entry_point"])
+    backend._binary = parse_binary(options["binary"])
+    backend._executable = resolve_program(backend._binary[0])
+    backend._grace_period = float(options["grace_period"])
+    backend._env = dict(options.get("env") or {})
+    backend._num_gpus = options.get("num_gpus")
+    backend._num_gpus_per_trial = int(options.get("num_gpus_per_trial", 1))
+    backend._gpus_to_use = options.get("gpus_to_use")
+    backend._gpus = None
+    backend.pass_args_as_json = bool(options.get("pass_args_as_json"))
+    backend.delete_checkpoints = bool(options.get("delete_checkpoints"))
+    backend._paths = ExperimentPaths(root)
+    backend._created = True
+    backend._cwd = Path(options.get("cwd") or os.getcwd())
+    backend._detach = bool(options.get("detach"))
+    backend._setup_runtime()
+    backend._experiment_lock.acquire()
+    try:
+        # Re-read under the lock: the old driver may have written until now.
+        state = load_state(root)
+        journal = Journal(backend._paths, state)
+        journal.open()
+        backend._journal = journal
+        for key in sorted(state["trials"], key=int):
+            _restore_trial(backend, state["trials"][key], journal)
+        journal.append("restored", time=time.time(), pid=os.getpid())
+    except BaseException:
+        backend._experiment_lock.release()
+        raise
+    return backend
+
+
+def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journal) -> None:
+    table = backend._table
+    trial_id = int(saved["trial_id"])
+    record = TrialRecord.new(
+        trial_id,
+        saved["config"],
+        backend._paths.trial(trial_id),
+        journal,
+        creation_time=datetime.datetime.fromtimestamp(saved["creation_time"]),
+    )
+    table.records.append(record)
+    record.status = saved.get("status") or Status.in_progress
+    runs: list[dict[str, Any]] = saved["runs"]
+    record.runs = len(runs)
+    delivered = saved["delivered"]
+    record.results_reader.offset = int(delivered["results"])
+    record.stdout_reader.offset = int(delivered["stdout"])
+    record.iterations = int(delivered["iterations"])
+    if not runs:
+        record.accepting = False
+        record.set_status(Status.paused, reason="restored: the trial had not been launched")
+        return
+    last = runs[-1]
+    run = int(last["run"])
+    record.run_start_time = float(last.get("launched", 0.0))
+    record.pid = last.get("pid")
+    record.pid_create_time = last.get("create_time")
+    ended = last if last.get("state") == "exited" else None
+    if ended is None:
+        keeper, keeper_created = last.get("keeper"), last.get("keeper_create_time")
+        if keeper and process_matches(int(keeper), float(keeper_created or 0.0)):
+            if backend._detach:
+                _attach(backend, record, run, int(keeper), float(keeper_created or 0.0))
+                return
+            _wait_for_exit(int(keeper), float(keeper_created or 0.0), backend._grace_period)
+        exit_status = read_exit_status(record.paths.exit_status)
+        if exit_status is not None and exit_status.get("run") == run:
+            ended = exit_status
+
+    if record.status == Status.in_progress:
+        record.alive_runs.add(run)
+        record.accepting = True
+        if ended is not None:
+            table.run_exited(record, run, ended)
+        else:
+            # The run's keeper was killed before it could record an exit:
+            # everything the trial wrote came before any pause decision.
+            table.ingest(record, final=True)
+            record.accepting = False
+            record.alive_runs.discard(run)
+            record.set_status(
+                Status.paused, reason="restored: the driver ended while the trial ran",
+                news=True,
+            )
+            _skip_to_end(record)
+        return
+
+    # Paused, Stopped, Completed or Failed: deliver what was accepted before
+    # the decision and not yet delivered, and nothing after it.
+    accept_until = saved.get("accept_until")
+    if accept_until is not None:
+        record.accepting = True
+        table.ingest(record, limits=accept_until, final=ended is not None)
+        record.accepting = False
+    else:
+        record.accepting = False
+    if ended is not None:
+        record.exit_code = ended.get("returncode")
+        record.exit_signal = ended.get("signal")
+        offsets = ended.get("offsets") or {}
+        record.results_reader.skip_to(int(offsets.get("results", 0)))
+        record.stdout_reader.skip_to(int(offsets.get("stdout", 0)))
+    _skip_to_end(record)
+
+
+def _attach(
+    backend: LocalBackend, record: TrialRecord, run: int, keeper: int, keeper_created: float
+) -> None:
+    """Follow a run that outlived the old driver (detach mode)."""
+    record.alive_runs.add(run)
+    record.attached[run] = (keeper, keeper_created)
+    record.accepting = record.status == Status.in_progress
+    watcher = backend._file_watcher()
+    watcher.watch(record.paths.results)
+    watcher.watch(record.paths.stdout)
+    if not record.accepting:
+        _skip_to_end(record)
+
+
+def _wait_for_exit(keeper: int, keeper_created: float, grace: float) -> None:
+    """Wait for a dead driver's supervisor to finish ending a trial tree."""
+    deadline = time.monotonic() + grace + _ORPHAN_WAIT_MARGIN
+    while process_matches(keeper, keeper_created) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if process_matches(keeper, keeper_created):
+        import signal
+
+        os.kill(keeper, signal.SIGKILL)
+
+
+def _skip_to_end(record: TrialRecord) -> None:
+    end = _size(record.paths.results)
+    record.iterations += count_lines(record.paths.results, record.results_reader.offset, end)
+    record.results_reader.skip_to(end)
+    record.stdout_reader.skip_to(_size(record.paths.stdout))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
