@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ from ._errors import (
     ExperimentError,
     InvalidTransitionError,
     LocalBackendError,
+    TrialLaunchError,
     TrialNotFoundError,
 )
 from ._gpus import GpuAllocator, detect_gpus
@@ -32,7 +34,7 @@ from ._launch import (
 )
 from ._lock import ExperimentLock
 from ._notify import FileWatcher
-from ._paths import ExperimentPaths, default_experiment_dir
+from ._paths import ExperimentPaths, TrialPaths, default_experiment_dir
 from ._processes import SupervisorClient
 from ._results import read_log_text
 from ._storage import (
@@ -101,9 +103,8 @@ class LocalBackend:
         gpus_to_use: Sequence[int] | None = None,
         detach: bool = False,
     ) -> None:
-        self._entry_point = check_entry_point(entry_point)
         self._binary = parse_binary(binary)
-        self._executable = resolve_program(self._binary[0])
+        self._entry_point = check_entry_point(entry_point, must_be_executable=not self._binary)
         if (
             isinstance(grace_period, bool)
             or not isinstance(grace_period, (int, float))
@@ -195,7 +196,15 @@ class LocalBackend:
         return self._entry_point
 
     def set_entrypoint(self, entry_point: str | os.PathLike[str]) -> None:
-        self._entry_point = check_entry_point(entry_point)
+        self._entry_point = check_entry_point(entry_point, must_be_executable=not self._binary)
+
+    def _check_entry_point_still_there(self) -> None:
+        check_entry_point(self._entry_point, must_be_executable=not self._binary)
+
+    @property
+    def _executable(self) -> str:
+        """What ``posix_spawn`` runs: the binary's program, or the entry point itself."""
+        return resolve_program(self._binary[0]) if self._binary else str(self._entry_point)
 
     def set_path(self, results_root: str | None = None, tuner_name: str | None = None) -> None:
         """Move the experiment to ``results_root``; only before a trial has started."""
@@ -245,13 +254,28 @@ class LocalBackend:
                 source = self._record(checkpoint_trial_id)
                 if not has_checkpoint(source.paths):
                     raise self._no_checkpoint_error(source.trial_id, self.new_trial_id())
+            self._check_entry_point_still_there()
             self._ensure_experiment_dir()
             trial_id = self.new_trial_id()
             paths = self._paths.trial(trial_id)
-            paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if checkpoint_trial_id is not None:
-                self._copy_checkpoint(int(checkpoint_trial_id), trial_id)
-            atomic_write_json(paths.config, clean)
+            existed = paths.root.exists()
+            try:
+                paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if checkpoint_trial_id is not None:
+                    self._copy_checkpoint(int(checkpoint_trial_id), trial_id)
+                atomic_write_json(paths.config, clean)
+                self._prepare_files(paths)
+                self._supervisor.ensure_started()
+            except (OSError, LocalBackendError) as err:
+                # Leave no half-made trial behind: the id is not used.
+                if not existed:
+                    shutil.rmtree(paths.root, ignore_errors=True)
+                if isinstance(err, LocalBackendError):
+                    raise
+                raise TrialLaunchError(
+                    trial_id, [*self._binary, str(self._entry_point)],
+                    f"{type(err).__name__}: {err}", _launch_hint(err),
+                ) from err
             record = TrialRecord.new(trial_id, clean, paths, self._journal)
             self._table.records.append(record)
             record.log(
@@ -274,13 +298,21 @@ class LocalBackend:
                     "Only a Paused trial can be resumed; start a new trial instead.",
                 )
             clean = normalize_config(new_config) if new_config is not None else None
-            check_entry_point(self._entry_point)
+            self._check_entry_point_still_there()
             if clean is not None:
                 atomic_write_json(record.paths.config, clean)
                 record.config = clean
                 record.log("config", config=clean)
             self._launch(record, reason="resume_trial")
             return self._trial_result(record)
+
+    @staticmethod
+    def _prepare_files(paths: TrialPaths) -> None:
+        """Create the trial folder and its files, so they can be watched before the trial runs."""
+        paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in (paths.results, paths.stdout, paths.stderr):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            os.close(fd)
 
     def _launch(self, record: TrialRecord, *, reason: str) -> None:
         if record.attached:
@@ -291,9 +323,7 @@ class LocalBackend:
                 self._sleep_until_event(deadline - time.monotonic())
                 self._table.pump()
         paths = record.paths
-        for path in (paths.results, paths.stdout, paths.stderr):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            os.close(fd)
+        self._prepare_files(paths)
         gpus = self._allocator().allocate(record.trial_id)
         record.gpus = gpus
         run_start = time.time()
@@ -682,6 +712,14 @@ class LocalBackend:
         if self._watcher is None:
             self._watcher = FileWatcher()
         return self._watcher
+
+def _launch_hint(err: OSError) -> str:
+    if err.errno == errno.EMFILE or err.errno == errno.ENFILE:
+        return "Too many files are open: close some, or raise the limit (ulimit -n)."
+    if err.errno == errno.ENOSPC:
+        return "The disk is full: free some space and start the trial again."
+    return "Check that the experiment folder is writable and start the trial again."
+
 
 def _signal_keeper(keeper: int, keeper_created: float) -> None:
     """Ask a keeper from an earlier driver to end its trial (SIGTERM, then grace)."""

@@ -42,14 +42,26 @@ class LaunchSpec:
 
 
 def parse_binary(binary: str | Sequence[str] | None) -> tuple[str, ...]:
-    """The interpreter or launcher words, e.g. ``"torchrun --nproc_per_node=2"``."""
+    """The interpreter or launcher words, e.g. ``"torchrun --nproc_per_node=2"``.
+
+    ``None`` means the running Python; an empty list or string means the
+    entry point is run itself (it must then be executable).
+    """
     if binary is None:
         return (sys.executable,)
-    words = shlex.split(binary) if isinstance(binary, str) else [str(word) for word in binary]
-    if not words:
+    if not isinstance(binary, (str, list, tuple)):
         raise BackendConfigurationError(
-            "binary", binary, "is empty", "Pass a program such as 'python3', or leave it unset."
+            "binary", binary, "must be a string or a list of argv words",
+            "Pass e.g. 'python3 -u' or ['torchrun', '--nproc_per_node=2'].",
         )
+    try:
+        words = shlex.split(binary) if isinstance(binary, str) else [str(w) for w in binary]
+    except ValueError as err:
+        raise BackendConfigurationError(
+            "binary", binary, f"cannot be split into words ({err})", "Check its quotes."
+        ) from err
+    if not words:
+        return ()
     program = words[0]
     if os.sep in program:
         found = program if os.access(program, os.X_OK) and os.path.isfile(program) else None
@@ -72,7 +84,9 @@ def resolve_program(program: str) -> str:
     return shutil.which(program) or program
 
 
-def check_entry_point(entry_point: str | os.PathLike[str]) -> Path:
+def check_entry_point(
+    entry_point: str | os.PathLike[str], *, must_be_executable: bool = False
+) -> Path:
     """The entry point as an absolute path, or an error saying what is wrong with it."""
     path = Path(entry_point).expanduser()
     if not path.exists():
@@ -86,6 +100,11 @@ def check_entry_point(entry_point: str | os.PathLike[str]) -> Path:
     if not os.access(path, os.R_OK):
         raise EntryPointError(
             str(entry_point), "is not readable", "Fix its permissions (chmod u+r)."
+        )
+    if must_be_executable and not (path.stat().st_mode & 0o111 and os.access(path, os.X_OK)):
+        raise EntryPointError(
+            str(entry_point), "is not executable, and no binary was given to run it",
+            "Make it executable (chmod +x) or pass binary='python3'.",
         )
     return path.resolve()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._journal import Journal, load_state
-from ._launch import parse_binary, resolve_program
+from ._launch import parse_binary
 from ._paths import ExperimentPaths
 from ._table import count_lines, process_matches, read_exit_status
 from ._trials import TrialRecord
@@ -28,7 +28,6 @@ def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
     backend = cls.__new__(cls)
     backend._entry_point = Path(options["entry_point"])
     backend._binary = parse_binary(options["binary"])
-    backend._executable = resolve_program(backend._binary[0])
     backend._grace_period = float(options["grace_period"])
     backend._env = dict(options.get("env") or {})
     backend._num_gpus = options.get("num_gpus")

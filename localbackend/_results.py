@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,60 +20,128 @@ from . import _protocol as proto
 
 logger = logging.getLogger(__name__)
 
-# At most this many bytes are read per call, so a flood of output never makes
-# the driver hold more than this in memory at once.
-READ_CHUNK = 32 * 1024 * 1024
+# At most this many bytes are read per system call, so a flood of output
+# never makes the driver hold more than this at once.
+READ_CHUNK = 8 * 1024 * 1024
+# A result line longer than this is skipped with a warning.
+MAX_RESULT_LINE = 256 * 1024 * 1024
 # An unfinished stdout line longer than this, without a result marker, is
 # skipped rather than buffered again and again.
 MAX_PENDING_LOG_LINE = 1024 * 1024
 
 
-def _read_range(path: Path, offset: int, limit: int | None) -> bytes:
-    """Bytes of ``path`` from ``offset`` up to ``limit`` (or EOF), at most READ_CHUNK."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return b""
-    try:
-        size = os.fstat(fd).st_size
-        end = size if limit is None else min(size, limit)
-        if end <= offset:
-            return b""
-        return os.pread(fd, min(end - offset, READ_CHUNK), offset)
-    finally:
-        os.close(fd)
+class _Tail:
+    """Reads complete lines appended to a file, from a byte offset."""
 
+    source = "file"
+    max_line = MAX_RESULT_LINE
 
-@dataclass
-class ResultsReader:
-    """Parses JSON lines appended to the results file."""
-
-    trial_id: int
-    path: Path
-    offset: int = 0
-    line_number: int = 0
-    skipped: int = field(default=0)
+    def __init__(self, trial_id: int, path: Path, offset: int = 0) -> None:
+        self.trial_id = trial_id
+        self.path = path
+        self.offset = offset
+        self.line_number = 0
+        self.skipped = 0
+        self._identity: tuple[int, int] | None = None
+        self._skipping_line = False
 
     def read(self, *, limit: int | None = None, final: bool = False) -> list[dict[str, Any]]:
+        """Parse the lines completed since the last read (up to byte ``limit``)."""
         results: list[dict[str, Any]] = []
+        chunk = READ_CHUNK
         while True:
-            data = _read_range(self.path, self.offset, limit)
-            if not data:
-                self._check_truncated()
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
                 return results
-            end = data.rfind(b"\n") + 1
-            complete = data[:end]
-            if complete:
-                self._parse(complete, results)
-                self.offset += end
-            tail = data[end:]
-            if len(data) == READ_CHUNK and end:
-                continue  # there may be more after this chunk
-            if tail and final:
-                self._parse_final(tail, results)
+            try:
+                stat = os.fstat(fd)
+                self._check_identity(stat)
+                end = stat.st_size if limit is None else min(stat.st_size, limit)
+                if end <= self.offset:
+                    return results
+                data = os.pread(fd, min(end - self.offset, chunk), self.offset)
+            finally:
+                os.close(fd)
+            if self._skipping_line:
+                newline = data.find(b"\n")
+                self.offset += len(data) if newline < 0 else newline + 1
+                self._skipping_line = newline < 0
+                self.line_number += 0 if newline < 0 else 1
+                continue
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                self._parse_block(data[:cut], results)
+                self.offset += cut
+                chunk = READ_CHUNK
+                continue
+            # ``data`` is one unfinished line.
+            if self.offset + len(data) < end:
+                if len(data) >= self.max_line or not self._worth_buffering(data):
+                    self._skip_long_line(len(data))
+                else:
+                    chunk *= 2  # the line is longer than one chunk: read it whole
+                continue
+            if final:
+                self.line_number += 1
+                self.offset += len(data)
+                self._parse_final(data, results)
+            elif len(data) > MAX_PENDING_LOG_LINE and not self._worth_buffering(data):
+                self._skip_long_line(len(data))
             return results
 
-    def _parse(self, block: bytes, results: list[dict[str, Any]]) -> None:
+    def skip_to(self, offset: int) -> None:
+        """Mark everything before ``offset`` as consumed without delivering it."""
+        if offset > self.offset:
+            self.offset = offset
+            self._skipping_line = False
+
+    def _check_identity(self, stat: os.stat_result) -> None:
+        identity = (stat.st_dev, stat.st_ino)
+        if self._identity is not None and identity != self._identity:
+            logger.warning(
+                "trial %d: %s was replaced while the trial ran; reading the new file from "
+                "its start", self.trial_id, self.path,
+            )
+            self._restart()
+        elif stat.st_size < self.offset:
+            # Truncation in practice means emptying ("> file"): what is in
+            # the file now was written after it.
+            logger.warning(
+                "trial %d: %s shrank from %d to %d bytes while the trial ran; reading it "
+                "again from its start", self.trial_id, self.path, self.offset, stat.st_size,
+            )
+            self._restart()
+        self._identity = identity
+
+    def _restart(self) -> None:
+        self.offset = 0
+        self.line_number = 0
+        self._skipping_line = False
+
+    def _skip_long_line(self, length: int) -> None:
+        self.skipped += 1
+        logger.warning(
+            "trial %d: line %d of %s is longer than %d bytes and is skipped",
+            self.trial_id, self.line_number + 1, self.path, length,
+        )
+        self.offset += length
+        self._skipping_line = True
+
+    def _worth_buffering(self, data: bytes) -> bool:
+        return True
+
+    def _parse_block(self, block: bytes, results: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def _parse_final(self, tail: bytes, results: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+
+class ResultsReader(_Tail):
+    """Parses the JSON lines a trial appends to its results file."""
+
+    def _parse_block(self, block: bytes, results: list[dict[str, Any]]) -> None:
         loads = orjson.loads
         append = results.append
         number = self.line_number
@@ -93,8 +160,6 @@ class ResultsReader:
         self.line_number = number
 
     def _parse_final(self, tail: bytes, results: list[dict[str, Any]]) -> None:
-        self.line_number += 1
-        self.offset += len(tail)
         try:
             value = orjson.loads(tail)
         except orjson.JSONDecodeError:
@@ -102,6 +167,7 @@ class ResultsReader:
         if type(value) is dict:
             results.append(value)
         elif tail.strip():
+            self.skipped += 1
             logger.warning(
                 "trial %d: the last line of %s (line %d) was left unfinished when the trial "
                 "exited and is not valid JSON; it is skipped: %r",
@@ -116,94 +182,50 @@ class ResultsReader:
             self.trial_id, number, self.path, line[:200],
         )
 
-    def _check_truncated(self) -> None:
-        try:
-            size = self.path.stat().st_size
-        except OSError:
-            return
-        if size < self.offset:
-            logger.warning(
-                "trial %d: %s shrank from %d to %d bytes while being read; "
-                "reading carries on from its new end",
-                self.trial_id, self.path, self.offset, size,
-            )
-            self.offset = size
 
-    def skip_to(self, offset: int) -> None:
-        """Mark everything before ``offset`` as consumed without delivering it."""
-        if offset > self.offset:
-            self.offset = offset
-
-
-@dataclass
-class TuneMetricReader:
+class TuneMetricReader(_Tail):
     """Picks Syne Tune ``[tune-metric]: {...}`` lines out of a stdout log."""
 
-    trial_id: int
-    path: Path
-    offset: int = 0
-    line_number: int = 0
+    max_line = 64 * 1024 * 1024
 
-    def read(self, *, limit: int | None = None, final: bool = False) -> list[dict[str, Any]]:
-        results: list[dict[str, Any]] = []
-        marker = proto.TUNE_METRIC_PREFIX
-        while True:
-            data = _read_range(self.path, self.offset, limit)
-            if not data:
-                size = _size(self.path)
-                if size is not None and size < self.offset:
-                    self.offset = size
-                return results
-            end = data.rfind(b"\n") + 1
-            if end:
-                block = data[:end]
-                if marker in block:
-                    self._parse(block, results)
-                else:
-                    self.line_number += block.count(b"\n")
-                self.offset += end
-            tail = data[end:]
-            if len(data) == READ_CHUNK and end:
-                continue
-            if tail and (final or (len(tail) > MAX_PENDING_LOG_LINE and marker not in tail)):
-                if final and marker in tail:
-                    self._parse(tail + b"\n", results)
-                self.offset += len(tail)
-            return results
+    def _worth_buffering(self, data: bytes) -> bool:
+        return proto.TUNE_METRIC_PREFIX in data
 
-    def _parse(self, block: bytes, results: list[dict[str, Any]]) -> None:
+    def _parse_block(self, block: bytes, results: list[dict[str, Any]]) -> None:
         marker = proto.TUNE_METRIC_PREFIX
+        if marker not in block:
+            self.line_number += block.count(b"\n")
+            return
         number = self.line_number
         for line in block.split(b"\n")[:-1]:
             number += 1
             position = line.find(marker)
-            if position < 0:
-                continue
-            payload = line[position + len(marker):]
-            try:
-                value = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                value = None
-            if type(value) is dict:
-                results.append(value)
-            else:
-                logger.warning(
-                    "trial %d: line %d of %s starts a [tune-metric] result that is not a JSON "
-                    "object and is skipped: %r",
-                    self.trial_id, number, self.path, line[:200],
-                )
+            if position >= 0:
+                self._parse_line(number, line, position, results)
         self.line_number = number
 
-    def skip_to(self, offset: int) -> None:
-        if offset > self.offset:
-            self.offset = offset
+    def _parse_final(self, tail: bytes, results: list[dict[str, Any]]) -> None:
+        position = tail.find(proto.TUNE_METRIC_PREFIX)
+        if position >= 0:
+            self._parse_line(self.line_number, tail, position, results)
 
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
+    def _parse_line(
+        self, number: int, line: bytes, position: int, results: list[dict[str, Any]]
+    ) -> None:
+        payload = line[position + len(proto.TUNE_METRIC_PREFIX):]
+        try:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            value = None
+        if type(value) is dict:
+            results.append(value)
+        else:
+            self.skipped += 1
+            logger.warning(
+                "trial %d: line %d of %s starts a [tune-metric] result that is not a JSON "
+                "object and is skipped: %r",
+                self.trial_id, number, self.path, line[:200],
+            )
 
 
 def read_log_text(path: Path, offset: int, max_bytes: int = READ_CHUNK) -> tuple[str, int]:

@@ -177,6 +177,10 @@ class _Keeper:
         signal.signal(signal.SIGALRM, self._on_alarm)
         if os.getppid() != supervisor_pid:
             return  # the supervisor died before we could be told to stop
+        # A stop that arrives while the trial is being spawned is handled
+        # once its PID is known, so that SIGTERM always reaches it.
+        deferred = {signal.SIGTERM, signal.SIGUSR1}
+        signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
         try:
             self.leader = self._spawn()
         except OSError as err:
@@ -191,13 +195,13 @@ class _Keeper:
                 },
             )
             return
+        import psutil
+
         create_time = keeper_create_time = 0.0
         try:
-            import psutil
-
             keeper_create_time = psutil.Process().create_time()
             create_time = psutil.Process(self.leader).create_time()
-        except Exception:  # the leader may already be gone; the time is informative only
+        except psutil.Error:  # the leader may already be gone; the time is informative only
             pass
         _write_event(
             self.event_fd,
@@ -211,6 +215,7 @@ class _Keeper:
                 "keeper_create_time": keeper_create_time,
             },
         )
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, deferred)
         status = self._reap_all()
         code = os.waitstatus_to_exitcode(status)
         exit_status = {
@@ -288,6 +293,10 @@ class _Supervisor:
         os.set_blocking(self.wake_r, False)
 
     def serve(self) -> None:
+        # Imported before any keeper is forked: a keeper must never import
+        # inside a signal handler, where the import lock could deadlock.
+        import psutil  # noqa: F401
+
         os.set_inheritable(self.event_fd, False)
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
