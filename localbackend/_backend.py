@@ -269,7 +269,7 @@ class LocalBackend:
             except (OSError, LocalBackendError) as err:
                 # Leave no half-made trial behind: the id is not used.
                 if not existed:
-                    shutil.rmtree(paths.root, ignore_errors=True)
+                    _remove_unstarted(paths)
                 if isinstance(err, LocalBackendError):
                     raise
                 raise TrialLaunchError(
@@ -712,6 +712,24 @@ class LocalBackend:
         if self._watcher is None:
             self._watcher = FileWatcher()
         return self._watcher
+
+def _remove_unstarted(paths: TrialPaths) -> None:
+    """Remove the folder of a trial that failed to start, even with no descriptor to spare."""
+    shutil.rmtree(paths.root, ignore_errors=True)
+    if not paths.root.exists():
+        return
+    # rmtree needs file descriptors, which may be what ran out; the files
+    # start_trial creates are known by name, and unlink needs none.
+    for path in (paths.config, paths.results, paths.stdout, paths.stderr):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    try:
+        paths.root.rmdir()
+    except OSError:
+        pass
+
 
 def _launch_hint(err: OSError) -> str:
     if err.errno == errno.EMFILE or err.errno == errno.ENFILE:

@@ -108,10 +108,16 @@ class Reporter:
             os.close(fd)
 
     def _append(self, line: bytes) -> None:
+        path = self.results_file
+        if path is None:
+            return
+        if self._fd is not None and not _same_file(path, self._fd):
+            # The file was deleted or replaced behind our back: a line written
+            # to the old one would never be read, so write to the new one.
+            self.close()
         if self._fd is None:
-            assert self.results_file is not None
             self._fd = os.open(
-                self.results_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+                path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
             )
         # One write on an O_APPEND fd puts the whole line at the end of the
         # file, so lines from several processes never interleave.
@@ -120,6 +126,15 @@ class Reporter:
         # the line anyway so the reader is not left with a torn last line.
         while written < len(line):
             written += os.write(self._fd, line[written:])
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 _reporter: Reporter | None = None
