@@ -57,6 +57,10 @@ def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
     and files are copied (not linked), so a trial rewriting a copied file in
     place cannot change the source.
     """
+    if src.checkpoints.is_symlink():
+        # Copying through it would copy whatever it points to, outside the trial.
+        raise OSError(f"{src.checkpoints} is a symbolic link; copy the folder it points to "
+                      "into place instead")
     tgt.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = tgt.checkpoint_staging()
     retired = tgt.checkpoint_retired()
