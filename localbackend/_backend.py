@@ -366,6 +366,7 @@ class LocalBackend:
         record.stderr_tail = ""
         record.training_end_time = None
         record.set_status(Status.in_progress, reason=reason)
+        self._table.live.add(record.trial_id)
 
     # -- pausing and stopping -----------------------------------------------
 
@@ -415,7 +416,10 @@ class LocalBackend:
                 for record in self._table.records:
                     self.delete_checkpoint(record.trial_id)
             deadline = time.monotonic() + self._grace_period + _STOP_ALL_MARGIN
-            while any(r.alive_runs for r in self._table.records) and time.monotonic() < deadline:
+            while (
+                any(r.alive_runs for r in self._table.live_records())
+                and time.monotonic() < deadline
+            ):
                 self._sleep_until_event(deadline - time.monotonic())
                 self._table.pump()
 
@@ -459,7 +463,7 @@ class LocalBackend:
         with self._lock:
             self._table.pump()
             busy: list[tuple[int, str]] = []
-            for record in self._table.records:
+            for record in self._table.live_records():
                 if record.status == Status.in_progress:
                     busy.append((record.trial_id, Status.in_progress))
                 elif record.alive_runs:
@@ -474,7 +478,12 @@ class LocalBackend:
         pass first, or at once when no trial is running (nothing could
         change).
         """
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or math.isnan(timeout)
+            or timeout < 0
+        ):
             raise BackendConfigurationError(
                 "timeout", timeout, "must be None or a number of seconds >= 0",
                 "Use for example wait(timeout=1.0).",
@@ -485,7 +494,7 @@ class LocalBackend:
                 self._table.pump()
                 ready = []
                 running = False
-                for record in self._table.records:
+                for record in self._table.live_records():
                     if record.status == Status.in_progress:
                         self._table.ingest(record)
                         running = True

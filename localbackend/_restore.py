@@ -50,6 +50,7 @@ def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
         backend._journal = journal
         for key in sorted(state["trials"], key=int):
             _restore_trial(backend, state["trials"][key], journal)
+        backend._table.live.update(r.trial_id for r in backend._table.records)
         journal.append("restored", time=time.time(), pid=os.getpid())
     except BaseException:
         backend._experiment_lock.release()

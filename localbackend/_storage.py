@@ -51,11 +51,12 @@ def _ignore_unpublished(folder: str, names: list[str]) -> set[str]:
 def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
     """Copy ``src``'s checkpoint folder over ``tgt``'s, all or nothing.
 
-    The copy is assembled under a staging name and moved into place with
-    ``os.replace``; until then the target is untouched, and on any error the
-    staging folder is removed. Symlinks are copied as links, never followed,
-    and files are copied (not linked), so a trial rewriting a copied file in
-    place cannot change the source.
+    The copy is assembled under a staging name and swapped with the target
+    in one atomic ``renameat2(RENAME_EXCHANGE)``, so the target holds either
+    the old checkpoint or the new one at every moment; until then the target
+    is untouched, and on any error the staging folder is removed. Symlinks
+    are copied as links, never followed, and files are copied (not linked),
+    so a trial rewriting a copied file in place cannot change the source.
     """
     if src.checkpoints.is_symlink():
         # Copying through it would copy whatever it points to, outside the trial.
@@ -78,19 +79,47 @@ def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
                 if attempt == 2:
                     raise
         _fsync_tree(staging)
-        if tgt.checkpoints.exists():
-            os.replace(tgt.checkpoints, retired)
-            try:
-                os.replace(staging, tgt.checkpoints)
-            except BaseException:
-                os.replace(retired, tgt.checkpoints)
-                raise
-            shutil.rmtree(retired, ignore_errors=True)
+        if tgt.checkpoints.exists() or tgt.checkpoints.is_symlink():
+            if _exchange(staging, tgt.checkpoints):
+                shutil.rmtree(staging, ignore_errors=True)  # now the old checkpoint
+            else:
+                os.replace(tgt.checkpoints, retired)
+                try:
+                    os.replace(staging, tgt.checkpoints)
+                except BaseException:
+                    os.replace(retired, tgt.checkpoints)
+                    raise
+                shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, tgt.checkpoints)
         _fsync_dir(tgt.root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two folders in one atomic step (Linux ``renameat2``); False if unsupported."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    result = renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(second))
 
 
 def delete_checkpoint_folder(paths: TrialPaths) -> None:

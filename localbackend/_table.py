@@ -37,10 +37,26 @@ class TrialTable:
         watcher: Callable[[], FileWatcher],
     ) -> None:
         self.records: list[TrialRecord] = []
+        # Trials that may still change or have something to hand out: running,
+        # with a process still ending, or with undelivered news. Only these are
+        # looked at on every wait(), so its cost does not grow with the
+        # number of finished trials.
+        self.live: set[int] = set()
         self.supervisor = supervisor
         self.allocator = allocator
         self.watcher = watcher
         self.delete_checkpoints = False
+
+    def live_records(self) -> list[TrialRecord]:
+        """The live trials, in id order; drops those that can no longer change."""
+        records = []
+        for trial_id in sorted(self.live):
+            record = self.records[trial_id]
+            if record.status == Status.in_progress or record.alive_runs or record.has_news:
+                records.append(record)
+            else:
+                self.live.discard(trial_id)
+        return records
 
     # -- events ------------------------------------------------------------
 
@@ -48,14 +64,14 @@ class TrialTable:
         """Apply every event that has arrived, without blocking."""
         for event in self.supervisor.read_events():
             self.apply_event(event)
-        for record in self.records:
+        for record in self.live_records():
             if record.attached:
                 self._poll_attached(record)
 
     def apply_event(self, event: Mapping[str, Any]) -> None:
         kind = event["ev"]
         if kind == "supervisor_gone":
-            for record in self.records:
+            for record in self.live_records():
                 for run in sorted(record.alive_runs - set(record.attached)):
                     self.run_failed(
                         record, run, "the supervisor process ended unexpectedly", "SIGKILL"

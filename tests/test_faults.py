@@ -254,29 +254,33 @@ def test_copy_checkpoint_on_full_disk_leaves_the_target_untouched(
         backend.close()
 
 
-def test_copy_checkpoint_with_failing_replace_leaves_the_target_untouched(
+def test_copy_checkpoint_with_failing_swap_or_replace_leaves_the_target_untouched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend = _checkpointed_pair(tmp_path)
     try:
         target = backend.trial_dir(1) / "checkpoints"
         before = _tree(target)
-        real_replace = os.replace
-        calls = []
 
-        def failing_replace(src, dst):  # type: ignore[no-untyped-def]
-            calls.append((src, dst))
-            if len(calls) == 2:  # the move of the new copy into place
-                raise OSError(errno.EIO, "Input/output error")
-            return real_replace(src, dst)
+        def failing(*args):  # type: ignore[no-untyped-def]
+            raise OSError(errno.EIO, "Input/output error")
 
-        monkeypatch.setattr(_storage.os, "replace", failing_replace)
+        # Over an existing checkpoint, the copy is swapped in by renameat2.
+        monkeypatch.setattr(_storage, "_exchange", failing)
         with pytest.raises(CheckpointCopyError, match="Input/output error"):
             backend.copy_checkpoint(0, 1)
-        monkeypatch.undo()
         assert _tree(target) == before
+        # Where there is none yet (a trial about to start), by os.replace.
+        monkeypatch.setattr(_storage.os, "replace", failing)
+        with pytest.raises(CheckpointCopyError, match="Input/output error"):
+            backend.copy_checkpoint(0, 2)
+        monkeypatch.undo()
+        assert not (backend.experiment_dir / "2" / "checkpoints").exists()
+        assert backend.new_trial_id() == 2
         backend.copy_checkpoint(0, 1)
         assert _tree(target) == _tree(backend.trial_dir(0) / "checkpoints")
+        leftovers = [p.name for p in backend.trial_dir(1).iterdir() if p.name.startswith(".")]
+        assert leftovers == []
     finally:
         backend.close()
 
