@@ -1,0 +1,234 @@
+"""``localbackend tune``: check the options, then build or restore a tuner and run it."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import LocalBackend
+from .._paths import default_experiment_dir
+from ._common import (
+    TUNER_FORMAT_VERSION,
+    CliError,
+    TunerFiles,
+    driver_alive,
+    read_json,
+)
+from ._live import make_view
+from ._schedulers import Asha, Pbt, RandomSearch, Scheduler, Settings
+from ._search_space import SearchSpace, build_search_space
+from ._tuner import TuneOptions, Tuner
+
+SCHEDULERS = ("asha", "pbt", "random")
+DEFAULT_MAX_TRIALS = 20
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    view_mode = args.view
+    tuner = _resumed_tuner(args) if args.resume is not None else _new_tuner(args)
+    tuner.view = make_view(view_mode)
+    return tuner.run()
+
+
+# -- setting up ------------------------------------------------------------
+
+
+def _new_tuner(args: argparse.Namespace) -> Tuner:
+    if args.script is None:
+        raise CliError("tune needs a trial script: localbackend tune SCRIPT --metric NAME ...")
+    if args.metric is None:
+        raise CliError(
+            "tune needs --metric, the name of the reported value to optimize, e.g. --metric loss"
+        )
+    script = Path(args.script)
+    if not script.is_file():
+        raise CliError(f"trial script {args.script!r} does not exist or is not a file")
+    space = build_search_space(args.config, args.param or [])
+    if not space.entries:
+        raise CliError(
+            "the search space is empty; give --config FILE and/or -p name=spec, "
+            "e.g. -p lr=loguniform(1e-4,1e-1) -p epochs=10"
+        )
+    workers = args.workers if args.workers is not None else max(1, min(4, os.cpu_count() or 1))
+    _check_positive("--workers", workers)
+    max_trials = args.max_trials if args.max_trials is not None else DEFAULT_MAX_TRIALS
+    max_resource = _max_resource(args, space)
+    interval = args.pbt_interval
+    if interval is None and args.scheduler == "pbt":
+        interval = max(1.0, math.floor((max_resource or 8) / 4))
+    options = TuneOptions(
+        script=str(script.resolve()),
+        metric=args.metric,
+        mode=args.mode,
+        resource_attr=args.resource_attr,
+        max_resource=max_resource,
+        scheduler=args.scheduler,
+        workers=workers,
+        max_trials=max_trials if args.scheduler != "pbt" else args.population,
+        max_time=args.max_time,
+        seed=args.seed if args.seed is not None else random.SystemRandom().randrange(2**31),
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        min_resource=args.min_resource,
+        population=args.population,
+        pbt_interval=interval,
+        pbt_mutate=_split_names(args.pbt_mutate),
+    )
+    _check_options(options, space)
+    root = Path(args.experiment_dir) if args.experiment_dir else default_experiment_dir()
+    root = root.expanduser().absolute()
+    files = TunerFiles(root)
+    if files.state.exists():
+        raise CliError(
+            f"{root} already holds a tune; carry it on with `localbackend tune --resume {root}` "
+            "or choose another --experiment-dir"
+        )
+    if root.exists() and any(root.iterdir()):
+        raise CliError(f"--experiment-dir {root} is not empty; choose a new or empty folder")
+    backend = LocalBackend(script, experiment_dir=root, grace_period=options.grace_period)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    rng = random.Random(options.seed)
+    scheduler = make_scheduler(options, space, rng)
+    return Tuner(options, space, backend, files, scheduler, rng)
+
+
+def _resumed_tuner(args: argparse.Namespace) -> Tuner:
+    given = [
+        shown
+        for shown, value in (
+            ("SCRIPT", args.script), ("--config", args.config), ("-p", args.param),
+            ("--metric", args.metric), ("--max-resource", args.max_resource),
+            ("--experiment-dir", args.experiment_dir),
+        )
+        if value
+    ]
+    if given:
+        raise CliError(
+            f"--resume carries on with the script, search space and metric saved in the folder; "
+            f"drop {', '.join(given)} (only --max-time, --max-trials and --workers may change)"
+        )
+    root = Path(args.resume).expanduser().absolute()
+    files = TunerFiles(root)
+    state = read_json(files.state)
+    if not isinstance(state, dict):
+        raise CliError(
+            f"--resume {args.resume}: no tuner state ({files.state.name}) in that folder; "
+            "give the experiment folder that `localbackend tune` printed"
+        )
+    if state.get("format_version", 0) > TUNER_FORMAT_VERSION:
+        raise CliError(
+            f"--resume {args.resume}: the tuner state was written by a newer localbackend "
+            f"(format {state.get('format_version')}); upgrade localbackend"
+        )
+    if state.get("state") == "running" and driver_alive(state.get("driver")):
+        pid = state["driver"]["pid"]
+        raise CliError(
+            f"--resume {args.resume}: a tune (pid {pid}) is still running on this folder; "
+            f"end it with `localbackend stop {root}` first"
+        )
+    restore = getattr(LocalBackend, "restore", None)
+    if restore is None:
+        raise CliError("this version of localbackend cannot restore an experiment folder yet")
+    options = TuneOptions(**state["options"])
+    # Budgets may be raised on resume; what was tuned stays as it was.
+    for name in ("max_time", "max_trials", "workers"):
+        value = getattr(args, name)
+        if value is not None:
+            _check_positive("--" + name.replace("_", "-"), value)
+            setattr(options, name, value)
+    if options.scheduler == "pbt":
+        options.max_trials = options.population
+    space = SearchSpace.from_json(state["search_space"])
+    rng = random.Random()
+    rng.setstate(_rng_state(state["rng_state"]))
+    scheduler = make_scheduler(options, space, rng)
+    scheduler.load_state_dict(state["scheduler_state"])
+    backend = restore(root)
+    tuner = Tuner(options, space, backend, files, scheduler, rng)
+    tuner.load_state(state)
+    return tuner
+
+
+def make_scheduler(options: TuneOptions, space: SearchSpace, rng: random.Random) -> Scheduler:
+    settings = Settings(
+        metric=options.metric,
+        mode="min" if options.mode == "min" else "max",
+        resource_attr=options.resource_attr,
+        max_resource=options.max_resource,
+    )
+    if options.scheduler == "asha":
+        return Asha(
+            space, settings, rng,
+            reduction_factor=options.reduction_factor, min_resource=options.min_resource,
+        )
+    if options.scheduler == "pbt":
+        return Pbt(
+            space, settings, rng,
+            population=options.population,
+            interval=options.pbt_interval or 1.0,
+            mutable=options.pbt_mutate,
+        )
+    return RandomSearch(space, settings, rng)
+
+
+def _max_resource(args: argparse.Namespace, space: SearchSpace) -> Optional[float]:
+    if args.max_resource is not None:
+        _check_positive("--max-resource", args.max_resource)
+        return float(args.max_resource)
+    attr = args.resource_attr
+    for name in (f"{attr}s", f"max_{attr}", f"num_{attr}s", attr):
+        value = space.fixed.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    if args.scheduler == "asha":
+        raise CliError(
+            f"asha needs the largest {attr!r} a trial reaches: pass --max-resource N, or fix "
+            f"'{attr}s' in the search space (e.g. -p {attr}s=27)"
+        )
+    return None
+
+
+def _check_options(options: TuneOptions, space: SearchSpace) -> None:
+    if options.max_trials is not None:
+        _check_positive("--max-trials", options.max_trials)
+    if options.max_time is not None:
+        _check_positive("--max-time", options.max_time)
+    if options.grace_period < 0:
+        raise CliError(f"--grace-period {options.grace_period:g} must be >= 0 seconds")
+    if options.reduction_factor <= 1:
+        raise CliError(f"--reduction-factor {options.reduction_factor:g} must be > 1, e.g. 3")
+    _check_positive("--min-resource", options.min_resource)
+    _check_positive("--population", options.population)
+    if options.scheduler == "pbt":
+        if options.population < 2:
+            raise CliError(f"--population {options.population} must be at least 2 for pbt")
+        domains = space.domains
+        for name in options.pbt_mutate or []:
+            if name not in domains:
+                raise CliError(
+                    f"--pbt-mutate {name!r} is not a searched hyperparameter; choose among: "
+                    + (", ".join(domains) or "none (give ranges with -p name=uniform(a,b))")
+                )
+
+
+def _check_positive(option: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise CliError(f"{option} {value:g} must be > 0")
+
+
+def _split_names(text: str | None) -> Optional[list[str]]:
+    if text is None:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _rng_state(saved: list[Any]) -> tuple[Any, ...]:
+    version, internal, gauss = saved
+    return (version, tuple(internal), gauss)
+
+
+__all__ = ["SCHEDULERS", "make_scheduler", "run_tune"]

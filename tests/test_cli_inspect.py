@@ -1,0 +1,121 @@
+"""``status``, ``logs`` and ``plot`` read an experiment folder from another process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = REPO / "entrypoints" / "train_numpy.py"
+
+
+def env() -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LOCALBACKEND_")}
+    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), clean.get("PYTHONPATH")]))
+    return clean
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "localbackend.cli", *args],
+        capture_output=True, text=True, timeout=120, env=env(),
+    )
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished small ASHA tune."""
+    folder = tmp_path_factory.mktemp("inspect") / "asha"
+    result = cli(
+        "tune", str(TRAIN), "--metric", "loss", "-p", "epochs=9", "-p", "epoch_seconds=0.02",
+        "-p", "lr=loguniform(1e-3,1)", "--max-trials", "6", "--seed", "2",
+        "--experiment-dir", str(folder),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return folder
+
+
+def test_status_table(experiment: Path) -> None:
+    result = cli("status", str(experiment))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"experiment: {experiment}"
+    assert "tune: finished; asha on 'loss' (min)" in result.stdout
+    header = next(line for line in lines if line.startswith("trial"))
+    for column in ("status", "runs", "rung", "epoch", "last loss", "best loss", "runtime"):
+        assert column in header
+    assert lines[-1].startswith("6 trials:")
+
+
+def test_status_json_matches_the_trial_files(experiment: Path) -> None:
+    result = cli("status", str(experiment), "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["state"] == "finished"
+    assert [t["trial_id"] for t in shown["trials"]] == list(range(6))
+    best = json.loads((experiment / "best.json").read_text())
+    assert shown["best"]["value"] == best["value"]
+    for trial in shown["trials"]:
+        history = (experiment / str(trial["trial_id"]) / "status.jsonl").read_text().splitlines()
+        assert trial["status"] == json.loads(history[-1])["status"]
+        assert trial["runs"] >= 1 and trial["results"] >= 1
+
+
+def test_logs_prints_a_trial_log(experiment: Path) -> None:
+    result = cli("logs", str(experiment), "0", "--stderr")
+    assert result.returncode == 0
+    assert result.stdout == (experiment / "0" / "stderr.log").read_text()
+    # A finished trial: --follow prints the log and returns at once.
+    follow = cli("logs", str(experiment), "0", "--follow")
+    assert follow.returncode == 0
+    missing = cli("logs", str(experiment), "17")
+    assert missing.returncode == 2
+    assert "trial 17 not found" in missing.stderr and "trials: 0..5" in missing.stderr
+
+
+def test_status_of_a_folder_that_is_no_experiment(tmp_path: Path) -> None:
+    result = cli("status", str(tmp_path))
+    assert result.returncode == 2 and "is not an experiment folder" in result.stderr
+    result = cli("status", str(tmp_path / "nothere"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_plot_draws_the_curves(experiment: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    output = tmp_path / "curves.png"
+    result = cli("plot", str(experiment), "-o", str(output))
+    assert result.returncode == 0, result.stderr
+    assert output.read_bytes().startswith(b"\x89PNG")
+    assert "6 trials" in result.stdout and "marks" in result.stdout
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(experiment: Path, tmp_path: Path) -> None:
+    # sys.modules[name] = None makes that import fail, as if it were not installed.
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from localbackend.cli import main; "
+        f"sys.exit(main(['plot', {str(experiment)!r}, '-o', {str(tmp_path / 'x.png')!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env()
+    )
+    assert result.returncode == 2
+    assert "pip install 'localbackend[plot]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_import_localbackend_leaves_the_cli_alone() -> None:
+    code = (
+        "import sys, localbackend; "
+        "assert not any(m.startswith(('localbackend.cli', 'rich', 'matplotlib')) "
+        "for m in sys.modules), sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env())
+    help_result = cli("--help")
+    assert help_result.returncode == 0
+    for command in ("tune", "run", "check", "status", "logs", "stop", "plot"):
+        assert command in help_result.stdout

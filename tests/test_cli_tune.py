@@ -1,0 +1,318 @@
+"""``localbackend tune`` end to end, as a subprocess on the shipped example."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localbackend import LocalBackend
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = REPO / "entrypoints" / "train_numpy.py"
+SPACE = REPO / "entrypoints" / "search_space.json"
+
+def _main_job() -> str:
+    """The README's main-job command, from ``localbackend tune`` on."""
+    readme = (REPO / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if "localbackend tune " in line)
+    return line[line.index("localbackend tune "):].replace(".venv/bin/", "")
+
+
+MAIN_JOB = _main_job()
+TIMEOUT = 120.0
+needs_restore = pytest.mark.skipif(
+    not hasattr(LocalBackend, "restore"), reason="LocalBackend.restore is not there yet"
+)
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALBACKEND_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def cli(
+    *args: str, cwd: Path | None = None, timeout: float = TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "localbackend.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=cli_env(), cwd=cwd,
+    )
+
+
+def popen_cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "localbackend.cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+    )
+
+
+def shown(result: subprocess.CompletedProcess[str] | tuple[str, str]) -> str:
+    out, err = (result.stdout, result.stderr) if not isinstance(result, tuple) else result
+    return f"--- stdout ---\n{out[-6000:]}\n--- stderr ---\n{err[-4000:]}"
+
+
+def jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def histories(experiment: Path) -> dict[int, list[dict[str, Any]]]:
+    return {
+        int(folder.name): jsonl(folder / "status.jsonl")
+        for folder in experiment.iterdir()
+        if folder.name.isdigit()
+    }
+
+
+def wait_until(condition: Any, timeout: float, what: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"tune ended before {what}\n{shown((out, err))}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"timed out waiting for {what}\n{shown((out, err))}")
+        time.sleep(0.05)
+
+
+def assert_results_continue(experiment: Path) -> None:
+    """Per trial, the delivered epochs only grow: resumes continue, nothing is delivered twice."""
+    per_trial: dict[int, list[int]] = {}
+    for row in jsonl(experiment / "results.jsonl"):
+        per_trial.setdefault(row["trial_id"], []).append(row["epoch"])
+    assert per_trial
+    for trial_id, epochs in per_trial.items():
+        assert all(b > a for a, b in zip(epochs, epochs[1:])), (trial_id, epochs)
+
+
+def test_main_job_asha_pauses_and_promotes(tmp_path: Path) -> None:
+    experiment = tmp_path / "main-job"
+    words = shlex.split(MAIN_JOB)[1:]
+    # Same command, smaller: faster epochs and fewer trials keep the suite quick.
+    result = cli(
+        *words, "--max-trials", "12", "-p", "epoch_seconds=0.02", "--seed", "0",
+        "--experiment-dir", str(experiment), cwd=REPO,
+    )
+    assert result.returncode == 0, shown(result)
+    assert f"experiment folder: {experiment}" in result.stdout
+    assert "paused at rung epoch=1" in result.stdout, shown(result)
+    assert "promoted from rung" in result.stdout, shown(result)
+    assert "best trial" in result.stdout
+
+    runs = histories(experiment)
+    assert len(runs) == 12
+    paused_then_resumed = [
+        trial_id
+        for trial_id, history in runs.items()
+        if any(
+            (a["status"], b["status"], b["reason"]) == ("Paused", "InProgress", "resume_trial")
+            for a, b in zip(history, history[1:])
+        )
+    ]
+    assert paused_then_resumed, runs
+    promoted = {e["trial"] for e in jsonl(experiment / "events.jsonl") if e["event"] == "promote"}
+    assert promoted == set(paused_then_resumed)
+    assert_results_continue(experiment)
+    best = json.loads((experiment / "best.json").read_text())
+    assert best["metric"] == "loss" and best["trial_id"] in runs
+    header = (experiment / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "trial_id" and "loss" in header and "config.lr" in header
+    state = json.loads((experiment / "tuner.json").read_text())
+    assert state["state"] == "finished"
+
+
+def test_pbt_copies_checkpoints_and_beats_the_median(tmp_path: Path) -> None:
+    experiment = tmp_path / "pbt"
+    result = cli(
+        "tune", str(TRAIN), "--config", str(SPACE), "--metric", "loss", "--scheduler", "pbt",
+        "--population", "4", "--pbt-interval", "2", "-p", "epochs=8", "-p", "hidden=24",
+        "-p", "epoch_seconds=0.02", "--seed", "1", "--experiment-dir", str(experiment),
+        "--workers", "2",
+    )
+    assert result.returncode == 0, shown(result)
+    copies = [e for e in jsonl(experiment / "events.jsonl") if e["event"] == "copy"]
+    assert copies, shown(result)
+    assert "resumed from a copy of trial" in result.stdout
+    results = jsonl(experiment / "results.jsonl")
+    for copy in copies:
+        # The target continues from the source's checkpoint, not from its own.
+        after = [
+            r["epoch"]
+            for r in results
+            if r["trial_id"] == copy["trial"] and r["st_worker_timestamp"] > copy["time"]
+        ]
+        if after:
+            assert after[0] >= copy["source_resource"] + 1, (copy, after)
+    runs = histories(experiment)
+    assert all(history[-1]["status"] == "Completed" for history in runs.values()), runs
+    best_by_trial: dict[int, float] = {}
+    for row in results:
+        best_by_trial[row["trial_id"]] = min(best_by_trial.get(row["trial_id"], 1e9), row["loss"])
+    best = json.loads((experiment / "best.json").read_text())
+    assert best["value"] == min(best_by_trial.values())
+    assert best["value"] < statistics.median(best_by_trial.values())
+
+
+@needs_restore
+def test_ctrl_c_pauses_trials_and_resume_carries_on(tmp_path: Path) -> None:
+    experiment = tmp_path / "interrupted"
+    args = (
+        "tune", str(TRAIN), "--config", str(SPACE), "--metric", "loss", "-p", "epochs=9",
+        "-p", "epoch_seconds=0.15", "--max-trials", "5", "--seed", "3",
+        "--experiment-dir", str(experiment), "--grace-period", "5",
+    )
+    proc = popen_cli(*args)
+    wait_until(
+        lambda: len(jsonl(experiment / "results.jsonl")) >= 4, 60, "four results", proc
+    )
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, shown((out, err))
+    assert f"localbackend tune --resume {experiment}" in out
+    state = json.loads((experiment / "tuner.json").read_text())
+    assert state["state"] == "interrupted"
+    for history in histories(experiment).values():
+        assert history[-1]["status"] != "InProgress", history
+
+    status = cli("status", str(experiment))
+    assert status.returncode == 0 and "interrupted" in status.stdout, shown(status)
+
+    resumed = cli("tune", "--resume", str(experiment))
+    assert resumed.returncode == 0, shown(resumed)
+    assert f"resuming the tune in {experiment}" in resumed.stdout
+    assert json.loads((experiment / "tuner.json").read_text())["state"] == "finished"
+    assert_results_continue(experiment)
+
+
+@needs_restore
+def test_resume_after_the_driver_was_killed(tmp_path: Path) -> None:
+    experiment = tmp_path / "crashed"
+    proc = popen_cli(
+        "tune", str(TRAIN), "--config", str(SPACE), "--metric", "loss", "-p", "epochs=9",
+        "-p", "epoch_seconds=0.15", "--max-trials", "4", "--seed", "4",
+        "--experiment-dir", str(experiment),
+    )
+    wait_until(lambda: len(jsonl(experiment / "results.jsonl")) >= 3, 60, "results", proc)
+    proc.kill()
+    proc.communicate(timeout=30)
+    status = cli("status", str(experiment))
+    assert "crashed" in status.stdout, shown(status)
+    resumed = cli("tune", "--resume", str(experiment))
+    assert resumed.returncode == 0, shown(resumed)
+    assert_results_continue(experiment)
+    for history in histories(experiment).values():
+        assert history[-1]["status"] in ("Completed", "Paused"), history
+
+
+def test_time_budget_pauses_running_trials(tmp_path: Path) -> None:
+    experiment = tmp_path / "budget"
+    result = cli(
+        "tune", str(TRAIN), "--metric", "loss", "--scheduler", "random", "-p", "epochs=200",
+        "-p", "epoch_seconds=0.1", "-p", "lr=loguniform(1e-3,1e-1)", "--max-time", "1.5",
+        "--workers", "1", "--experiment-dir", str(experiment),
+    )
+    assert result.returncode == 0, shown(result)
+    assert "time budget reached" in result.stdout
+    assert json.loads((experiment / "tuner.json").read_text())["state"] == "budget"
+    assert histories(experiment)[0][-1]["status"] == "Paused"
+
+
+def test_stop_one_trial_then_the_whole_run(tmp_path: Path) -> None:
+    experiment = tmp_path / "stopped"
+    proc = popen_cli(
+        "tune", str(TRAIN), "--config", str(SPACE), "--metric", "loss",
+        "-p", "epoch_seconds=0.3", "--max-trials", "30", "--seed", "5",
+        "--experiment-dir", str(experiment), "--grace-period", "5",
+    )
+    wait_until(lambda: (experiment / "1" / "status.jsonl").exists(), 60, "trial 1", proc)
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "localbackend.cli", "logs", str(experiment), "0", "--stderr",
+         "--follow"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+    )
+    try:
+        one = cli("stop", str(experiment), "0", "99")
+        assert "stopped trials 0" in one.stdout, shown(one)
+        assert "no such trials: 99" in one.stderr
+        assert one.returncode == 1
+        assert histories(experiment)[0][-1]["status"] == "Stopped"
+
+        whole = cli("stop", str(experiment))
+        assert whole.returncode == 0, shown(whole)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, shown((out, err))
+        assert "stopped on request" in out
+        # logs --follow ends by itself once its trial is over.
+        _, follow_err = follow.communicate(timeout=30)
+        assert follow.returncode == 0, follow_err
+    finally:
+        for child in (proc, follow):
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
+    assert json.loads((experiment / "tuner.json").read_text())["state"] == "stopped"
+    for history in histories(experiment).values():
+        assert history[-1]["status"] != "InProgress"
+    again = cli("stop", str(experiment))
+    assert again.returncode == 1 and "no tune is running" in again.stderr
+
+
+def test_live_table(tmp_path: Path) -> None:
+    pytest.importorskip("rich")
+    result = cli(
+        "tune", str(TRAIN), "--metric", "loss", "-p", "epochs=3", "-p", "epoch_seconds=0.02",
+        "-p", "lr=loguniform(1e-3,1e-1)", "--max-trials", "3", "--view", "live",
+        "--experiment-dir", str(tmp_path / "live"),
+    )
+    assert result.returncode == 0, shown(result)
+    assert "progress:" in result.stdout and "last loss" in result.stdout
+    assert "best trial" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["-p", "lr=uniform(0.5)"], "uniform needs two numbers"),
+        (["-p", "lr=normal(0,1)"], "unknown spec normal"),
+        (["-p", "lr=loguniform(0,1)"], "lower bound > 0"),
+        (["-p", "lr=uniform(0.5,0.1)"], "lower < upper"),
+        (["-p", "lr"], "'lr' is not name=spec"),
+        (["--scheduler", "hyperband"], "invalid choice: 'hyperband'"),
+        (["--config", "missing.json"], "'missing.json' does not exist"),
+        (["--metric", "acc", "-p", "epochs=2"], "but not 'acc'"),
+        (["-p", "lr=0.1"], "asha needs the largest 'epoch'"),
+        (["--workers", "0", "-p", "epochs=2"], "--workers 0 must be > 0"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args: list[str], expected: str) -> None:
+    words = ["tune", str(TRAIN), "--metric", "loss", *args]
+    if "--metric" in args:
+        words = ["tune", str(TRAIN), *args]
+    result = cli(*words, "--max-trials", "2")
+    assert result.returncode == 2, shown(result)
+    assert expected in result.stderr, shown(result)
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_missing_script_and_bad_resume_folder(tmp_path: Path) -> None:
+    missing = cli("tune", "nothere.py", "--metric", "loss", "-p", "epochs=2")
+    assert missing.returncode == 2 and "'nothere.py' does not exist" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    resume = cli("tune", "--resume", str(tmp_path / "empty"))
+    assert resume.returncode == 2 and "no tuner state" in resume.stderr
+    assert "Traceback" not in missing.stderr + resume.stderr
