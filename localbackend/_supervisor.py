@@ -47,6 +47,7 @@ ORPHAN_GRACE_SECONDS = 0.8
 # How long the supervisor waits for keepers after telling them to stop fast.
 SHUTDOWN_WAIT_SECONDS = 3.0
 
+_KEEPER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGUSR1})
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 # Messages up to PIPE_BUF bytes are written to a pipe atomically, so lines
@@ -177,10 +178,10 @@ class _Keeper:
         signal.signal(signal.SIGALRM, self._on_alarm)
         if os.getppid() != supervisor_pid:
             return  # the supervisor died before we could be told to stop
-        # A stop that arrives while the trial is being spawned is handled
-        # once its PID is known, so that SIGTERM always reaches it.
-        deferred = {signal.SIGTERM, signal.SIGUSR1}
-        signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
+        # The supervisor forked us with these signals blocked: a stop that
+        # arrives before the trial's PID is known is handled once it is, so
+        # that SIGTERM always reaches the trial.
+        deferred = _KEEPER_SIGNALS
         try:
             self.leader = self._spawn()
         except OSError as err:
@@ -366,7 +367,17 @@ class _Supervisor:
 
     def _fork_keeper(self, spec: dict[str, Any]) -> None:
         supervisor_pid = os.getpid()
-        pid = os.fork()
+        # A stop may be sent the moment the keeper exists. Until the keeper
+        # has its own handlers, the signal must wait, not reach the handlers
+        # it inherits from the supervisor.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _KEEPER_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _KEEPER_SIGNALS)
+            raise
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _KEEPER_SIGNALS)
         if pid == 0:  # the keeper
             code = 0
             try:
