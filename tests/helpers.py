@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -19,7 +21,9 @@ def format_logs(backend: Any, trial_ids: list[int] | None = None) -> str:
             err = "".join(backend.stderr(trial_id))[-3000:]
         except Exception as error:  # the trial may not exist
             out, err = "", f"<{error}>"
-        parts.append(f"--- trial {trial_id} stdout ---\n{out}\n--- trial {trial_id} stderr ---\n{err}")
+        parts.append(
+            f"--- trial {trial_id} stdout ---\n{out}\n--- trial {trial_id} stderr ---\n{err}"
+        )
     return "\n".join(parts)
 
 
@@ -43,7 +47,9 @@ def wait_for(
         time.sleep(interval)
 
 
-def drain(backend: Any, trial_ids: list[int], *, timeout: float = 60.0) -> tuple[dict[int, Any], list[tuple[int, dict[str, Any]]]]:
+def drain(
+    backend: Any, trial_ids: list[int], *, timeout: float = 60.0
+) -> tuple[dict[int, Any], list[tuple[int, dict[str, Any]]]]:
     """Fetch until none of ``trial_ids`` is busy; return last statuses and all results."""
     results: list[tuple[int, dict[str, Any]]] = []
     deadline = time.monotonic() + timeout
@@ -59,5 +65,71 @@ def drain(backend: Any, trial_ids: list[int], *, timeout: float = 60.0) -> tuple
             return statuses, results
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"trials {trial_ids} still busy after {timeout}s\n" + format_logs(backend, trial_ids)
+                f"trials {trial_ids} still busy after {timeout}s\n"
+                + format_logs(backend, trial_ids)
             )
+
+
+# -- helpers for the LocalBackend tests ----------------------------------------
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+def script(name: str) -> Path:
+    """Path of a trial script in tests/scripts."""
+    return SCRIPTS / name
+
+
+def collect(
+    backend: Any,
+    trial_ids: list[int],
+    until: Callable[[dict[int, Any], list[tuple[int, dict[str, Any]]]], bool],
+    *,
+    timeout: float = 30.0,
+) -> tuple[dict[int, Any], list[tuple[int, dict[str, Any]]]]:
+    """Fetch (waking on ``wait``) until ``until(statuses, all_results)`` holds."""
+    results: list[tuple[int, dict[str, Any]]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses, new = backend.fetch_status_results(trial_ids)
+        results.extend(new)
+        if until(statuses, results):
+            return statuses, results
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            shown = {t: s for t, (_, s) in statuses.items()}
+            raise AssertionError(
+                f"timed out after {timeout}s; statuses {shown}, {len(results)} results, "
+                f"last {results[-3:]}\n" + format_logs(backend, trial_ids)
+            )
+        backend.wait(timeout=min(0.5, remaining))
+
+
+def until_status(*wanted: str) -> Callable[[dict[int, Any], list[Any]], bool]:
+    """An ``until`` for ``collect``: every trial has one of the ``wanted`` statuses."""
+    return lambda statuses, _results: all(s in wanted for _, s in statuses.values())
+
+
+def wait_for_trial_file(backend: Any, trial_id: int, name: str, timeout: float = 30.0) -> Path:
+    """Wait until the trial has created ``name`` in its folder; show its logs if not."""
+    path: Path = backend.trial_dir(trial_id) / name
+    wait_for(
+        path.exists, timeout=timeout, what=f"{path}",
+        on_fail=lambda: format_logs(backend, [trial_id]),
+    )
+    return path
+
+
+def wait_not_busy(backend: Any, trial_ids: list[int], timeout: float = 30.0) -> None:
+    """Wait until none of ``trial_ids`` is InProgress or Stopping."""
+    wait_for(
+        lambda: not {t for t, _ in backend.busy_trial_ids()} & set(trial_ids),
+        timeout=timeout, what=f"trials {trial_ids} to leave busy_trial_ids()",
+        on_fail=lambda: format_logs(backend, trial_ids),
+    )
+
+
+def status_history(backend: Any, trial_id: int) -> list[dict[str, Any]]:
+    """The trial's status history file, one dict per change."""
+    path = backend.trial_dir(trial_id) / "status.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
