@@ -255,6 +255,7 @@ class LocalBackend:
                 if not has_checkpoint(source.paths):
                     raise self._no_checkpoint_error(source.trial_id, self.new_trial_id())
             self._check_entry_point_still_there()
+            self._allocator()  # GPU settings are checked before anything changes
             self._ensure_experiment_dir()
             trial_id = self.new_trial_id()
             paths = self._paths.trial(trial_id)

@@ -248,10 +248,7 @@ class TrialTable:
             return statuses, []
         if len(streams) == 1:
             return statuses, streams[0]
-        merged = heapq.merge(
-            *streams, key=lambda item: item[1].get(proto.ST_WORKER_TIMESTAMP, 0.0)
-        )
-        return statuses, list(merged)
+        return statuses, list(heapq.merge(*streams, key=_timestamp_key))
 
     def mark_delivered(self, record: TrialRecord) -> None:
         """Record that everything read so far has been delivered (queues are empty)."""
@@ -261,6 +258,14 @@ class TrialTable:
             stdout=record.stdout_reader.offset,
             iterations=record.iterations,
         )
+
+
+def _timestamp_key(item: tuple[int, dict[str, Any]]) -> float:
+    """Merge key: the worker timestamp, or 0 when a script wrote something odd there."""
+    stamp = item[1].get(proto.ST_WORKER_TIMESTAMP)
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and stamp == stamp:
+        return float(stamp)
+    return 0.0
 
 
 def fill_worker_fields(
