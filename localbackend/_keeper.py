@@ -1,0 +1,255 @@
+"""The keeper: the process that runs one trial's process tree to its end.
+
+The supervisor forks one keeper per run of a trial (see ``_supervisor``). The
+keeper marks itself a child subreaper, so every descendant of the trial stays
+its descendant whatever it does (``setsid``, double fork); starts the trial
+in a new session with ``posix_spawn``; ends the tree on request (SIGTERM to
+every process group, SIGKILL after the grace period); reaps everything; and
+reports the exit on the event pipe and in the trial folder.
+
+Because the keeper is the parent or subreaper of everything it signals, and
+reaps in the same thread that signals, a PID it signals is always one of its
+own processes, never a stranger that reused the number.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import time
+from typing import Any
+
+# Grace period used when the driver has died: trees must be gone within ~2 s.
+ORPHAN_GRACE_SECONDS = 0.8
+# Signals that start the end of the tree: a stop request, or the driver's loss.
+KEEPER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGUSR1})
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+# Messages up to PIPE_BUF bytes are written to a pipe atomically, so lines
+# from several keepers never interleave.
+_PIPE_BUF = 4096
+
+
+def prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}) failed: {os.strerror(err)}")
+
+
+def write_event(fd: int, event: dict[str, Any]) -> None:
+    """One JSON line to the driver's event pipe, written atomically."""
+    line = json.dumps(event, separators=(",", ":")).encode() + b"\n"
+    if len(line) > _PIPE_BUF and "error" in event:
+        event = dict(event, error=str(event["error"])[:1000])
+        line = json.dumps(event, separators=(",", ":")).encode() + b"\n"
+    view = memoryview(line)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BrokenPipeError:
+            return  # the driver is gone; nobody is listening any more
+        view = view[written:]
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _atomic_write_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            json.dump(obj, out)
+        os.replace(tmp, path)
+    except OSError:
+        # The trial folder may have been removed by hand; the event still
+        # carries the exit status to the driver.
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+class Keeper:
+    """Runs one trial's process tree to its end (inside the forked keeper)."""
+
+    def __init__(self, spec: dict[str, Any], event_fd: int) -> None:
+        self.spec = spec
+        self.event_fd = event_fd
+        self.grace = float(spec["grace"])
+        self.leader = 0
+        self.terminating = False
+        # Why the tree is being ended: "request" (pause or stop), "driver_lost"
+        # (the driver died), "leftovers" (the main process had already exited).
+        self.terminated_by: str | None = None
+        self.kill_at = float("inf")
+
+    # -- signalling ---------------------------------------------------------
+
+    def _descendants(self) -> list[int]:
+        import psutil
+
+        try:
+            return [p.pid for p in psutil.Process().children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def _signal_groups(self, signum: int) -> None:
+        groups = {self.leader} if self.leader else set()
+        for pid in self._descendants():
+            try:
+                groups.add(os.getpgid(pid))
+            except OSError:
+                pass
+        for group in groups:
+            try:
+                os.killpg(group, signum)
+            except OSError:
+                pass
+
+    def _kill_everything(self) -> None:
+        # New processes may be forked while we kill; a few rounds catch them.
+        for _ in range(5):
+            pids = self._descendants()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def begin_termination(self, grace: float, why: str) -> None:
+        deadline = time.monotonic() + max(grace, 0.0)
+        first = not self.terminating
+        self.terminating = True
+        if self.terminated_by is None or why == "driver_lost":
+            self.terminated_by = why
+        if first:
+            self._signal_groups(signal.SIGTERM)
+        if deadline < self.kill_at:
+            self.kill_at = deadline
+            signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001))
+
+    def _on_alarm(self, signum: int, frame: object) -> None:
+        self._kill_everything()
+        # Retry in case a process was in the middle of forking.
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def run(self, supervisor_pid: int) -> None:
+        spec = self.spec
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        prctl(PR_SET_PDEATHSIG, signal.SIGUSR1)
+        signal.signal(signal.SIGTERM, lambda s, f: self.begin_termination(self.grace, "request"))
+        fast_grace = min(self.grace, ORPHAN_GRACE_SECONDS)
+        signal.signal(
+            signal.SIGUSR1, lambda s, f: self.begin_termination(fast_grace, "driver_lost")
+        )
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        if os.getppid() != supervisor_pid:
+            return  # the supervisor died before we could be told to stop
+        # The supervisor forked us with these signals blocked: a stop that
+        # arrives before the trial's PID is known is handled once it is, so
+        # that SIGTERM always reaches the trial.
+        deferred = KEEPER_SIGNALS
+        try:
+            self.leader = self._spawn()
+        except OSError as err:
+            write_event(
+                self.event_fd,
+                {
+                    "ev": "spawn_failed",
+                    "trial": spec["trial"],
+                    "run": spec["run"],
+                    "errno": err.errno,
+                    "error": f"{type(err).__name__}: {err}",
+                },
+            )
+            return
+        import psutil
+
+        create_time = keeper_create_time = 0.0
+        try:
+            keeper_create_time = psutil.Process().create_time()
+            create_time = psutil.Process(self.leader).create_time()
+        except psutil.Error:  # the leader may already be gone; the time is informative only
+            pass
+        write_event(
+            self.event_fd,
+            {
+                "ev": "started",
+                "trial": spec["trial"],
+                "run": spec["run"],
+                "pid": self.leader,
+                "create_time": create_time,
+                "keeper": os.getpid(),
+                "keeper_create_time": keeper_create_time,
+            },
+        )
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, deferred)
+        status = self._reap_all()
+        code = os.waitstatus_to_exitcode(status)
+        exit_status = {
+            "trial": spec["trial"],
+            "run": spec["run"],
+            "returncode": code if code >= 0 else None,
+            "signal": signal.Signals(-code).name if code < 0 else None,
+            "terminated_by": self.terminated_by,
+            "time": time.time(),
+            "offsets": {
+                "results": _file_size(spec["results"]),
+                "stdout": _file_size(spec["stdout"]),
+                "stderr": _file_size(spec["stderr"]),
+            },
+        }
+        _atomic_write_json(spec["exit_file"], exit_status)
+        write_event(self.event_fd, {"ev": "exited", **exit_status})
+
+    def _spawn(self) -> int:
+        spec = self.spec
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        out = os.open(spec["stdout"], flags, 0o600)
+        err = os.open(spec["stderr"], flags, 0o600)
+        try:
+            os.chdir(spec["cwd"])
+            default_signals = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+            return os.posix_spawn(
+                spec["executable"],
+                spec["argv"],
+                spec["env"],
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, out, 1),
+                    (os.POSIX_SPAWN_DUP2, err, 2),
+                ],
+                setsid=True,
+                setsigmask=(),
+                setsigdef=default_signals,
+            )
+        finally:
+            os.close(out)
+            os.close(err)
+
+    def _reap_all(self) -> int:
+        leader_status = 0
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid == self.leader:
+                leader_status = status
+                if not self.terminating and self._descendants():
+                    # The trial's main process is done; what it left behind
+                    # must not outlive it (and hold a GPU).
+                    self.begin_termination(self.grace, "leftovers")
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return leader_status
