@@ -34,6 +34,7 @@ from ._launch import (
 )
 from ._lock import ExperimentLock
 from ._notify import FileWatcher
+from ._options import check_env, check_experiment_dir, check_gpu_counts, check_grace_period
 from ._paths import ExperimentPaths, TrialPaths, default_experiment_dir
 from ._processes import SupervisorClient
 from ._results import read_log_text
@@ -103,34 +104,48 @@ class LocalBackend:
         gpus_to_use: Sequence[int] | None = None,
         detach: bool = False,
     ) -> None:
+        self._configure(
+            entry_point=entry_point, binary=binary, pass_args_as_json=pass_args_as_json,
+            delete_checkpoints=delete_checkpoints, grace_period=grace_period, env=env,
+            num_gpus=num_gpus, num_gpus_per_trial=num_gpus_per_trial, gpus_to_use=gpus_to_use,
+            detach=detach, cwd=Path.cwd(),
+        )
+        if experiment_dir is not None:
+            root = Path(experiment_dir).expanduser().absolute()
+            check_experiment_dir(root)
+        else:
+            root = default_experiment_dir()
+        self._paths = ExperimentPaths(root)
+        self._created = False
+        self._setup_runtime()
+
+    def _configure(
+        self,
+        *,
+        entry_point: str | os.PathLike[str],
+        binary: str | Sequence[str] | None,
+        pass_args_as_json: bool,
+        delete_checkpoints: bool,
+        grace_period: float,
+        env: Mapping[str, str] | None,
+        num_gpus: int | None,
+        num_gpus_per_trial: int,
+        gpus_to_use: Sequence[int] | None,
+        detach: bool,
+        cwd: Path,
+        entry_point_must_exist: bool = True,
+    ) -> None:
+        """Check and store the constructor's arguments (``restore`` uses the stored ones)."""
         self._binary = parse_binary(binary)
-        self._entry_point = check_entry_point(entry_point, must_be_executable=not self._binary)
-        if (
-            isinstance(grace_period, bool)
-            or not isinstance(grace_period, (int, float))
-            or not math.isfinite(grace_period)
-            or grace_period < 0
-        ):
-            raise BackendConfigurationError(
-                "grace_period", grace_period, "must be a finite number of seconds >= 0",
-                "Use for example grace_period=10.0.",
+        if entry_point_must_exist:
+            self._entry_point = check_entry_point(
+                entry_point, must_be_executable=not self._binary
             )
-        self._grace_period = float(grace_period)
-        self._env = _check_env(env)
-        if num_gpus is not None and (
-            isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 0
-        ):
-            raise BackendConfigurationError(
-                "num_gpus", num_gpus, "must be a whole number >= 0 or None",
-                "Leave it unset to detect the GPUs.",
-            )
-        if isinstance(num_gpus_per_trial, bool) or not isinstance(num_gpus_per_trial, int) or (
-            num_gpus_per_trial < 1
-        ):
-            raise BackendConfigurationError(
-                "num_gpus_per_trial", num_gpus_per_trial, "must be a whole number >= 1",
-                "Use for example num_gpus_per_trial=1.",
-            )
+        else:  # it may be gone after a crash; start and resume check it again
+            self._entry_point = Path(entry_point)
+        self._grace_period = check_grace_period(grace_period)
+        self._env = check_env(env)
+        check_gpu_counts(num_gpus, num_gpus_per_trial)
         self._num_gpus = num_gpus
         self._num_gpus_per_trial = num_gpus_per_trial
         self._gpus_to_use = list(gpus_to_use) if gpus_to_use is not None else None
@@ -139,17 +154,8 @@ class LocalBackend:
             self._gpus = self._make_allocator()
         self.pass_args_as_json = bool(pass_args_as_json)
         self.delete_checkpoints = bool(delete_checkpoints)
-
-        if experiment_dir is not None:
-            root = Path(experiment_dir).expanduser().absolute()
-            _check_experiment_dir(root)
-        else:
-            root = default_experiment_dir()
-        self._paths = ExperimentPaths(root)
-        self._created = False
-        self._cwd = Path.cwd()
         self._detach = bool(detach)
-        self._setup_runtime()
+        self._cwd = cwd
 
     def _setup_runtime(self) -> None:
         """The parts that live only as long as this driver process."""
@@ -218,7 +224,7 @@ class LocalBackend:
                     "Call set_path before the first start_trial."
                 )
             new_root = Path(results_root).expanduser().absolute()
-            _check_experiment_dir(new_root)
+            check_experiment_dir(new_root)
             if self._created and new_root != self._paths.root:
                 # Only copied checkpoints of trials not yet started can be
                 # here; carry them over and start the bookkeeping afresh.
@@ -635,7 +641,7 @@ class LocalBackend:
         if self._created:
             return
         root = self._paths.root
-        _check_experiment_dir(root)
+        check_experiment_dir(root)
         if self._paths.metadata.exists():
             raise ExperimentError(
                 str(root), "already holds an experiment",
@@ -758,43 +764,3 @@ def _signal_keeper(keeper: int, keeper_created: float) -> None:
             os.kill(keeper, signal.SIGTERM)
         except ProcessLookupError:
             pass
-
-
-def _check_env(env: Mapping[str, str] | None) -> dict[str, str]:
-    if env is None:
-        return {}
-    if not isinstance(env, Mapping):
-        raise BackendConfigurationError(
-            "env", env, "must be a dict of variable names to strings",
-            "Pass e.g. {'OMP_NUM_THREADS': '1'}.",
-        )
-    clean: dict[str, str] = {}
-    for key, value in env.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            raise BackendConfigurationError(
-                "env", {key: value}, f"has an invalid variable name {key!r}",
-                "Use names without '=' or NUL characters.",
-            )
-        if not isinstance(value, str) or "\0" in value:
-            raise BackendConfigurationError(
-                "env", {key: value}, f"sets {key!r} to a value that is not a string",
-                "Convert every value to str.",
-            )
-        clean[key] = value
-    return clean
-
-
-def _check_experiment_dir(root: Path) -> None:
-    if root.exists() and not root.is_dir():
-        raise BackendConfigurationError(
-            "experiment_dir", str(root), "exists and is not a folder",
-            "Choose a folder path, or remove the file.",
-        )
-    probe = root
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise BackendConfigurationError(
-            "experiment_dir", str(root), f"cannot be written ({probe} is not writable)",
-            "Choose a folder you can write to.",
-        )

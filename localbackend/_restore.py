@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._journal import Journal, load_state
-from ._launch import parse_binary
 from ._paths import ExperimentPaths
 from ._table import count_lines, process_matches, read_exit_status
 from ._trials import TrialRecord
@@ -26,20 +25,22 @@ def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
     state = load_state(root)
     options: dict[str, Any] = state["options"]
     backend = cls.__new__(cls)
-    backend._entry_point = Path(options["entry_point"])
-    backend._binary = parse_binary(options["binary"])
-    backend._grace_period = float(options["grace_period"])
-    backend._env = dict(options.get("env") or {})
-    backend._num_gpus = options.get("num_gpus")
-    backend._num_gpus_per_trial = int(options.get("num_gpus_per_trial", 1))
-    backend._gpus_to_use = options.get("gpus_to_use")
-    backend._gpus = None
-    backend.pass_args_as_json = bool(options.get("pass_args_as_json"))
-    backend.delete_checkpoints = bool(options.get("delete_checkpoints"))
+    backend._configure(
+        entry_point=options["entry_point"],
+        binary=options["binary"],
+        pass_args_as_json=bool(options.get("pass_args_as_json")),
+        delete_checkpoints=bool(options.get("delete_checkpoints")),
+        grace_period=options["grace_period"],
+        env=options.get("env"),
+        num_gpus=options.get("num_gpus"),
+        num_gpus_per_trial=int(options.get("num_gpus_per_trial", 1)),
+        gpus_to_use=options.get("gpus_to_use"),
+        detach=bool(options.get("detach")),
+        cwd=Path(options.get("cwd") or os.getcwd()),
+        entry_point_must_exist=False,
+    )
     backend._paths = ExperimentPaths(root)
     backend._created = True
-    backend._cwd = Path(options.get("cwd") or os.getcwd())
-    backend._detach = bool(options.get("detach"))
     backend._setup_runtime()
     backend._experiment_lock.acquire()
     try:
