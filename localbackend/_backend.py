@@ -330,7 +330,8 @@ class LocalBackend:
                 self._sleep_until_event(deadline - time.monotonic())
                 self._table.pump()
         paths = record.paths
-        self._prepare_files(paths)
+        if record.runs:  # start_trial prepared the first run's files already
+            self._prepare_files(paths)
         gpus = self._allocator().allocate(record.trial_id)
         record.gpus = gpus
         run_start = time.time()
@@ -657,7 +658,7 @@ class LocalBackend:
         self._experiment_lock.acquire()
         state = empty_state(self._options())
         atomic_write_json(self._paths.metadata, state, durable=True)
-        self._journal = Journal(self._paths, state)
+        self._journal = Journal(self._paths, state["seq"])
         self._journal.open()
         self._created = True
 

@@ -91,11 +91,16 @@ def _run(trial: dict[str, Any], run: int) -> dict[str, Any] | None:
 
 
 class Journal:
-    """Appends entries for the driver that owns the experiment."""
+    """Appends entries for the driver that owns the experiment.
 
-    def __init__(self, paths: ExperimentPaths, state: dict[str, Any]) -> None:
+    It keeps only the last sequence number in memory: the table itself is
+    rebuilt from the files when the journal is folded into a snapshot, so a
+    long experiment does not hold a second copy of every trial.
+    """
+
+    def __init__(self, paths: ExperimentPaths, seq: int) -> None:
         self.paths = paths
-        self.state = state
+        self.seq = seq
         self._fd = -1
         self._size = 0
 
@@ -106,31 +111,32 @@ class Journal:
         self._size = os.fstat(self._fd).st_size
 
     def append(self, op: str, **fields: Any) -> None:
-        entry = {"seq": self.state["seq"] + 1, "op": op, **fields}
-        apply(self.state, entry)
+        self.seq += 1
         if self._fd < 0:
             return
-        line = orjson.dumps(entry) + b"\n"
+        line = orjson.dumps({"seq": self.seq, "op": op, **fields}) + b"\n"
         try:
             os.write(self._fd, line)
         except OSError:
-            # A full disk must not take the tuner down; the snapshot written
-            # at the next compaction or close carries the state.
+            # A full disk must not take the tuner down; the entries that did
+            # land, and the trial folders, still carry the state.
             return
         self._size += len(line)
         if self._size > COMPACT_BYTES:
             self.compact()
 
     def compact(self) -> None:
-        """Write the snapshot atomically, then start an empty journal."""
-        atomic_write_json(self.paths.metadata, self.state, durable=True)
-        if self._fd >= 0:
-            tmp = self.paths.journal.with_name(f".journal.tmp-{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            os.close(fd)
-            os.replace(tmp, self.paths.journal)
-            os.close(self._fd)
-            self.open()
+        """Fold the journal into the snapshot (written atomically), then start it afresh."""
+        if self._fd < 0:
+            return
+        state = load_state(self.paths.root)
+        atomic_write_json(self.paths.metadata, state, durable=True)
+        tmp = self.paths.journal.with_name(f".journal.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        os.replace(tmp, self.paths.journal)
+        os.close(self._fd)
+        self.open()
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -21,6 +21,8 @@ import signal
 import time
 from typing import Any
 
+from ._proctable import create_time, descendants
+
 # Grace period used when the driver has died: trees must be gone within ~2 s.
 ORPHAN_GRACE_SECONDS = 0.8
 # Signals that start the end of the tree: a stop request, or the driver's loss.
@@ -79,9 +81,10 @@ def _atomic_write_json(path: str, obj: Any) -> None:
 class Keeper:
     """Runs one trial's process tree to its end (inside the forked keeper)."""
 
-    def __init__(self, spec: dict[str, Any], event_fd: int) -> None:
+    def __init__(self, spec: dict[str, Any], event_fd: int, boot_time: float) -> None:
         self.spec = spec
         self.event_fd = event_fd
+        self.boot_time = boot_time
         self.grace = float(spec["grace"])
         self.leader = 0
         self.terminating = False
@@ -93,12 +96,15 @@ class Keeper:
     # -- signalling ---------------------------------------------------------
 
     def _descendants(self) -> list[int]:
-        import psutil
+        return descendants(os.getpid())
 
+    def _has_children(self) -> bool:
+        """True while any descendant is left (as subreaper, they are all our children)."""
         try:
-            return [p.pid for p in psutil.Process().children(recursive=True)]
-        except psutil.Error:
-            return []
+            os.waitpid(-1, os.WNOHANG)  # may reap one; the caller's loop reaps the rest
+        except ChildProcessError:
+            return False
+        return True
 
     def _signal_groups(self, signum: int) -> None:
         groups = {self.leader} if self.leader else set()
@@ -174,13 +180,11 @@ class Keeper:
                 },
             )
             return
-        import psutil
-
-        create_time = keeper_create_time = 0.0
+        leader_created = keeper_created = 0.0
         try:
-            keeper_create_time = psutil.Process().create_time()
-            create_time = psutil.Process(self.leader).create_time()
-        except psutil.Error:  # the leader may already be gone; the time is informative only
+            keeper_created = create_time(os.getpid(), self.boot_time)
+            leader_created = create_time(self.leader, self.boot_time)
+        except OSError:  # the leader may already be gone; the time is informative only
             pass
         write_event(
             self.event_fd,
@@ -189,9 +193,9 @@ class Keeper:
                 "trial": spec["trial"],
                 "run": spec["run"],
                 "pid": self.leader,
-                "create_time": create_time,
+                "create_time": leader_created,
                 "keeper": os.getpid(),
-                "keeper_create_time": keeper_create_time,
+                "keeper_create_time": keeper_created,
             },
         )
         signal.pthread_sigmask(signal.SIG_UNBLOCK, deferred)
@@ -247,7 +251,7 @@ class Keeper:
                 break
             if pid == self.leader:
                 leader_status = status
-                if not self.terminating and self._descendants():
+                if not self.terminating and self._has_children():
                     # The trial's main process is done; what it left behind
                     # must not outlive it (and hold a GPU).
                     self.begin_termination(self.grace, "leftovers")

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 _IN_MODIFY = 0x00000002
-_IN_CLOSE_WRITE = 0x00000008
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
 
@@ -42,9 +41,8 @@ class FileWatcher:
         """Start watching ``path`` (which must exist); a missing file is ignored."""
         if self._libc is None or str(path) in self._watches:
             return
-        wd = self._libc.inotify_add_watch(
-            self._fd, os.fsencode(path), _IN_MODIFY | _IN_CLOSE_WRITE
-        )
+        # Only writes matter; a close would wake the driver a second time.
+        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(path), _IN_MODIFY)
         if wd >= 0:
             self._watches[str(path)] = wd
 

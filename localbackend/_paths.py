@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,11 +55,11 @@ class TrialPaths:
 
     def checkpoint_staging(self) -> Path:
         """Where a checkpoint copy is assembled before it replaces ``checkpoints``."""
-        return self.root / f".checkpoints-incoming-{os.getpid()}-{secrets.token_hex(4)}"
+        return self.root / f".checkpoints-incoming-{os.getpid()}-{os.urandom(4).hex()}"
 
     def checkpoint_retired(self) -> Path:
         """Where the replaced checkpoint folder waits to be deleted."""
-        return self.root / f".checkpoints-retired-{os.getpid()}-{secrets.token_hex(4)}"
+        return self.root / f".checkpoints-retired-{os.getpid()}-{os.urandom(4).hex()}"
 
     def log(self, stream: str) -> Path:
         return self.stdout if stream == "stdout" else self.stderr
@@ -100,4 +99,4 @@ def default_experiment_dir(base: Path | None = None) -> Path:
     """A new, unique folder name under ``./localbackend-runs/`` (not created)."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     parent = (base or Path.cwd()) / RUNS_ROOT
-    return parent / f"{stamp}_{secrets.token_hex(3)}"
+    return parent / f"{stamp}_{os.urandom(3).hex()}"

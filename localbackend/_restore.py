@@ -46,7 +46,7 @@ def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
     try:
         # Re-read under the lock: the old driver may have written until now.
         state = load_state(root)
-        journal = Journal(backend._paths, state)
+        journal = Journal(backend._paths, state["seq"])
         journal.open()
         backend._journal = journal
         for key in sorted(state["trials"], key=int):

@@ -49,6 +49,12 @@ class _Tail:
         """Parse the lines completed since the last read (up to byte ``limit``)."""
         results: list[dict[str, Any]] = []
         chunk = READ_CHUNK
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return results
+        if stat.st_size == self.offset and (stat.st_dev, stat.st_ino) == self._identity:
+            return results  # the common case, nothing new: one system call
         while True:
             try:
                 fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)

@@ -14,8 +14,8 @@ needs no cooperation from the driver (SIGKILL and OOM included), and then
 ends every trial tree within about a second. Keepers get ``PR_SET_PDEATHSIG``
 so that they do the same if the supervisor itself is killed.
 
-This module imports only the standard library and psutil, and nothing runs at
-import time.
+This module imports only the standard library, and nothing runs at import
+time.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ._keeper import (
     prctl,
     write_event,
 )
+from ._proctable import boot_time, descendants
 
 # How long the supervisor waits for keepers after telling them to stop fast.
 SHUTDOWN_WAIT_SECONDS = 3.0
@@ -59,10 +60,7 @@ class _Supervisor:
         os.set_blocking(self.wake_r, False)
 
     def serve(self) -> None:
-        # Imported before any keeper is forked: a keeper must never import
-        # inside a signal handler, where the import lock could deadlock.
-        import psutil  # noqa: F401
-
+        self.boot_time = boot_time()
         os.set_inheritable(self.event_fd, False)
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -155,7 +153,7 @@ class _Supervisor:
                 os.dup2(null, 0)
                 os.close(null)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                Keeper(spec, self.event_fd).run(supervisor_pid)
+                Keeper(spec, self.event_fd, self.boot_time).run(supervisor_pid)
             except BaseException as err:  # report, never fall back into the supervisor loop
                 code = 70
                 try:
@@ -214,16 +212,17 @@ class _Supervisor:
             self.keepers.pop(pid, None)
 
     def _kill_strays(self) -> None:
-        import psutil
-
+        """SIGKILL every process below us that no keeper owns (a dead keeper's tree)."""
         keepers = set(self.keepers)
-        for child in psutil.Process().children():
-            if child.pid in keepers:
+        owned: set[int] = set()
+        for keeper in keepers:
+            owned.update(descendants(keeper))
+        for pid in descendants(os.getpid()):
+            if pid in keepers or pid in owned:
                 continue
             try:
-                for proc in [child, *child.children(recursive=True)]:
-                    proc.kill()
-            except psutil.Error:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
                 pass
 
     def _shutdown(self, fast: bool) -> None:

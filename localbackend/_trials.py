@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -38,8 +37,8 @@ class TrialRecord:
     pid_create_time: Optional[float] = None
     # Results from each source are queued here until fetched; new ones are
     # read only while ``accepting`` (the run has not been paused or stopped).
-    from_results_file: deque[dict[str, Any]] = field(default_factory=deque)
-    from_stdout: deque[dict[str, Any]] = field(default_factory=deque)
+    from_results_file: list[dict[str, Any]] = field(default_factory=list)
+    from_stdout: list[dict[str, Any]] = field(default_factory=list)
     accepting: bool = True
     status_unfetched: bool = False
     # Results seen across all runs, so the iteration counter carries on.
