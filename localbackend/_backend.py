@@ -349,20 +349,12 @@ class LocalBackend:
             run_start_time=run_start,
             cwd=self._cwd,
         )
-        shown_env = {
-            key: value
-            for key, value in spec.env.items()
-            if key.startswith("LOCALBACKEND_") or key in self._env or key == "CUDA_VISIBLE_DEVICES"
-        }
-        atomic_write_json(
-            paths.command,
-            {"run": record.runs, "argv": list(spec.argv), "cwd": str(spec.cwd), "env": shown_env},
-        )
         watcher = self._file_watcher()
         watcher.watch(paths.results)
         watcher.watch(paths.stdout)
         run = record.runs
-        record.log("launch", run=run, time=run_start, gpus=gpus)
+        # Spawn first: the supervisor forks while this process writes the
+        # records below, on the other core.
         self._supervisor.spawn(
             record.trial_id, run, spec, self._executable, paths, self._grace_period
         )
@@ -373,8 +365,18 @@ class LocalBackend:
         record.exit_code = record.exit_signal = None
         record.stderr_tail = ""
         record.training_end_time = None
-        record.set_status(Status.in_progress, reason=reason)
         self._table.live.add(record.trial_id)
+        record.log("launch", run=run, time=run_start, gpus=gpus)
+        record.set_status(Status.in_progress, reason=reason)
+        shown_env = {
+            key: value
+            for key, value in spec.env.items()
+            if key.startswith("LOCALBACKEND_") or key in self._env or key == "CUDA_VISIBLE_DEVICES"
+        }
+        atomic_write_json(
+            paths.command,
+            {"run": run, "argv": list(spec.argv), "cwd": str(spec.cwd), "env": shown_env},
+        )
 
     # -- pausing and stopping -----------------------------------------------
 

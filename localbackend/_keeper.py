@@ -34,9 +34,14 @@ PR_SET_CHILD_SUBREAPER = 36
 _PIPE_BUF = 4096
 
 
+_libc: ctypes.CDLL | None = None
+
+
 def prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
+    global _libc
+    if _libc is None:  # loaded once in the supervisor; keepers inherit it
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({option}) failed: {os.strerror(err)}")
 
