@@ -13,10 +13,9 @@ from . import _protocol as proto
 from ._paths import TrialPaths
 
 
-def atomic_write_json(path: Path, obj: Any, *, durable: bool = False) -> None:
-    """Write ``obj`` as JSON so that a reader sees the old file or the new one, never half."""
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write ``data`` so that a reader sees the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    data = orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -34,6 +33,12 @@ def atomic_write_json(path: Path, obj: Any, *, durable: bool = False) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write_json(path: Path, obj: Any, *, durable: bool = False) -> None:
+    """Write ``obj`` as indented JSON, atomically (see ``atomic_write_bytes``)."""
+    data = orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    atomic_write_bytes(path, data, durable=durable)
 
 
 def has_checkpoint(paths: TrialPaths) -> bool:

@@ -15,7 +15,7 @@ import orjson
 
 from .._errors import LocalBackendError
 from .._paths import TrialPaths
-from .._storage import atomic_write_json
+from .._storage import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "EXIT_FAILED",
@@ -96,17 +96,7 @@ class TunerFiles:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text so that a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def append_jsonl(path: Path, obj: Any) -> None:
