@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.drivers._common import TUNE_METRIC, Measured, make_syne, scratch, trial_script
@@ -85,73 +86,56 @@ def run_floor(params: dict[str, Any]) -> dict[str, Any]:
             **_latencies(start_times, reported, end_times)}
 
 
-def run_localbackend(params: dict[str, Any]) -> dict[str, Any]:
-    from localbackend import LocalBackend
-
+def _drive_trial_backend(
+    backend: Any, params: dict[str, Any], sleep: Callable[[], object]
+) -> dict[str, Any]:
+    """Run the trivial trials through a TrialBackend-shaped object; ``sleep`` waits a round."""
     trials, concurrency = int(params["trials"]), int(params["concurrency"])
     results = failed = 0
     start_times: dict[int, float] = {}
     reported: dict[int, float] = {}
     end_times: dict[int, float] = {}
+    running: set[int] = set()
+    started = 0
+    while started < trials or running:
+        while len(running) < concurrency and started < trials:
+            now = time.time()
+            trial_id = backend.start_trial({"index": started}).trial_id
+            start_times[trial_id] = now
+            running.add(trial_id)
+            started += 1
+        sleep()
+        statuses, new = backend.fetch_status_results(sorted(running))
+        now = time.time()
+        results += len(new)
+        for trial_id, result in new:
+            reported.setdefault(trial_id, float(result["st_worker_timestamp"]))
+        for trial_id, (_, status) in statuses.items():
+            if status in FINISHED:
+                end_times[trial_id] = now
+                running.discard(trial_id)
+                failed += status != "Completed"
+    return {"trials": trials, "failed": failed, "results": results,
+            **_latencies(start_times, reported, end_times)}
+
+
+def run_localbackend(params: dict[str, Any]) -> dict[str, Any]:
+    from localbackend import LocalBackend
+
     with Measured() as meter:
         backend = LocalBackend(
             trial_script("trivial"),
             experiment_dir=scratch(params, "experiment"),
             binary=[params["trial_python"]],
         )
-        running: set[int] = set()
-        started = 0
-        while started < trials or running:
-            while len(running) < concurrency and started < trials:
-                now = time.time()
-                trial_id = backend.start_trial({"index": started}).trial_id
-                start_times[trial_id] = now
-                running.add(trial_id)
-                started += 1
-            backend.wait()
-            statuses, new = backend.fetch_status_results(sorted(running))
-            now = time.time()
-            results += len(new)
-            for trial_id, result in new:
-                reported.setdefault(trial_id, float(result["st_worker_timestamp"]))
-            for trial_id, (_, status) in statuses.items():
-                if status in FINISHED:
-                    end_times[trial_id] = now
-                    running.discard(trial_id)
-                    failed += status != "Completed"
+        measured = _drive_trial_backend(backend, params, backend.wait)
         backend.close()
-    return {**meter.as_dict(), "trials": trials, "failed": failed, "results": results,
-            **_latencies(start_times, reported, end_times)}
+    return {**meter.as_dict(), **measured}
 
 
 def run_syne(params: dict[str, Any]) -> dict[str, Any]:
-    trials, concurrency = int(params["trials"]), int(params["concurrency"])
     poll = float(params["poll"])
-    results = failed = 0
-    start_times: dict[int, float] = {}
-    reported: dict[int, float] = {}
-    end_times: dict[int, float] = {}
     with Measured() as meter:
         backend = make_syne(params, "trivial")
-        running: set[int] = set()
-        started = 0
-        while started < trials or running:
-            while len(running) < concurrency and started < trials:
-                now = time.time()
-                trial_id = backend.start_trial({"index": started}).trial_id
-                start_times[trial_id] = now
-                running.add(trial_id)
-                started += 1
-            time.sleep(poll)
-            statuses, new = backend.fetch_status_results(sorted(running))
-            now = time.time()
-            results += len(new)
-            for trial_id, result in new:
-                reported.setdefault(trial_id, float(result["st_worker_timestamp"]))
-            for trial_id, (_, status) in statuses.items():
-                if status in FINISHED:
-                    end_times[trial_id] = now
-                    running.discard(trial_id)
-                    failed += status != "Completed"
-    return {**meter.as_dict(), "trials": trials, "failed": failed, "results": results,
-            **_latencies(start_times, reported, end_times)}
+        measured = _drive_trial_backend(backend, params, lambda: time.sleep(poll))
+    return {**meter.as_dict(), **measured}
