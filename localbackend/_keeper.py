@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from ._proctable import create_time, descendants
+from ._protocol import ENV_ITERATION_START
 
 # Grace period used when the driver has died: trees must be gone within ~2 s.
 ORPHAN_GRACE_SECONDS = 0.8
@@ -66,6 +67,17 @@ def _file_size(path: str) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
+
+
+def _count_lines(path: str) -> int:
+    count = 0
+    try:
+        with open(path, "rb") as results:
+            while block := results.read(1 << 20):
+                count += block.count(b"\n")
+    except OSError:
+        return 0
+    return count
 
 
 def _atomic_write_json(path: str, obj: Any) -> None:
@@ -233,7 +245,7 @@ class Keeper:
             return os.posix_spawn(
                 spec["executable"],
                 spec["argv"],
-                spec["env"],
+                self._environment(),
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_DUP2, out, 1),
@@ -246,6 +258,21 @@ class Keeper:
         finally:
             os.close(out)
             os.close(err)
+
+    def _environment(self) -> dict[str, str]:
+        """The trial's environment, with the iteration counter's start made exact.
+
+        The driver counted the results of earlier runs when the resume was
+        asked for; a paused run may have written more before it ended. Every
+        earlier run is gone by now, so the results file can be counted.
+        """
+        env: dict[str, str] = self.spec["env"]
+        if int(self.spec["run"]) == 0:
+            return env
+        written = _count_lines(self.spec["results"])
+        if written > int(env.get(ENV_ITERATION_START, "0") or 0):
+            env = dict(env, **{ENV_ITERATION_START: str(written)})
+        return env
 
     def _reap_all(self) -> int:
         leader_status = 0
