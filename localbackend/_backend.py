@@ -159,13 +159,18 @@ class LocalBackend:
 
     def _setup_runtime(self) -> None:
         """The parts that live only as long as this driver process."""
-        self._supervisor = SupervisorClient(detach=self._detach)
+        self._supervisor = SupervisorClient(detach=self._detach, on_start=self._supervisor_started)
         self._watcher: FileWatcher | None = None
         self._table = TrialTable(self._supervisor, self._allocator, self._file_watcher)
         self._table.delete_checkpoints = self.delete_checkpoints
         self._journal: Journal | None = None
         self._experiment_lock = ExperimentLock(self._paths)
         self._lock = threading.RLock()
+
+    def _supervisor_started(self, pid: int, start_time: float) -> None:
+        # A restore waits for this process to end before it trusts the folder.
+        if self._journal is not None:
+            self._journal.append("supervisor", pid=pid, create_time=start_time)
 
     def _options(self) -> dict[str, Any]:
         """Constructor arguments, as stored in the experiment folder for ``restore``."""
@@ -306,12 +311,30 @@ class LocalBackend:
                 )
             clean = normalize_config(new_config) if new_config is not None else None
             self._check_entry_point_still_there()
+            if record.delete_checkpoint_on_exit and record.alive_runs:
+                # A delete waits for the paused run to end; the resumed run
+                # must not start from the checkpoint that was asked away.
+                self._wait_for_runs_to_end(record)
+            try:
+                if clean is not None:
+                    atomic_write_json(record.paths.config, clean)
+                self._prepare_files(record.paths)
+            except OSError as err:
+                raise TrialLaunchError(
+                    record.trial_id, [*self._binary, str(self._entry_point)],
+                    f"{type(err).__name__}: {err}", _launch_hint(err),
+                ) from err
             if clean is not None:
-                atomic_write_json(record.paths.config, clean)
                 record.config = clean
                 record.log("config", config=clean)
             self._launch(record, reason="resume_trial")
             return self._trial_result(record)
+
+    def _wait_for_runs_to_end(self, record: TrialRecord) -> None:
+        deadline = time.monotonic() + self._grace_period + _STOP_ALL_MARGIN
+        while record.alive_runs and time.monotonic() < deadline:
+            self._sleep_until_event(deadline - time.monotonic())
+            self._table.pump()
 
     @staticmethod
     def _prepare_files(paths: TrialPaths) -> None:
@@ -325,10 +348,7 @@ class LocalBackend:
         if record.attached:
             # A run that outlived the previous driver is not the supervisor's
             # to queue behind; wait here until its tree is gone.
-            deadline = time.monotonic() + self._grace_period + _STOP_ALL_MARGIN
-            while record.attached and time.monotonic() < deadline:
-                self._sleep_until_event(deadline - time.monotonic())
-                self._table.pump()
+            self._wait_for_runs_to_end(record)
         paths = record.paths
         if record.runs:  # start_trial prepared the first run's files already
             self._prepare_files(paths)
@@ -353,8 +373,9 @@ class LocalBackend:
         watcher.watch(paths.results)
         watcher.watch(paths.stdout)
         run = record.runs
-        # Spawn first: the supervisor forks while this process writes the
-        # records below, on the other core.
+        record.log("launch", run=run, time=run_start, gpus=gpus)
+        # Spawn before the rest of the bookkeeping: the supervisor forks while
+        # this process writes the records below, on the other core.
         self._supervisor.spawn(
             record.trial_id, run, spec, self._executable, paths, self._grace_period
         )
@@ -366,7 +387,6 @@ class LocalBackend:
         record.stderr_tail = ""
         record.training_end_time = None
         self._table.live.add(record.trial_id)
-        record.log("launch", run=run, time=run_start, gpus=gpus)
         record.set_status(Status.in_progress, reason=reason)
         shown_env = {
             key: value
@@ -442,10 +462,12 @@ class LocalBackend:
             if self._watcher is not None:
                 self._watcher.close()
                 self._watcher = None
-            if self._journal is not None:
-                self._journal.compact()
-                self._journal.close()
-            self._experiment_lock.release()
+            try:
+                if self._journal is not None:
+                    self._journal.compact()
+                    self._journal.close()
+            finally:
+                self._experiment_lock.release()
 
     def __enter__(self) -> LocalBackend:
         return self

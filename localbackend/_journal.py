@@ -16,6 +16,7 @@ No lock is needed to read.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ import orjson
 from ._errors import ExperimentError
 from ._paths import ExperimentPaths
 from ._storage import atomic_write_json
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # The journal is folded into the snapshot once it grows past this size.
@@ -42,6 +45,9 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
     state["seq"] = max(state.get("seq", 0), int(entry.get("seq", 0)))
     if op == "options":
         state["options"] = entry["options"]
+        return
+    if op == "supervisor":
+        state["supervisor"] = {"pid": entry["pid"], "create_time": entry["create_time"]}
         return
     if op == "trial":
         state["trials"][str(entry["trial"])] = {
@@ -81,6 +87,8 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
         }
     elif op == "accept_until":
         trial["accept_until"] = {"results": entry["results"], "stdout": entry["stdout"]}
+        if trial["runs"]:
+            trial["runs"][-1]["accept_until"] = trial["accept_until"]
 
 
 def _run(trial: dict[str, Any], run: int) -> dict[str, Any] | None:
@@ -106,21 +114,35 @@ class Journal:
 
     def open(self) -> None:
         self._fd = os.open(
-            self.paths.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+            self.paths.journal, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
         )
         self._size = os.fstat(self._fd).st_size
+        if self._size and os.pread(self._fd, 1, self._size - 1) != b"\n":
+            # The last writer died in the middle of a line: end it, so that
+            # our first entry is not glued to it.
+            os.write(self._fd, b"\n")
+            self._size += 1
 
     def append(self, op: str, **fields: Any) -> None:
-        self.seq += 1
         if self._fd < 0:
             return
-        line = orjson.dumps({"seq": self.seq, "op": op, **fields}) + b"\n"
+        line = orjson.dumps({"seq": self.seq + 1, "op": op, **fields}) + b"\n"
         try:
-            os.write(self._fd, line)
-        except OSError:
-            # A full disk must not take the tuner down; the entries that did
-            # land, and the trial folders, still carry the state.
+            written = os.write(self._fd, line)
+        except OSError as err:
+            # A full disk must not take the tuner down. The entry is lost, and
+            # its sequence number is not used, so the journal has no gap.
+            logger.warning("could not append to %s: %s", self.paths.journal, err)
             return
+        if written < len(line):
+            # A torn line: end it so the next entry starts on its own line;
+            # readers skip what does not parse.
+            try:
+                os.write(self._fd, b"\n")
+            except OSError:
+                pass
+            return
+        self.seq += 1
         self._size += len(line)
         if self._size > COMPACT_BYTES:
             self.compact()
@@ -129,7 +151,7 @@ class Journal:
         """Fold the journal into the snapshot (written atomically), then start it afresh."""
         if self._fd < 0:
             return
-        state = load_state(self.paths.root)
+        state = load_state(self.paths.root, owner=True)
         atomic_write_json(self.paths.metadata, state, durable=True)
         tmp = self.paths.journal.with_name(f".journal.tmp-{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -144,8 +166,14 @@ class Journal:
             self._fd = -1
 
 
-def load_state(root: Path, *, attempts: int = 5) -> dict[str, Any]:
-    """The trial table of an experiment folder, read without any lock."""
+def load_state(root: Path, *, attempts: int = 5, owner: bool = False) -> dict[str, Any]:
+    """The trial table of an experiment folder, read without any lock.
+
+    A gap in the journal's sequence numbers normally means it was rotated
+    between reading the snapshot and reading the journal, and the read is
+    tried again. The driver that holds the lock (``owner``) knows nobody
+    rotates under it: a gap is then damage, and is read past with a warning.
+    """
     paths = ExperimentPaths(root)
     if not root.is_dir():
         raise ExperimentError(
@@ -176,7 +204,7 @@ def load_state(root: Path, *, attempts: int = 5) -> dict[str, Any]:
                 f"localbackend understands ({FORMAT_VERSION})",
                 "Upgrade localbackend to read it.",
             )
-        if _replay_journal(paths, snapshot):
+        if _replay_journal(paths, snapshot, tolerate_gaps=owner):
             return snapshot  # type: ignore[no-any-return]
         time.sleep(0.01)  # the journal was rotated under us; the new snapshot has it
     raise ExperimentError(
@@ -184,7 +212,9 @@ def load_state(root: Path, *, attempts: int = 5) -> dict[str, Any]:
     )
 
 
-def _replay_journal(paths: ExperimentPaths, state: dict[str, Any]) -> bool:
+def _replay_journal(
+    paths: ExperimentPaths, state: dict[str, Any], *, tolerate_gaps: bool = False
+) -> bool:
     try:
         data = paths.journal.read_bytes()
     except FileNotFoundError:
@@ -199,7 +229,11 @@ def _replay_journal(paths: ExperimentPaths, state: dict[str, Any]) -> bool:
         if seq < expected:
             continue
         if seq > expected:
-            return False
+            if not tolerate_gaps:
+                return False
+            logger.warning(
+                "%s: entries %d to %d are missing; reading on", paths.journal, expected, seq - 1
+            )
         apply(state, entry)
         expected = seq + 1
     return True

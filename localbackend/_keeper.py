@@ -27,7 +27,7 @@ from ._protocol import ENV_ITERATION_START
 # Grace period used when the driver has died: trees must be gone within ~2 s.
 ORPHAN_GRACE_SECONDS = 0.8
 # Signals that start the end of the tree: a stop request, or the driver's loss.
-KEEPER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGUSR1})
+KEEPER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2})
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 # Messages up to PIPE_BUF bytes are written to a pipe atomically, so lines
@@ -109,6 +109,9 @@ class Keeper:
         # (the driver died), "leftovers" (the main process had already exited).
         self.terminated_by: str | None = None
         self.kill_at = float("inf")
+        # Sizes of the results file and stdout log when this run started:
+        # everything before them belongs to earlier runs.
+        self.start_offsets: dict[str, int] = {}
 
     # -- signalling ---------------------------------------------------------
 
@@ -152,7 +155,7 @@ class Keeper:
         deadline = time.monotonic() + max(grace, 0.0)
         first = not self.terminating
         self.terminating = True
-        if self.terminated_by is None or why == "driver_lost":
+        if self.terminated_by is None or why in ("driver_lost", "supervisor_lost"):
             self.terminated_by = why
         if first:
             self._signal_groups(signal.SIGTERM)
@@ -170,11 +173,16 @@ class Keeper:
     def run(self, supervisor_pid: int) -> None:
         spec = self.spec
         prctl(PR_SET_CHILD_SUBREAPER, 1)
-        prctl(PR_SET_PDEATHSIG, signal.SIGUSR1)
+        # SIGUSR1 comes from the supervisor when the driver died; SIGUSR2 from
+        # the kernel when the supervisor itself died. Both end the tree fast.
+        prctl(PR_SET_PDEATHSIG, signal.SIGUSR2)
         signal.signal(signal.SIGTERM, lambda s, f: self.begin_termination(self.grace, "request"))
         fast_grace = min(self.grace, ORPHAN_GRACE_SECONDS)
         signal.signal(
             signal.SIGUSR1, lambda s, f: self.begin_termination(fast_grace, "driver_lost")
+        )
+        signal.signal(
+            signal.SIGUSR2, lambda s, f: self.begin_termination(fast_grace, "supervisor_lost")
         )
         signal.signal(signal.SIGALRM, self._on_alarm)
         if os.getppid() != supervisor_pid:
@@ -203,6 +211,16 @@ class Keeper:
             leader_created = create_time(self.leader, self.boot_time)
         except OSError:  # the leader may already be gone; the time is informative only
             pass
+        # Written before the driver hears of the run, so that a driver that
+        # dies now can still be followed by a restore that finds this run.
+        _atomic_write_json(
+            spec["run_file"],
+            {
+                "trial": spec["trial"], "run": spec["run"], "pid": self.leader,
+                "create_time": leader_created, "keeper": os.getpid(),
+                "keeper_create_time": keeper_created, "start_offsets": self.start_offsets,
+            },
+        )
         write_event(
             self.event_fd,
             {
@@ -267,6 +285,10 @@ class Keeper:
         earlier run is gone by now, so the results file can be counted.
         """
         env: dict[str, str] = self.spec["env"]
+        self.start_offsets = {
+            "results": _file_size(self.spec["results"]),
+            "stdout": _file_size(self.spec["stdout"]),
+        }
         if int(self.spec["run"]) == 0:
             return env
         written = _count_lines(self.spec["results"])

@@ -138,7 +138,16 @@ def normalize_config(config: object) -> dict[str, Any]:
 def _json_value(key: str, value: Any) -> Any:
     if hasattr(value, "item") and type(value).__module__ == "numpy":
         value = value.item()
-    if value is None or isinstance(value, (bool, str, int)):
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ConfigError(
+                key, value, f"the string is not valid Unicode ({err.reason})",
+                "Remove the lone surrogate characters, or pass the value in another form.",
+            ) from err
+        return value
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -53,6 +53,11 @@ class TrialPaths:
     def exit_status(self) -> Path:
         return self.root / "exit.json"
 
+    @property
+    def run_record(self) -> Path:
+        """Written by the keeper when a run starts: its PIDs and where its output begins."""
+        return self.root / "run.json"
+
     def checkpoint_staging(self) -> Path:
         """Where a checkpoint copy is assembled before it replaces ``checkpoints``."""
         return self.root / f".checkpoints-incoming-{os.getpid()}-{os.urandom(4).hex()}"

@@ -8,17 +8,23 @@ starts for other reasons never keeps them open.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import select
 import subprocess
 import sys
 import threading
+import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from ._errors import SupervisorError
 from ._launch import LaunchSpec
 from ._paths import TrialPaths
+from ._proctable import boot_time, create_time
 
 _BOOTSTRAP = (
     "import sys; sys.path.insert(0, sys.argv.pop(2)); "
@@ -26,16 +32,62 @@ _BOOTSTRAP = (
 )
 
 
+# Events after which the supervisor no longer owns a run.
+_RUN_ENDS = frozenset({"exited", "spawn_failed", "cancelled", "keeper_died"})
+
+
+def _start_time(pid: int) -> float:
+    try:
+        return create_time(pid, boot_time())
+    except OSError:
+        return 0.0
+
+
+def _forget_in_child(client_ref: weakref.ref[SupervisorClient]) -> None:
+    """In a process forked from the driver: let go of the supervisor's pipes.
+
+    The descriptors are pointed at /dev/null rather than closed, so that the
+    file objects that still wrap them close something harmless later.
+    """
+    client = client_ref()
+    if client is None:
+        return
+    numbers = [client._events_fd]
+    if client._stdin is not None:
+        try:
+            numbers.append(client._stdin.fileno())
+        except ValueError:
+            pass
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in numbers:
+            if fd >= 0:
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
+    client.forked_away = True
+
+
 class SupervisorClient:
     """Owns the supervisor process for one backend."""
 
-    def __init__(self, detach: bool = False) -> None:
+    def __init__(
+        self, detach: bool = False, on_start: Callable[[int, float], None] | None = None
+    ) -> None:
         self.detach = detach
+        # Called with the new supervisor's PID and start time, for the journal.
+        self.on_start = on_start
+        # Runs handed to the current supervisor whose end has not been heard of.
+        self._spawned: set[tuple[int, int]] = set()
+        self._pending: list[dict[str, Any]] = []
         self._process: subprocess.Popen[bytes] | None = None
         self._stdin: IO[bytes] | None = None
         self._events_fd = -1
         self._buffer = b""
         self._lock = threading.Lock()
+        self._fork_hook_registered = False
+        # True in a child forked from the driver: this copy must not be used.
+        self.forked_away = False
 
     @property
     def started(self) -> bool:
@@ -50,7 +102,10 @@ class SupervisorClient:
         if self._process is not None and self._process.poll() is None:
             return
         if self._process is not None:
-            self.close_pipes()
+            # The supervisor died under us. Its keepers are ending their trees
+            # now; collect what they report before the pipe goes, so that no
+            # run is left waiting for an exit that was already sent.
+            self._pending.extend(self._drain_until_eof(deadline=time.monotonic() + 5.0))
         read_fd, write_fd = os.pipe()
         package_parent = str(Path(__file__).resolve().parent.parent)
         try:
@@ -77,8 +132,22 @@ class SupervisorClient:
         self._events_fd = read_fd
         self._stdin = self._process.stdin
         self._buffer = b""
+        if not self._fork_hook_registered:
+            # A child forked from the driver (multiprocessing's default) must
+            # not hold the supervisor's stdin open, or the supervisor would not
+            # see the driver die.
+            forget = functools.partial(_forget_in_child, weakref.ref(self))
+            os.register_at_fork(after_in_child=forget)
+            self._fork_hook_registered = True
+        if self.on_start is not None:
+            self.on_start(self._process.pid, _start_time(self._process.pid))
 
     def _send(self, command: dict[str, Any]) -> None:
+        if self.forked_away:
+            raise SupervisorError(
+                "this backend belongs to the process that created it, not to a forked child. "
+                "Create a new LocalBackend in the child, or use the 'spawn' start method."
+            )
         self.ensure_started()
         line = json.dumps(command, separators=(",", ":")).encode() + b"\n"
         with self._lock:
@@ -111,17 +180,20 @@ class SupervisorClient:
                 "stderr": str(paths.stderr),
                 "results": str(paths.results),
                 "exit_file": str(paths.exit_status),
+                "run_file": str(paths.run_record),
                 "grace": grace,
             }
         )
+        self._spawned.add((trial_id, run))
 
     def terminate(self, trial_id: int, run: int) -> None:
         self._send({"op": "terminate", "trial": trial_id, "run": run})
 
     def read_events(self) -> list[dict[str, Any]]:
         """Every event that has arrived, without blocking."""
+        events, self._pending = self._pending, []
         if self._events_fd < 0:
-            return []
+            return events
         chunks = [self._buffer]
         eof = False
         while True:
@@ -133,12 +205,40 @@ class SupervisorClient:
                 eof = True
                 break
             chunks.append(chunk)
-        data = b"".join(chunks)
+        events.extend(self._parse(b"".join(chunks)))
+        if eof:
+            events.extend(self._lost_runs())
+            self.close_pipes()
+        return events
+
+    def _parse(self, data: bytes) -> list[dict[str, Any]]:
         *lines, self._buffer = data.split(b"\n")
         events = [json.loads(line) for line in lines if line.strip()]
-        if eof:
-            events.append({"ev": "supervisor_gone"})
-            self.close_pipes()
+        for event in events:
+            if event["ev"] in _RUN_ENDS:
+                self._spawned.discard((int(event["trial"]), int(event["run"])))
+        return events
+
+    def _lost_runs(self) -> list[dict[str, Any]]:
+        """One ``run_lost`` event for every run the dead supervisor never reported ended."""
+        lost = [{"ev": "run_lost", "trial": t, "run": r} for t, r in sorted(self._spawned)]
+        self._spawned.clear()
+        return lost
+
+    def _drain_until_eof(self, deadline: float) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        if self._events_fd >= 0:
+            while time.monotonic() < deadline:
+                select.select([self._events_fd], [], [], max(0.0, deadline - time.monotonic()))
+                try:
+                    chunk = os.read(self._events_fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                events.extend(self._parse(self._buffer + chunk))
+        events.extend(self._lost_runs())
+        self.close_pipes()
         return events
 
     def is_alive(self) -> bool:

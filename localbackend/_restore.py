@@ -45,10 +45,17 @@ def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
     backend._experiment_lock.acquire()
     try:
         # Re-read under the lock: the old driver may have written until now.
-        state = load_state(root)
+        state = load_state(root, owner=True)
         journal = Journal(backend._paths, state["seq"])
         journal.open()
         backend._journal = journal
+        supervisor = state.get("supervisor")
+        if supervisor and not backend._detach:
+            # It ends every trial tree and then exits once the driver is gone;
+            # until then a trial may still be writing.
+            _wait_for_exit(
+                int(supervisor["pid"]), float(supervisor["create_time"]), backend._grace_period
+            )
         for key in sorted(state["trials"], key=int):
             _restore_trial(backend, state["trials"][key], journal)
         backend._table.live.update(r.trial_id for r in backend._table.records)
@@ -84,11 +91,17 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
     last = runs[-1]
     run = int(last["run"])
     record.run_start_time = float(last.get("launched", 0.0))
-    record.pid = last.get("pid")
-    record.pid_create_time = last.get("create_time")
+    # The keeper writes run.json when the run starts, even if the driver
+    # died before it heard of the run.
+    started = read_exit_status(record.paths.run_record)
+    if started is not None and started.get("run") != run:
+        started = None
+    known = last if last.get("state") in ("started", "exited") else started or {}
+    record.pid = known.get("pid")
+    record.pid_create_time = known.get("create_time")
     ended = last if last.get("state") == "exited" else None
     if ended is None:
-        keeper, keeper_created = last.get("keeper"), last.get("keeper_create_time")
+        keeper, keeper_created = known.get("keeper"), known.get("keeper_create_time")
         if keeper and process_matches(int(keeper), float(keeper_created or 0.0)):
             if backend._detach:
                 _attach(backend, record, run, int(keeper), float(keeper_created or 0.0))
@@ -99,6 +112,19 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
             ended = exit_status
 
     if record.status == Status.in_progress:
+        if len(runs) > 1:
+            # An earlier run's results up to its pause are still owed; what it
+            # wrote after that, before this run started, never is.
+            earlier = runs[-2].get("accept_until")
+            if earlier is not None:
+                record.accepting = True
+                table.ingest(record, limits=earlier)
+            if started is not None:
+                offsets = started.get("start_offsets") or {}
+                record.results_reader.skip_to(int(offsets.get("results", 0)))
+                record.stdout_reader.skip_to(int(offsets.get("stdout", 0)))
+            elif ended is None:
+                _skip_to_end(record)  # the run never started: it wrote nothing
         record.alive_runs.add(run)
         record.accepting = True
         if ended is not None:
@@ -148,15 +174,16 @@ def _attach(
         _skip_to_end(record)
 
 
-def _wait_for_exit(keeper: int, keeper_created: float, grace: float) -> None:
-    """Wait for a dead driver's supervisor to finish ending a trial tree."""
+def _wait_for_exit(pid: int, created: float, grace: float) -> None:
+    """Wait for a dead driver's supervisor or keeper to finish ending trial trees."""
     deadline = time.monotonic() + grace + _ORPHAN_WAIT_MARGIN
-    while process_matches(keeper, keeper_created) and time.monotonic() < deadline:
+    while process_matches(pid, created) and time.monotonic() < deadline:
         time.sleep(0.02)
-    if process_matches(keeper, keeper_created):
+    if process_matches(pid, created):
         import signal
 
-        os.kill(keeper, signal.SIGKILL)
+        # Its keepers get SIGUSR2 from the kernel and end their trees.
+        os.kill(pid, signal.SIGKILL)
 
 
 def _skip_to_end(record: TrialRecord) -> None:

@@ -70,13 +70,6 @@ class TrialTable:
 
     def apply_event(self, event: Mapping[str, Any]) -> None:
         kind = event["ev"]
-        if kind == "supervisor_gone":
-            for record in self.live_records():
-                for run in sorted(record.alive_runs - set(record.attached)):
-                    self.run_failed(
-                        record, run, "the supervisor process ended unexpectedly", "SIGKILL"
-                    )
-            return
         trial_id = int(event["trial"])
         if not 0 <= trial_id < len(self.records):
             return
@@ -97,6 +90,10 @@ class TrialTable:
             )
         elif kind == "keeper_died":
             self.run_failed(record, run, "the process supervising this trial died", "SIGKILL")
+        elif kind == "run_lost":
+            self.run_failed(
+                record, run, "the supervisor process ended unexpectedly", "SIGKILL"
+            )
         elif kind == "cancelled":
             self.run_gone(record, run)
 
@@ -144,6 +141,12 @@ class TrialTable:
             if event.get("terminated_by") == "driver_lost":
                 record.set_status(Status.paused, reason="the driver ended while the trial ran",
                                   news=True)
+            elif event.get("terminated_by") == "supervisor_lost":
+                reason = "the supervisor process ended unexpectedly"
+                record.stderr_tail = record.read_stderr_tail() or reason
+                record.set_status(
+                    Status.failed, reason=reason, news=True, returncode=code, signal=signal_name
+                )
             elif code == 0:
                 record.set_status(Status.completed, reason="exited", news=True, returncode=0)
                 if self.delete_checkpoints:
