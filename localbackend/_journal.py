@@ -50,20 +50,19 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
         state["supervisor"] = {"pid": entry["pid"], "create_time": entry["create_time"]}
         return
     if op == "trial":
-        state["trials"][str(entry["trial"])] = {
-            "trial_id": entry["trial"],
-            "config": entry["config"],
-            "creation_time": entry["time"],
-            "status": None,
-            "history": [],
-            "runs": [],
-            "delivered": {"results": 0, "stdout": 0, "iterations": 0},
-            "accept_until": None,
-        }
+        state["trials"][str(entry["trial"])] = new_trial(
+            entry["trial"], entry["config"], entry["time"]
+        )
         return
     trial = state["trials"].get(str(entry.get("trial")))
     if trial is None:
-        return
+        if "trial" not in entry:
+            return
+        # The trial's first entry was lost (a full disk): keep what follows,
+        # and let restore read the config from the trial folder.
+        trial = state["trials"][str(entry["trial"])] = new_trial(
+            entry["trial"], None, entry.get("time", 0.0)
+        )
     if op == "config":
         trial["config"] = entry["config"]
     elif op == "status":
@@ -89,6 +88,19 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
         trial["accept_until"] = {"results": entry["results"], "stdout": entry["stdout"]}
         if trial["runs"]:
             trial["runs"][-1]["accept_until"] = trial["accept_until"]
+
+
+def new_trial(trial_id: int, config: Any, created: float) -> dict[str, Any]:
+    return {
+        "trial_id": trial_id,
+        "config": config,
+        "creation_time": created,
+        "status": None,
+        "history": [],
+        "runs": [],
+        "delivered": {"results": 0, "stdout": 0, "iterations": 0},
+        "accept_until": None,
+    }
 
 
 def _run(trial: dict[str, Any], run: int) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._journal import Journal, load_state
+from ._journal import Journal, load_state, new_trial
 from ._paths import ExperimentPaths
 from ._table import count_lines, process_matches, read_exit_status
 from ._trials import TrialRecord
@@ -56,8 +56,8 @@ def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
             _wait_for_exit(
                 int(supervisor["pid"]), float(supervisor["create_time"]), backend._grace_period
             )
-        for key in sorted(state["trials"], key=int):
-            _restore_trial(backend, state["trials"][key], journal)
+        for saved in _every_trial(backend, state["trials"]):
+            _restore_trial(backend, saved, journal)
         backend._table.live.update(r.trial_id for r in backend._table.records)
         journal.append("restored", time=time.time(), pid=os.getpid())
     except BaseException:
@@ -66,12 +66,29 @@ def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
     return backend
 
 
+def _every_trial(backend: LocalBackend, trials: dict[str, Any]) -> list[dict[str, Any]]:
+    """The saved trials by id, with a stub for any id whose folder exists but whose
+    journal entries were all lost, so that ids stay 0, 1, 2, ... without holes."""
+    on_disk = [
+        int(entry.name) for entry in backend._paths.root.iterdir()
+        if entry.name.isdigit() and (entry / "config.json").exists()
+    ]
+    last = max([int(key) for key in trials] + on_disk, default=-1)
+    return [
+        trials.get(str(trial_id)) or new_trial(trial_id, None, 0.0)
+        for trial_id in range(last + 1)
+    ]
+
+
 def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journal) -> None:
     table = backend._table
     trial_id = int(saved["trial_id"])
+    config = saved["config"]
+    if config is None:  # its journal entry was lost; the folder keeps the config
+        config = read_exit_status(backend._paths.trial(trial_id).config) or {}
     record = TrialRecord.new(
         trial_id,
-        saved["config"],
+        config,
         backend._paths.trial(trial_id),
         journal,
         creation_time=datetime.datetime.fromtimestamp(saved["creation_time"]),

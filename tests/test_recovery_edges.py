@@ -147,10 +147,13 @@ def test_a_failed_journal_write_leaves_the_experiment_restorable(
     assert failed
     drain(backend, [0, 1])
     backend.close()
-    # The entry that did not fit is lost (trial 1 is not in the table), but the
-    # journal has no gap, the lock was released, and the rest restores.
+    # The entry that did not fit (trial 1's first) is lost; restore takes its
+    # config from the trial folder and keeps what the later entries say.
     with LocalBackend.restore(tmp_path / "exp") as restored:
-        assert restored.fetch_status_results([0])[0][0][1] == Status.completed
+        statuses, results = restored.fetch_status_results([0, 1])
+        assert [statuses[t][1] for t in (0, 1)] == [Status.completed, Status.completed]
+        assert statuses[1][0].config == {}
+        assert results == []
 
 
 def test_resume_after_a_deferred_delete_starts_without_the_checkpoint(tmp_path: Path) -> None:
