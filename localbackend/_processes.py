@@ -252,7 +252,14 @@ class SupervisorClient:
             self._send({"op": "shutdown"})
         except SupervisorError:
             pass
-        self._process.wait()
+        # Keep reading events while the trees end: a keeper blocked on a full
+        # event pipe would never exit, and neither would the supervisor.
+        while self._process is not None and self._process.poll() is None:
+            if self._events_fd < 0:
+                self._process.wait()
+                break
+            select.select([self._events_fd], [], [], 0.1)
+            self._pending.extend(self.read_events())
         self.close_pipes()
 
     def close_pipes(self) -> None:
