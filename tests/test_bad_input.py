@@ -192,11 +192,13 @@ def _statuses(backend: LocalBackend) -> list[str]:
 
 def _state(backend: LocalBackend, tmp: Path) -> tuple[Any, ...]:
     records = backend._table.records
+    # Trial 4 runs and checkpoints all along, so its folder is left out (and
+    # not even walked: files come and go in it).
     trial_files = sorted(
         str(p.relative_to(backend.experiment_dir))
-        for p in backend.experiment_dir.rglob("*")
-        if ("checkpoints" in p.parts or p.name in ("config.json", "command.json"))
-        and p.relative_to(backend.experiment_dir).parts[0] != "4"  # running: it checkpoints
+        for trial_id in range(4)
+        for p in backend.trial_dir(trial_id).rglob("*")
+        if "checkpoints" in p.parts or p.name in ("config.json", "command.json")
     )
     return (
         backend.new_trial_id(),
