@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.crash_helpers import kill_driver, start_driver, trial_pids, wait_gone
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "entrypoints" / "train_numpy.py"
 
@@ -119,3 +121,11 @@ def test_import_localbackend_leaves_the_cli_alone() -> None:
     assert help_result.returncode == 0
     for command in ("tune", "run", "check", "status", "logs", "stop", "plot"):
         assert command in help_result.stdout
+
+
+def test_logs_follow_ends_when_the_driver_of_a_plain_backend_died(tmp_path: Path) -> None:
+    driver = start_driver(tmp_path, steps=1000, step_seconds=0.05, deliver_at_least=2)
+    kill_driver(driver)
+    wait_gone(trial_pids(driver.experiment_dir), timeout=5)
+    result = cli("logs", str(driver.experiment_dir), "0", "--follow")
+    assert result.returncode == 0, result.stderr

@@ -8,6 +8,8 @@ work while a tune runs, after it ended, or after it crashed.
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -244,7 +246,31 @@ def _trial_over(files: TunerFiles, trial_id: int) -> bool:
     if status in _FINISHED:
         return True
     tuner, state = tune_state(files)
-    return tuner is not None and state != "running"
+    if tuner is not None:
+        return state != "running"
+    # A folder of `run`, `check` or a script's own LocalBackend: over when no
+    # driver holds it and no keeper still runs the trial (detach mode).
+    return not _driver_alive(files.root) and not _keeper_alive(files.trial(trial_id).run_record)
+
+
+def _driver_alive(root: Path) -> bool:
+    driver = read_json(root / "driver.json")
+    if not isinstance(driver, dict) or driver.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(driver["pid"]), 0)
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _keeper_alive(run_record: Path) -> bool:
+    from .._table import process_matches
+
+    run = read_json(run_record)
+    if not isinstance(run, dict) or not run.get("keeper"):
+        return False
+    return process_matches(int(run["keeper"]), float(run.get("keeper_create_time") or 0.0))
 
 
 # -- stop ----------------------------------------------------------------------
