@@ -542,8 +542,9 @@ class LocalBackend:
             self._sleep_until_event(remaining)
 
     def _sleep_until_event(self, seconds: float) -> None:
-        fds = [fd for fd in (self._supervisor.events_fd, self._file_watcher().fileno()) if fd >= 0]
-        cap = _MAX_SLEEP_WITH_NOTIFY if self._file_watcher().fileno() >= 0 else _MAX_SLEEP_POLLING
+        notify_fd = self._file_watcher().fileno()
+        fds = [fd for fd in (self._supervisor.events_fd, notify_fd) if fd >= 0]
+        cap = _MAX_SLEEP_WITH_NOTIFY if notify_fd >= 0 else _MAX_SLEEP_POLLING
         timeout = max(0.0, min(seconds, cap))
         if fds:
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ._errors import BackendConfigurationError
 
@@ -79,9 +79,4 @@ class GpuAllocator:
         return {d: sum(d in h for h in self.holders.values()) for d in self.devices}
 
 
-def visible_devices_env(devices: Iterable[str]) -> dict[str, str]:
-    chosen = list(devices)
-    return {"CUDA_VISIBLE_DEVICES": ",".join(chosen)} if chosen else {}
-
-
-__all__ = ["GpuAllocator", "detect_gpus", "visible_devices_env"]
+__all__ = ["GpuAllocator", "detect_gpus"]

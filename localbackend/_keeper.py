@@ -21,6 +21,7 @@ import signal
 import time
 from typing import Any
 
+from ._files import count_lines, file_size
 from ._proctable import create_time, descendants
 from ._protocol import ENV_ITERATION_START
 
@@ -60,24 +61,6 @@ def write_event(fd: int, event: dict[str, Any]) -> None:
         except BrokenPipeError:
             return  # the driver is gone; nobody is listening any more
         view = view[written:]
-
-
-def _file_size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
-def _count_lines(path: str) -> int:
-    count = 0
-    try:
-        with open(path, "rb") as results:
-            while block := results.read(1 << 20):
-                count += block.count(b"\n")
-    except OSError:
-        return 0
-    return count
 
 
 def _atomic_write_json(path: str, obj: Any) -> None:
@@ -244,9 +227,9 @@ class Keeper:
             "terminated_by": self.terminated_by,
             "time": time.time(),
             "offsets": {
-                "results": _file_size(spec["results"]),
-                "stdout": _file_size(spec["stdout"]),
-                "stderr": _file_size(spec["stderr"]),
+                "results": file_size(spec["results"]),
+                "stdout": file_size(spec["stdout"]),
+                "stderr": file_size(spec["stderr"]),
             },
         }
         _atomic_write_json(spec["exit_file"], exit_status)
@@ -286,12 +269,12 @@ class Keeper:
         """
         env: dict[str, str] = self.spec["env"]
         self.start_offsets = {
-            "results": _file_size(self.spec["results"]),
-            "stdout": _file_size(self.spec["stdout"]),
+            "results": file_size(self.spec["results"]),
+            "stdout": file_size(self.spec["stdout"]),
         }
         if int(self.spec["run"]) == 0:
             return env
-        written = _count_lines(self.spec["results"])
+        written = count_lines(self.spec["results"])
         if written > int(env.get(ENV_ITERATION_START, "0") or 0):
             env = dict(env, **{ENV_ITERATION_START: str(written)})
         return env

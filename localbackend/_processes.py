@@ -90,10 +90,6 @@ class SupervisorClient:
         self.forked_away = False
 
     @property
-    def started(self) -> bool:
-        return self._process is not None
-
-    @property
     def events_fd(self) -> int:
         """The fd to wait on for events (-1 before the supervisor starts)."""
         return self._events_fd
@@ -240,9 +236,6 @@ class SupervisorClient:
         events.extend(self._lost_runs())
         self.close_pipes()
         return events
-
-    def is_alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def shutdown(self) -> None:
         """Stop every trial (with its grace period) and wait for the supervisor."""

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._files import count_lines, file_size, read_json_object
 from ._journal import Journal, load_state, new_trial
 from ._paths import ExperimentPaths
-from ._table import count_lines, process_matches, read_exit_status
+from ._table import process_matches
 from ._trials import TrialRecord
 from ._types import Status
 
@@ -85,7 +86,7 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
     trial_id = int(saved["trial_id"])
     config = saved["config"]
     if config is None:  # its journal entry was lost; the folder keeps the config
-        config = read_exit_status(backend._paths.trial(trial_id).config) or {}
+        config = read_json_object(backend._paths.trial(trial_id).config) or {}
     record = TrialRecord.new(
         trial_id,
         config,
@@ -110,7 +111,7 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
     record.run_start_time = float(last.get("launched", 0.0))
     # The keeper writes run.json when the run starts, even if the driver
     # died before it heard of the run.
-    started = read_exit_status(record.paths.run_record)
+    started = read_json_object(record.paths.run_record)
     if started is not None and started.get("run") != run:
         started = None
     known = last if last.get("state") in ("started", "exited") else started or {}
@@ -124,7 +125,7 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
                 _attach(backend, record, run, int(keeper), float(keeper_created or 0.0))
                 return
             _wait_for_exit(int(keeper), float(keeper_created or 0.0), backend._grace_period)
-        exit_status = read_exit_status(record.paths.exit_status)
+        exit_status = read_json_object(record.paths.exit_status)
         if exit_status is not None and exit_status.get("run") == run:
             ended = exit_status
 
@@ -204,14 +205,7 @@ def _wait_for_exit(pid: int, created: float, grace: float) -> None:
 
 
 def _skip_to_end(record: TrialRecord) -> None:
-    end = _size(record.paths.results)
+    end = file_size(record.paths.results)
     record.iterations += count_lines(record.paths.results, record.results_reader.offset, end)
     record.results_reader.skip_to(end)
-    record.stdout_reader.skip_to(_size(record.paths.stdout))
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+    record.stdout_reader.skip_to(file_size(record.paths.stdout))

@@ -13,12 +13,10 @@ import datetime
 import heapq
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
-import orjson
-
 from . import _protocol as proto
+from ._files import count_lines, read_json_object
 from ._gpus import GpuAllocator
 from ._notify import FileWatcher
 from ._processes import SupervisorClient
@@ -100,7 +98,7 @@ class TrialTable:
     def _poll_attached(self, record: TrialRecord) -> None:
         """Notice the end of a run whose keeper belongs to an earlier driver."""
         for run, (keeper, keeper_created) in list(record.attached.items()):
-            exit_status = read_exit_status(record.paths.exit_status)
+            exit_status = read_json_object(record.paths.exit_status)
             if exit_status is not None and exit_status.get("run") == run:
                 del record.attached[run]
                 self.run_exited(record, run, exit_status)
@@ -287,34 +285,6 @@ def fill_worker_fields(
             result[worker_time] = elapsed
         iteration += 1
     return iteration
-
-
-def count_lines(path: Path, start: int, end: int) -> int:
-    """Newlines in ``path`` between two byte offsets."""
-    if end <= start:
-        return 0
-    count = 0
-    try:
-        with open(path, "rb") as results:
-            results.seek(start)
-            remaining = end - start
-            while remaining > 0:
-                block = results.read(min(remaining, 1 << 20))
-                if not block:
-                    break
-                count += block.count(b"\n")
-                remaining -= len(block)
-    except OSError:
-        return 0
-    return count
-
-
-def read_exit_status(path: Path) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def process_matches(pid: int, create_time: float) -> bool:
