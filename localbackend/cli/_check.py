@@ -22,10 +22,11 @@ from typing import Any, Optional
 
 from .. import LocalBackend, Status
 from .._errors import CheckpointCopyError, LocalBackendError
+from .._paths import TrialPaths
+from .._types import FINISHED_STATUSES
 from ._common import CliError, format_duration, format_value
 from ._search_space import build_search_space
 
-_FINISHED = (Status.completed, Status.failed, Status.stopped)
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 _CHECKPOINT_HOW = (
     "save the state after each result with `with localbackend.checkpoint.save() as folder:` "
@@ -88,7 +89,9 @@ class _Trials:
 
     def done(self, *trial_ids: int) -> bool:
         return all(
-            self.status[t] in _FINISHED and not self.busy(t) for t in trial_ids if t is not None
+            self.status[t] in FINISHED_STATUSES and not self.busy(t)
+            for t in trial_ids
+            if t is not None
         )
 
 
@@ -142,7 +145,7 @@ def _run_checks(
         trials.run_until(lambda: not trials.busy(b), "waiting for the paused trial", fast=True)
         ended_after = time.monotonic() - asked
         # Lines on disk, delivered or not: what the trial did after it was told to stop.
-        written_after = _lines(backend.trial_dir(b) / "results.jsonl") - len(before_pause)
+        written_after = _lines(TrialPaths(backend.trial_dir(b)).results) - len(before_pause)
         trials.pump(0)
         b_pause_trial = trials.trial[b]
         try:
@@ -306,7 +309,7 @@ def _resume(
             "slow it down so the pause lands mid-run, e.g. -p epoch_seconds=0.2",
         )
     first = after[0][attr]
-    folder = trial_dir / "checkpoints"
+    folder = TrialPaths(trial_dir).checkpoints
     if first <= first_fresh:
         saved = folder.is_dir() and any(folder.iterdir())
         where = (
@@ -401,7 +404,7 @@ def _copied(
     if not usable:
         return Verdict("copied-checkpoint", SKIP, "needs a script that passes the reporting check")
     if copy_error is not None or c is None:
-        folder = source_dir / "checkpoints"
+        folder = TrialPaths(source_dir).checkpoints
         empty = not (folder.is_dir() and any(folder.iterdir()))
         problem = f"{folder} is empty" if empty else str(copy_error)
         return Verdict(
@@ -432,7 +435,7 @@ def _copied(
             f"given trial {b}'s checkpoint (after {attr} {format_value(paused_at)}), it started "
             f"from scratch at {attr} {format_value(first)}",
             "load checkpoint.latest() at start: a copied checkpoint arrives in the trial's "
-            f"own checkpoint folder (like {source_dir / 'checkpoints'})",
+            f"own checkpoint folder (like {TrialPaths(source_dir).checkpoints})",
         )
     return Verdict(
         "copied-checkpoint", PASS,

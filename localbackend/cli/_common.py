@@ -15,7 +15,7 @@ import orjson
 
 from .._errors import LocalBackendError
 from .._paths import TrialPaths
-from .._storage import atomic_write_bytes, atomic_write_json
+from .._storage import atomic_write_json
 
 __all__ = [
     "EXIT_FAILED",
@@ -25,7 +25,6 @@ __all__ = [
     "TunerFiles",
     "append_jsonl",
     "atomic_write_json",
-    "atomic_write_text",
     "driver_alive",
     "driver_identity",
     "format_duration",
@@ -92,11 +91,6 @@ class TunerFiles:
 
     def trial(self, trial_id: int) -> TrialPaths:
         return TrialPaths(self.root / str(int(trial_id)))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text so that a reader sees the old file or the new one, never half."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def append_jsonl(path: Path, obj: Any) -> None:

@@ -18,6 +18,8 @@ from typing import Any, Optional
 import orjson
 
 from .. import Status
+from .._paths import ExperimentPaths
+from .._types import FINISHED_STATUSES
 from ._common import (
     EXIT_FAILED,
     CliError,
@@ -31,7 +33,6 @@ from ._common import (
 )
 from ._control import wait_for_answer, write_stop_request
 
-_FINISHED = (Status.completed, Status.failed, Status.stopped)
 _FOLLOW_POLL_SECONDS = 0.2
 _READ_CHUNK = 1 << 20
 
@@ -41,12 +42,11 @@ def _experiment(path_text: str) -> TunerFiles:
     if not root.is_dir():
         raise CliError(f"experiment folder {path_text!r} does not exist")
     files = TunerFiles(root)
-    if not (root / "experiment.json").exists() and not files.state.exists() and not (
-        trial_ids_on_disk(root)
-    ):
+    metadata = ExperimentPaths(root).metadata
+    if not metadata.exists() and not files.state.exists() and not trial_ids_on_disk(root):
         raise CliError(
-            f"{path_text!r} is not an experiment folder (no experiment.json, tuner.json or trial "
-            "folders); give the folder `localbackend tune` printed"
+            f"{path_text!r} is not an experiment folder (no {metadata.name}, {files.state.name} "
+            "or trial folders); give the folder `localbackend tune` printed"
         )
     return files
 
@@ -243,7 +243,7 @@ def _trial_over(files: TunerFiles, trial_id: int) -> bool:
     """Final status, or a tune that is no longer running to resume it."""
     history = list(iter_jsonl(files.trial(trial_id).status_history))
     status = history[-1].get("status") if history else None
-    if status in _FINISHED:
+    if status in FINISHED_STATUSES:
         return True
     tuner, state = tune_state(files)
     if tuner is not None:

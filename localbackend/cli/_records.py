@@ -9,11 +9,11 @@ import math
 import time
 from typing import Any, Optional
 
+from .._storage import atomic_write_bytes
 from ._common import (
     TunerFiles,
     append_jsonl,
     atomic_write_json,
-    atomic_write_text,
     iter_jsonl,
     read_json,
 )
@@ -96,7 +96,7 @@ class ResultsLog:
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
-        atomic_write_text(self.files.results_csv, buffer.getvalue())
+        atomic_write_bytes(self.files.results_csv, buffer.getvalue().encode("utf-8"))
         self.columns = columns
 
 

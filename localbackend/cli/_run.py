@@ -12,10 +12,10 @@ from types import FrameType
 from typing import Any, Optional, TextIO
 
 from .. import LocalBackend, Status
+from .._types import FINISHED_STATUSES
 from ._common import EXIT_INTERRUPTED, CliError, format_duration, format_value
 from ._search_space import build_search_space
 
-_FINISHED = (Status.completed, Status.failed, Status.stopped)
 _WAKE_SECONDS = 0.2
 _STREAM_MARKS = {"stdout": "out| ", "stderr": "err| "}
 _RESULT_MARK = "result| "
@@ -94,7 +94,7 @@ def run_one(args: argparse.Namespace) -> int:
                 out.write(_RESULT_MARK + _format_result(result) + "\n")
             out.flush()
             last_trial, status = statuses[trial_id]
-            if status in _FINISHED and not backend.busy_trial_ids():
+            if status in FINISHED_STATUSES and not backend.busy_trial_ids():
                 break
         for log in logs:
             log.pump(final=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from .._launch import OPTION_NAME
 from ._common import CliError
 
 _SPEC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$", re.DOTALL)
@@ -299,7 +300,7 @@ def _domain_from_object(name: str, obj: Any, where: str) -> Domain:
 
 
 def _check_name(name: Any, where: str) -> None:
-    if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_.\-]*$", name):
+    if not isinstance(name, str) or not OPTION_NAME.match(name):
         raise CliError(
             f"{where}: {name!r} cannot be an option name of the script; use letters, digits, "
             "'_', '-' and '.', starting with a letter or '_'"

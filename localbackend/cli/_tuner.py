@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from .. import LocalBackend, Status
 from .._errors import CheckpointCopyError, LocalBackendError
+from .._types import FINISHED_STATUSES
 from ._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -46,7 +47,6 @@ WAKE_SECONDS = 0.5
 WAKE_WHILE_ENDING = 0.05
 # Give up when this many trials failed before any reported the metric.
 FAILURES_BEFORE_GIVING_UP = 3
-_FINISHED = (Status.completed, Status.failed, Status.stopped)
 
 
 @dataclass
@@ -339,7 +339,7 @@ class Tuner:
             view = self.trials.get(trial_id)
             if view is None:
                 continue
-            if status in _FINISHED:
+            if status in FINISHED_STATUSES:
                 if view.phase != "ended":
                     self._on_end(trial_id, view, trial, status)
             elif status != Status.in_progress or view.phase == "running":
