@@ -23,14 +23,17 @@ if TYPE_CHECKING:
         EntryPointError,
         ExperimentError,
         ExperimentLockedError,
+        ExperimentMovedError,
+        IntegrationError,
         InvalidTransitionError,
         LocalBackendError,
         SupervisorError,
         TrialLaunchError,
         TrialNotFoundError,
     )
-    from ._report import report
+    from ._report import ReportError, report
     from ._types import Status, Trial, TrialResult
+    from .checkpoint import CheckpointError
 
 __version__ = "0.1.0"
 
@@ -42,12 +45,16 @@ _WHERE = {
     "EntryPointError": "._errors",
     "ExperimentError": "._errors",
     "ExperimentLockedError": "._errors",
+    "ExperimentMovedError": "._errors",
+    "IntegrationError": "._errors",
     "InvalidTransitionError": "._errors",
     "LocalBackendError": "._errors",
     "SupervisorError": "._errors",
     "TrialLaunchError": "._errors",
     "TrialNotFoundError": "._errors",
+    "ReportError": "._report",
     "report": "._report",
+    "CheckpointError": ".checkpoint",
     "Status": "._types",
     "Trial": "._types",
     "TrialResult": "._types",
@@ -56,13 +63,17 @@ _WHERE = {
 __all__ = [
     "BackendConfigurationError",
     "CheckpointCopyError",
+    "CheckpointError",
     "ConfigError",
     "EntryPointError",
     "ExperimentError",
     "ExperimentLockedError",
+    "ExperimentMovedError",
+    "IntegrationError",
     "InvalidTransitionError",
     "LocalBackend",
     "LocalBackendError",
+    "ReportError",
     "Status",
     "SupervisorError",
     "Trial",

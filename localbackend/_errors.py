@@ -131,6 +131,18 @@ class ExperimentError(LocalBackendError):
         super().__init__(f"experiment folder {path!r} {problem}. {hint}")
 
 
+class ExperimentMovedError(ExperimentError):
+    """The experiment was taken over by a backend restored in this same process."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            path,
+            "has moved to a backend restored from it in this process (LocalBackend.restore, "
+            "or unpickling, as Syne Tune's Tuner.load does); this older backend let go of it",
+            "Use the restored backend instead of this one.",
+        )
+
+
 class ExperimentLockedError(ExperimentError):
     """Another live driver holds the experiment folder."""
 
@@ -143,3 +155,13 @@ class ExperimentLockedError(ExperimentError):
             f"is in use by the driver with PID {pid} on host {host} (since {since})",
             "Stop that driver first, or use another experiment folder.",
         )
+
+
+class IntegrationError(LocalBackendError):
+    """A tuner adapter (``localbackend.integrations``) was used in a way it cannot serve."""
+
+    def __init__(self, adapter: str, problem: str, hint: str) -> None:
+        self.adapter = adapter
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"{adapter}: {problem}. {hint}")

@@ -30,7 +30,7 @@ from ax.orchestration.orchestrator import (
 )
 from ax.orchestration.orchestrator_options import OrchestratorOptions
 
-from localbackend.integrations._common import IntegrationError
+from localbackend import IntegrationError
 from localbackend.integrations.ax import (
     LocalBackendMapMetric,
     LocalBackendRunner,

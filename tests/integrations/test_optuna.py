@@ -15,8 +15,7 @@ optuna = pytest.importorskip("optuna")
 
 from optuna.trial import TrialState  # noqa: E402
 
-from localbackend import LocalBackend  # noqa: E402
-from localbackend.integrations._common import IntegrationError  # noqa: E402
+from localbackend import IntegrationError, LocalBackend  # noqa: E402
 from localbackend.integrations.optuna import OptunaRunner  # noqa: E402
 from tests.helpers import format_logs  # noqa: E402
 from tests.integrations.conftest import EXAMPLES, SCRIPTS  # noqa: E402

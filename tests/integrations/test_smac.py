@@ -21,8 +21,7 @@ from smac import (
 )
 from smac.runhistory import StatusType, TrialInfo
 
-from localbackend import LocalBackend
-from localbackend.integrations._common import IntegrationError
+from localbackend import IntegrationError, LocalBackend
 from localbackend.integrations.smac import SMACRunner
 from tests.helpers import format_logs
 from tests.integrations.conftest import EXAMPLES, SCRIPTS

@@ -1,0 +1,227 @@
+"""The package's public names: what ``__all__`` lists, what the README lists, what import costs."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import localbackend
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+
+# Exception classes that never reach a caller, so they are not part of the API.
+INTERNAL_ERRORS = {
+    # Raised inside the command line and turned into a message and an exit
+    # status by ``localbackend.cli.main``, which returns instead of raising.
+    "localbackend.cli._common.CliError",
+    # Raised and caught inside the supervisor process, which logs the bad
+    # command line and skips it.
+    "localbackend._supervisor.BadCommand",
+}
+
+# Libraries that ``import localbackend`` must not load.
+HEAVY_MODULES = (
+    "syne_tune", "optuna", "smac", "ConfigSpace", "ax", "torch", "pandas", "numpy",
+    "psutil", "rich", "matplotlib", "filelock",
+)
+
+
+def _run_python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+        timeout=300, cwd=REPO,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.splitlines()[-1]
+
+
+def _exception_classes() -> tuple[dict[str, str], list[str]]:
+    """``{module.Class: Class}`` of every exception class defined in the package.
+
+    Walked in a fresh process, because the integration modules import tuner
+    libraries that configure logging; modules whose optional dependency is
+    missing are returned as skipped.
+    """
+    found = _run_python(
+        """
+        import importlib, inspect, json, pkgutil, sys
+        import localbackend
+
+        classes, skipped = {}, []
+        for info in pkgutil.walk_packages(localbackend.__path__, "localbackend."):
+            if info.name.endswith("__main__"):
+                continue
+            try:
+                module = importlib.import_module(info.name)
+            except ImportError as err:
+                if err.name and not err.name.startswith("localbackend"):
+                    skipped.append(f"{info.name} (needs {err.name})")
+                    continue
+                raise
+            for name, value in vars(module).items():
+                if (inspect.isclass(value) and issubclass(value, BaseException)
+                        and value.__module__ == info.name):
+                    classes[f"{info.name}.{value.__qualname__}"] = name
+        print(json.dumps([classes, skipped]))
+        """
+    )
+    classes, skipped = json.loads(found)
+    return classes, skipped
+
+
+def _readme_errors() -> list[str]:
+    [paragraph] = [
+        p for p in README.split("\n\n")
+        if p.startswith("Every error the backend raises on purpose is a `LocalBackendError`")
+    ]
+    # Built-in exceptions (``ValueError``) are named as base classes, not exported.
+    return [
+        name for name in re.findall(r"`(\w+Error)`", paragraph) if not hasattr(builtins, name)
+    ]
+
+
+def _errors_in_all() -> set[str]:
+    return {
+        name for name in localbackend.__all__
+        if isinstance(getattr(localbackend, name), type)
+        and issubclass(getattr(localbackend, name), BaseException)
+    }
+
+
+def test_every_name_in_all_resolves() -> None:
+    for name in localbackend.__all__:
+        assert getattr(localbackend, name) is not None, name
+    assert sorted(dir(localbackend)) == sorted(localbackend.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        localbackend.NoSuchName  # noqa: B018
+
+
+def test_lazy_table_and_all_agree() -> None:
+    lazy = set(localbackend._WHERE) | {"checkpoint", "__version__"}
+    assert lazy == set(localbackend.__all__)
+    assert len(localbackend.__all__) == len(set(localbackend.__all__))
+
+
+def test_every_public_exception_class_is_exported() -> None:
+    classes, skipped = _exception_classes()
+    public = {
+        path: name for path, name in classes.items()
+        if not name.startswith("_") and path not in INTERNAL_ERRORS
+    }
+    missing = sorted(path for path, name in public.items() if name not in localbackend.__all__)
+    assert not missing, f"public exceptions missing from localbackend.__all__: {missing}"
+    for path, name in public.items():
+        exported = getattr(localbackend, name)
+        assert f"{exported.__module__}.{exported.__qualname__}" == path
+    # Every internal exception named above still exists where it is said to be,
+    # unless its module was skipped.
+    for path in INTERNAL_ERRORS:
+        module = path.rsplit(".", 1)[0]
+        assert path in classes or any(s.startswith(module + " ") for s in skipped), (
+            f"{path} is listed in INTERNAL_ERRORS but no longer exists; remove it from the list"
+        )
+
+
+def test_exported_errors_are_the_ones_the_readme_lists() -> None:
+    listed = _readme_errors()
+    assert len(listed) == len(set(listed)), f"the README lists an error twice: {listed}"
+    assert set(listed) == _errors_in_all()
+
+
+def test_every_exported_error_pickles_with_its_attributes() -> None:
+    import pickle
+
+    from localbackend.checkpoint import CheckpointError
+
+    samples: list[BaseException] = [
+        localbackend.LocalBackendError("plain"),
+        localbackend.TrialNotFoundError(7, 3),
+        localbackend.InvalidTransitionError(1, "Completed", "resume", "Start a new trial."),
+        localbackend.ConfigError("lr", float("nan"), "not finite", "Use a number."),
+        localbackend.EntryPointError("x.py", "does not exist", "Check the path."),
+        localbackend.BackendConfigurationError("grace_period", -1, "is negative", "Use 0."),
+        localbackend.CheckpointCopyError(0, 1, "disk full", "Free space."),
+        localbackend.TrialLaunchError(2, ["python3", "x.py"], "EMFILE", "Raise ulimit -n."),
+        localbackend.SupervisorError("the supervisor died"),
+        localbackend.ExperimentError("/tmp/e", "is not an experiment", "Check the path."),
+        localbackend.ExperimentLockedError("/tmp/e", 123, "host", "2024-01-01"),
+        localbackend.ExperimentMovedError("/tmp/e"),
+        localbackend.IntegrationError("OptunaRunner", "n_trials=-1 is negative", "Pass 2."),
+        localbackend.ReportError("loss", float("nan"), "is not a finite number"),
+        CheckpointError("no checkpoint folder", "/tmp/c"),
+    ]
+    assert {type(error).__name__ for error in samples} == _errors_in_all()
+    for error in samples:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        attributes = {k: v for k, v in vars(error).items() if k != "value"}
+        assert {k: v for k, v in vars(copy).items() if k != "value"} == attributes
+
+
+def test_the_integration_error_is_the_one_the_adapters_raise() -> None:
+    from localbackend.integrations import _common
+
+    assert _common.IntegrationError is localbackend.IntegrationError
+    assert issubclass(localbackend.IntegrationError, localbackend.LocalBackendError)
+
+
+def test_import_loads_no_heavy_library_and_changes_nothing() -> None:
+    outcome = _run_python(
+        f"""
+        import json, logging, os, sys
+        before = dict(os.environ)
+        import localbackend
+        after_import = dict(os.environ)
+        loaded_by_import = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)
+        # The light names, which a trial script or a tuner's error handling uses.
+        for name in ("report", "ReportError", "IntegrationError", "CheckpointError",
+                     "LocalBackendError", "Status", "checkpoint"):
+            getattr(localbackend, name)
+        loaded_by_light_names = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)
+        loggers = [logging.getLogger()] + [
+            logger for logger in logging.Logger.manager.loggerDict.values()
+            if isinstance(logger, logging.Logger)
+        ]
+        handlers = [(logger.name, repr(h)) for logger in loggers for h in logger.handlers]
+        print(json.dumps({{
+            "environ_changed": sorted(
+                k for k in set(before) | set(after_import) if before.get(k) != after_import.get(k)
+            ),
+            "environ_changed_later": sorted(
+                k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)
+            ),
+            "loaded_by_import": loaded_by_import,
+            "loaded_by_light_names": loaded_by_light_names,
+            "handlers": handlers,
+            "integrations": sorted(m for m in sys.modules if m.startswith("localbackend.integ")),
+        }}))
+        """
+    )
+    assert json.loads(outcome) == {
+        "environ_changed": [],
+        "environ_changed_later": [],
+        "loaded_by_import": [],
+        "loaded_by_light_names": [],
+        "handlers": [],
+        "integrations": [],
+    }
+
+
+def test_bare_import_loads_only_the_package_itself() -> None:
+    outcome = _run_python(
+        """
+        import json, sys
+        import localbackend
+        print(json.dumps(sorted(m for m in sys.modules if m.startswith("localbackend"))))
+        """
+    )
+    assert json.loads(outcome) == ["localbackend"]
