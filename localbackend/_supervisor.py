@@ -41,6 +41,59 @@ from ._proctable import boot_time, descendants
 
 # How long the supervisor waits for keepers after telling them to stop fast.
 SHUTDOWN_WAIT_SECONDS = 3.0
+# How much of a bad command line the supervisor's log shows.
+_SHOWN_BYTES = 200
+# Fields every command of an operation must carry, and the integer ones among them.
+_FIELDS = {
+    "spawn": (
+        "trial", "run", "executable", "argv", "env", "cwd", "stdout", "stderr", "results",
+        "exit_file", "run_file", "grace",
+    ),
+    "terminate": ("trial", "run"),
+    "shutdown": (),
+}
+_INTEGER_FIELDS = ("trial", "run")
+
+
+class BadCommand(ValueError):
+    """A command line the supervisor cannot carry out; it is logged and skipped."""
+
+
+def parse_command(line: bytes) -> dict[str, Any]:
+    """The command on one line of the driver's pipe, or ``BadCommand`` saying what is wrong."""
+    try:
+        # The driver writes ASCII JSON; decoding first keeps json.loads from
+        # guessing UTF-16 and giving a confusing message.
+        command = json.loads(line.decode("utf-8"))
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise BadCommand(f"not valid JSON: {err}") from None
+    if not isinstance(command, dict):
+        raise BadCommand(f"a JSON {type(command).__name__}, not an object")
+    if "op" not in command:
+        raise BadCommand("no 'op' field")
+    op = command["op"]
+    fields = _FIELDS.get(op) if isinstance(op, str) else None
+    if fields is None:
+        raise BadCommand(f"unknown operation {_brief(op)}")
+    missing = [name for name in fields if name not in command]
+    if missing:
+        raise BadCommand(f"{op!r} lacks {', '.join(missing)}")
+    for name in _INTEGER_FIELDS:
+        value = command.get(name)
+        if name in fields and (not isinstance(value, int) or isinstance(value, bool)):
+            raise BadCommand(f"{op!r} has {name}={_brief(value)}, not an integer")
+    return command
+
+
+def _brief(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _shorten(line: bytes) -> str:
+    if len(line) <= _SHOWN_BYTES:
+        return repr(line)
+    return f"{line[:_SHOWN_BYTES]!r}... ({len(line)} bytes)"
 
 
 class _Supervisor:
@@ -69,14 +122,20 @@ class _Supervisor:
         signal.set_wakeup_fd(self.wake_w)
         buffer = b""
         stdin = sys.stdin.fileno()
+        # poll, not select: select() cannot watch descriptors numbered 1024 or more.
+        poller = select.poll()
+        for fd in (stdin, self.wake_r):
+            poller.register(fd, select.POLLIN)
         while True:
             try:
-                readable, _, _ = select.select([stdin, self.wake_r], [], [])
+                readable = {fd for fd, _mask in poller.poll()}
             except InterruptedError:
-                readable = []
+                readable = set()
             if self.wake_r in readable:
                 self._drain_wakeups()
             self._reap()
+            # POLLHUP without POLLIN (the driver closed its end) also lands
+            # here: the read then returns end-of-file.
             if stdin in readable:
                 chunk = os.read(stdin, 1 << 16)
                 if not chunk:
@@ -88,8 +147,25 @@ class _Supervisor:
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    if line.strip() and self._handle(json.loads(line)):
+                    if not line.strip():
+                        continue
+                    try:
+                        command = parse_command(line)
+                    except BadCommand as err:
+                        # Whoever wrote it, it concerns no trial that runs:
+                        # dying here would end every trial for one bad line.
+                        self._log(f"skipped a bad command line ({err}): {_shorten(line)}")
+                        continue
+                    if self._handle(command):
                         return
+
+    @staticmethod
+    def _log(message: str) -> None:
+        try:
+            sys.stderr.write(f"localbackend supervisor: {message}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # nowhere to log to; the supervisor's work matters more
 
     def _drain_wakeups(self) -> None:
         try:
@@ -128,17 +204,31 @@ class _Supervisor:
             except ProcessLookupError:
                 pass
 
-    def _fork_keeper(self, spec: dict[str, Any]) -> None:
+    def _fork_keeper(self, spec: dict[str, Any]) -> int | None:
+        """Fork the keeper of one run; its PID, or None when the fork failed.
+
+        A failed fork (EAGAIN when the process limit is reached, ENOMEM) is
+        that run's failure only: it is reported as ``spawn_failed``, and the
+        supervisor carries on with every other trial.
+        """
         supervisor_pid = os.getpid()
+        trial, run = int(spec["trial"]), int(spec["run"])
         # A stop may be sent the moment the keeper exists. Until the keeper
         # has its own handlers, the signal must wait, not reach the handlers
         # it inherits from the supervisor.
         signal.pthread_sigmask(signal.SIG_BLOCK, KEEPER_SIGNALS)
         try:
             pid = os.fork()
-        except OSError:
+        except OSError as err:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, KEEPER_SIGNALS)
-            raise
+            write_event(
+                self.event_fd,
+                {
+                    "ev": "spawn_failed", "trial": trial, "run": run, "errno": err.errno,
+                    "error": f"{type(err).__name__}: {err} (fork failed in the supervisor)",
+                },
+            )
+            return None
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, KEEPER_SIGNALS)
         if pid == 0:  # the keeper
@@ -162,9 +252,9 @@ class _Supervisor:
                     pass
             finally:
                 os._exit(code)
-        trial, run = int(spec["trial"]), int(spec["run"])
         self.keepers[pid] = (trial, run)
         self.active[trial] = (pid, run)
+        return pid
 
     def _reap(self) -> None:
         while True:
@@ -188,7 +278,9 @@ class _Supervisor:
                     {"ev": "keeper_died", "trial": trial, "run": run, "status": status},
                 )
             queue = self.pending.get(trial)
-            if queue:
+            # The next queued run of this trial; if its fork fails, the one
+            # after it (each failure is reported on its own).
+            while queue and trial not in self.active:
                 self._fork_keeper(queue.popleft())
 
     def _outlive_driver(self) -> None:
