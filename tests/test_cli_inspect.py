@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.crash_helpers import kill_driver, start_driver, trial_pids, wait_gone
@@ -129,3 +132,67 @@ def test_logs_follow_ends_when_the_driver_of_a_plain_backend_died(tmp_path: Path
     wait_gone(trial_pids(driver.experiment_dir), timeout=5)
     result = cli("logs", str(driver.experiment_dir), "0", "--follow")
     assert result.returncode == 0, result.stderr
+
+
+def _stale_experiment(tmp_path: Path, driver: dict[str, object], tuner_state: str | None) -> Path:
+    """An experiment whose driver died without a word: trial 0 still reads InProgress."""
+    root = tmp_path / "stale"
+    trial = root / "0"
+    trial.mkdir(parents=True)
+    (root / "experiment.json").write_text(json.dumps({"format_version": 1, "seq": 0,
+                                                      "options": {}, "trials": {}}))
+    (root / "driver.json").write_text(json.dumps(driver))
+    (trial / "status.jsonl").write_text(
+        json.dumps({"time": time.time(), "status": "InProgress", "run": 0}) + "\n"
+    )
+    (trial / "stdout.log").write_text("epoch 1\n")
+    if tuner_state is not None:
+        (root / "tuner.json").write_text(json.dumps({
+            "format_version": 1, "state": tuner_state, "driver": driver,
+            "options": {"metric": "loss", "mode": "min", "scheduler": "asha",
+                        "resource_attr": "epoch"},
+        }))
+    return root
+
+
+def _follow_ends(root: Path) -> subprocess.CompletedProcess[str]:
+    """``logs --follow`` on trial 0; fails the test if it does not end by itself."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localbackend.cli", "logs", str(root), "0", "--follow"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+    )
+    try:
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"logs --follow did not end:\n{out}\n{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_logs_follow_ends_when_driver_json_names_a_reused_pid(tmp_path: Path) -> None:
+    # The PID in driver.json is alive (this very test), but no driver holds the lock.
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        root = _stale_experiment(
+            tmp_path, {"pid": sleeper.pid, "host": socket.gethostname(), "since": "then"}, None
+        )
+        result = _follow_ends(root)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "epoch 1\n"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_tune_whose_driver_pid_lives_on_without_the_lock_is_crashed(tmp_path: Path) -> None:
+    me = psutil.Process()
+    driver = {"pid": me.pid, "create_time": me.create_time(), "host": socket.gethostname(),
+              "started": time.time()}
+    root = _stale_experiment(tmp_path, driver, "running")
+    status = cli("status", str(root))
+    assert status.returncode == 0, status.stderr
+    assert "crashed" in status.stdout, status.stdout
+    assert _follow_ends(root).returncode == 0
+    stop = cli("stop", str(root), "--wait", "1")
+    assert stop.returncode == 1 and "no tune is running" in stop.stderr, stop.stderr

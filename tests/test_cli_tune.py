@@ -245,6 +245,10 @@ def test_stop_one_trial_then_the_whole_run(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
     )
     try:
+        running = cli("status", str(experiment))
+        assert "tune: running (driver pid" in running.stdout, shown(running)
+        second = cli("tune", "--resume", str(experiment))
+        assert second.returncode == 2 and "is still running" in second.stderr, shown(second)
         one = cli("stop", str(experiment), "0", "99")
         assert "stopped trials 0" in one.stdout, shown(one)
         assert "no such trials: 99" in one.stderr

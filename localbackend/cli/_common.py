@@ -25,7 +25,6 @@ __all__ = [
     "TunerFiles",
     "append_jsonl",
     "atomic_write_json",
-    "driver_alive",
     "driver_identity",
     "format_duration",
     "format_value",
@@ -174,7 +173,12 @@ def trial_ids_on_disk(root: Path) -> list[int]:
 
 
 def driver_identity() -> dict[str, Any]:
-    """Who runs this tune: checked by ``status``, ``stop`` and ``--resume``."""
+    """Who runs this tune, for display only.
+
+    Whether it still runs is asked of the experiment lock
+    (``localbackend._lock.experiment_is_held``), never of this PID, which
+    may have been reused.
+    """
     import psutil
 
     return {
@@ -183,21 +187,6 @@ def driver_identity() -> dict[str, Any]:
         "host": socket.gethostname(),
         "started": time.time(),
     }
-
-
-def driver_alive(driver: Any) -> bool:
-    """Whether the process described by ``driver_identity()`` still runs."""
-    import psutil
-
-    if not isinstance(driver, dict) or driver.get("host") != socket.gethostname():
-        return False
-    try:
-        process = psutil.Process(int(driver["pid"]))
-        # A reused PID has another start time.
-        same = abs(process.create_time() - float(driver["create_time"])) < 0.01
-        return bool(same and process.status() != psutil.STATUS_ZOMBIE)
-    except (psutil.Error, KeyError, TypeError, ValueError):
-        return False
 
 
 def format_duration(seconds: float | None) -> str:

@@ -8,8 +8,6 @@ work while a tune runs, after it ended, or after it crashed.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -18,13 +16,13 @@ from typing import Any, Optional
 import orjson
 
 from .. import Status
+from .._lock import experiment_is_held
 from .._paths import ExperimentPaths
 from .._types import FINISHED_STATUSES
 from ._common import (
     EXIT_FAILED,
     CliError,
     TunerFiles,
-    driver_alive,
     format_duration,
     format_value,
     iter_jsonl,
@@ -57,7 +55,7 @@ def tune_state(files: TunerFiles) -> tuple[Optional[dict[str, Any]], str]:
     if not isinstance(tuner, dict):
         return None, "no tune"
     state = str(tuner.get("state", "unknown"))
-    if state == "running" and not driver_alive(tuner.get("driver")):
+    if state == "running" and not experiment_is_held(files.root):
         state = "crashed"
     return tuner, state
 
@@ -250,18 +248,9 @@ def _trial_over(files: TunerFiles, trial_id: int) -> bool:
         return state != "running"
     # A folder of `run`, `check` or a script's own LocalBackend: over when no
     # driver holds it and no keeper still runs the trial (detach mode).
-    return not _driver_alive(files.root) and not _keeper_alive(files.trial(trial_id).run_record)
-
-
-def _driver_alive(root: Path) -> bool:
-    driver = read_json(root / "driver.json")
-    if not isinstance(driver, dict) or driver.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(driver["pid"]), 0)
-    except (OSError, KeyError, TypeError, ValueError):
-        return False
-    return True
+    return not experiment_is_held(files.root) and not _keeper_alive(
+        files.trial(trial_id).run_record
+    )
 
 
 def _keeper_alive(run_record: Path) -> bool:
@@ -294,7 +283,10 @@ def stop(args: argparse.Namespace) -> int:
     if args.wait <= 0:
         print(f"asked the tune (pid {driver and driver.get('pid')}) to stop {what}")
         return 0
-    answer = wait_for_answer(answer_path, args.wait, lambda: driver_alive(driver))
+    def running() -> bool:
+        return experiment_is_held(files.root)
+
+    answer = wait_for_answer(answer_path, args.wait, running)
     if answer is None:
         print(
             f"the tune has not answered within {args.wait:g}s; it will stop {what} when it next "
@@ -303,9 +295,9 @@ def stop(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if trials is None:
         deadline = time.monotonic() + args.wait
-        while driver_alive(driver) and time.monotonic() < deadline:
+        while running() and time.monotonic() < deadline:
             time.sleep(0.1)
-        ended = "and has exited" if not driver_alive(driver) else "and is ending its trials"
+        ended = "and has exited" if not running() else "and is ending its trials"
         print(f"the tune stopped the whole run {ended}")
         return 0
     code = 0

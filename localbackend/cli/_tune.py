@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import LocalBackend
+from .._lock import experiment_is_held
 from .._paths import default_experiment_dir
 from ._common import (
     TUNER_FORMAT_VERSION,
     CliError,
     TunerFiles,
-    driver_alive,
     read_json,
 )
 from ._live import make_view
@@ -124,8 +124,9 @@ def _resumed_tuner(args: argparse.Namespace) -> Tuner:
             f"--resume {args.resume}: the tuner state was written by a newer localbackend "
             f"(format {state.get('format_version')}); upgrade localbackend"
         )
-    if state.get("state") == "running" and driver_alive(state.get("driver")):
-        pid = state["driver"]["pid"]
+    if experiment_is_held(root):
+        driver = state.get("driver")
+        pid = driver.get("pid") if isinstance(driver, dict) else "unknown"
         raise CliError(
             f"--resume {args.resume}: a tune (pid {pid}) is still running on this folder; "
             f"end it with `localbackend stop {root}` first"

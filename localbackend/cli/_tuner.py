@@ -190,9 +190,13 @@ class Tuner:
         outcome = _Outcome()
         try:
             self._announce()
-            self.save_state()
             if self.resumed:
                 self._reattach()
+            else:
+                # Its first trials take the experiment lock, which is what tells
+                # `status`, `stop` and `--resume` that this tune is running.
+                self._fill_workers()
+            self.save_state()
             outcome = self._loop()
         except _Fatal as fatal:
             outcome = _Outcome("failed", fatal.exit_code, fatal.message)
