@@ -320,3 +320,65 @@ def test_missing_script_and_bad_resume_folder(tmp_path: Path) -> None:
     resume = cli("tune", "--resume", str(tmp_path / "empty"))
     assert resume.returncode == 2 and "no tuner state" in resume.stderr
     assert "Traceback" not in missing.stderr + resume.stderr
+
+
+def _small_tune(experiment: Path, *extra: str) -> None:
+    result = cli(
+        "tune", str(TRAIN), "--metric", "loss", "-p", "epochs=2", "-p", "epoch_seconds=0.01",
+        "-p", "lr=loguniform(1e-3,1e-1)", "--max-trials", "1", "--seed", "3", "--workers", "1",
+        "--experiment-dir", str(experiment), *extra,
+    )
+    assert result.returncode == 0, shown(result)
+
+
+@pytest.fixture(scope="module")
+def finished_tune(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    experiment = tmp_path_factory.mktemp("fixed") / "tune"
+    _small_tune(experiment)
+    return experiment
+
+
+@needs_restore
+@pytest.mark.parametrize(
+    ("option", "value", "saved"),
+    [
+        ("--seed", "5", "3"),
+        ("--scheduler", "pbt", "asha"),
+        ("--mode", "max", "min"),
+        ("--metric", "accuracy", "loss"),
+        ("--resource-attr", "step", "epoch"),
+        ("--max-resource", "9", "2"),
+        ("--grace-period", "2", "10"),
+        ("--reduction-factor", "4", "3"),
+        ("--min-resource", "2", "1"),
+        ("--population", "4", "8"),
+        ("--pbt-interval", "3", "not set"),
+        ("--pbt-mutate", "lr", "not set"),
+    ],
+)
+def test_resume_refuses_an_option_it_cannot_change(
+    finished_tune: Path, option: str, value: str, saved: str
+) -> None:
+    before = (finished_tune / "tuner.json").read_bytes()
+    result = cli("tune", "--resume", str(finished_tune), option, value)
+    assert result.returncode == 2, shown(result)
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, line
+    assert option in line and f"saved: {saved}" in line and f"given: {value}" in line, line
+    assert "drop " + option in line, line
+    assert (finished_tune / "tuner.json").read_bytes() == before
+
+
+@needs_restore
+def test_resume_takes_new_budgets_and_the_saved_values_again(tmp_path: Path) -> None:
+    experiment = tmp_path / "budgets"
+    _small_tune(experiment)
+    result = cli(
+        "tune", "--resume", str(experiment), "--max-trials", "2", "--workers", "1",
+        "--max-time", "60", "--view", "plain", "--seed", "3", "--metric", "loss",
+        "--scheduler", "asha",
+    )
+    assert result.returncode == 0, shown(result)
+    assert sorted(histories(experiment)) == [0, 1]
+    state = json.loads((experiment / "tuner.json").read_text())
+    assert state["options"]["max_trials"] == 2 and state["options"]["seed"] == 3

@@ -58,13 +58,19 @@ def _params(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def _metric_options(parser: argparse.ArgumentParser, metric_required: bool = False) -> None:
+def _metric_options(
+    parser: argparse.ArgumentParser, metric_required: bool = False, defaults: bool = True
+) -> None:
+    """``defaults=False`` leaves an option not given as None, so ``tune --resume`` can tell."""
     parser.add_argument(
         "--metric", required=metric_required, help="the reported value to judge trials by"
     )
-    parser.add_argument("--mode", choices=("min", "max"), default="min", help="default: min")
     parser.add_argument(
-        "--resource-attr", default="epoch",
+        "--mode", choices=("min", "max"), default="min" if defaults else None,
+        help="default: min",
+    )
+    parser.add_argument(
+        "--resource-attr", default="epoch" if defaults else None,
         help="the reported value that counts progress, e.g. epoch (default)",
     )
 
@@ -81,10 +87,10 @@ def _add_tune(commands: Any) -> None:
         help='search space as JSON, e.g. {"lr": "loguniform(1e-4,1e-1)", "epochs": 10}',
     )
     _params(tune, "a search-space entry, added to or overriding --config")
-    _metric_options(tune)
-    tune.add_argument(
-        "--scheduler", choices=("asha", "pbt", "random"), default="asha", help="default: asha"
-    )
+    # Options without a default here get theirs in _tune, so that --resume can
+    # tell an option that was given from one that was not.
+    _metric_options(tune, defaults=False)
+    tune.add_argument("--scheduler", choices=("asha", "pbt", "random"), help="default: asha")
     tune.add_argument(
         "--max-resource", type=float,
         help="largest resource a trial reaches (default: the fixed '<resource-attr>s' entry, "
@@ -101,19 +107,20 @@ def _add_tune(commands: Any) -> None:
     )
     tune.add_argument(
         "--resume", metavar="EXPERIMENT_DIR",
-        help="carry on an interrupted or crashed tune; budgets may be raised",
+        help="carry on an interrupted or crashed tune; --max-trials, --max-time, --workers "
+        "and --view may change, nothing else",
     )
     tune.add_argument(
-        "--grace-period", type=float, default=10.0, metavar="SECONDS",
+        "--grace-period", type=float, metavar="SECONDS",
         help="time between SIGTERM and SIGKILL on pause and stop (default: 10)",
     )
     tune.add_argument(
-        "--reduction-factor", type=float, default=3.0, help="asha's eta (default: 3)"
+        "--reduction-factor", type=float, help="asha's eta (default: 3)"
     )
     tune.add_argument(
-        "--min-resource", type=float, default=1.0, help="asha's first rung (default: 1)"
+        "--min-resource", type=float, help="asha's first rung (default: 1)"
     )
-    tune.add_argument("--population", type=int, default=8, help="pbt's size (default: 8)")
+    tune.add_argument("--population", type=int, help="pbt's size (default: 8)")
     tune.add_argument(
         "--pbt-interval", type=float, metavar="RESOURCE",
         help="pbt compares members this often (default: a quarter of --max-resource)",

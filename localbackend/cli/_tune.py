@@ -25,6 +25,19 @@ from ._tuner import TuneOptions, Tuner
 
 SCHEDULERS = ("asha", "pbt", "random")
 DEFAULT_MAX_TRIALS = 20
+# The options that the parser leaves None when not given, with their defaults.
+_DEFAULTS: dict[str, Any] = {
+    "mode": "min", "resource_attr": "epoch", "scheduler": "asha", "grace_period": 10.0,
+    "reduction_factor": 3.0, "min_resource": 1.0, "population": 8,
+}
+# What a saved tune fixed for good: (option, field of TuneOptions).
+_FIXED_ON_RESUME = (
+    ("--metric", "metric"), ("--mode", "mode"), ("--resource-attr", "resource_attr"),
+    ("--max-resource", "max_resource"), ("--scheduler", "scheduler"), ("--seed", "seed"),
+    ("--grace-period", "grace_period"), ("--reduction-factor", "reduction_factor"),
+    ("--min-resource", "min_resource"), ("--population", "population"),
+    ("--pbt-interval", "pbt_interval"), ("--pbt-mutate", "pbt_mutate"),
+)
 
 
 def run_tune(args: argparse.Namespace) -> int:
@@ -38,6 +51,9 @@ def run_tune(args: argparse.Namespace) -> int:
 
 
 def _new_tuner(args: argparse.Namespace) -> Tuner:
+    for name, default in _DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.script is None:
         raise CliError("tune needs a trial script: localbackend tune SCRIPT --metric NAME ...")
     if args.metric is None:
@@ -101,15 +117,15 @@ def _resumed_tuner(args: argparse.Namespace) -> Tuner:
         shown
         for shown, value in (
             ("SCRIPT", args.script), ("--config", args.config), ("-p", args.param),
-            ("--metric", args.metric), ("--max-resource", args.max_resource),
             ("--experiment-dir", args.experiment_dir),
         )
         if value
     ]
     if given:
         raise CliError(
-            f"--resume carries on with the script, search space and metric saved in the folder; "
-            f"drop {', '.join(given)} (only --max-time, --max-trials and --workers may change)"
+            f"--resume carries on with the script and search space saved in the folder; "
+            f"drop {', '.join(given)} (only --max-time, --max-trials, --workers and --view may "
+            "change)"
         )
     root = Path(args.resume).expanduser().absolute()
     files = TunerFiles(root)
@@ -135,6 +151,7 @@ def _resumed_tuner(args: argparse.Namespace) -> Tuner:
     if restore is None:
         raise CliError("this version of localbackend cannot restore an experiment folder yet")
     options = TuneOptions(**state["options"])
+    _check_fixed(args, options)
     # Budgets may be raised on resume; what was tuned stays as it was.
     for name in ("max_time", "max_trials", "workers"):
         value = getattr(args, name)
@@ -152,6 +169,42 @@ def _resumed_tuner(args: argparse.Namespace) -> Tuner:
     tuner = Tuner(options, space, backend, files, scheduler, rng)
     tuner.load_state(state)
     return tuner
+
+
+def _check_fixed(args: argparse.Namespace, saved: TuneOptions) -> None:
+    """Refuse an option given to ``--resume`` that differs from what the tune saved."""
+    for option, name in _FIXED_ON_RESUME:
+        given = getattr(args, name)
+        if given is None:
+            continue
+        if name == "pbt_mutate":
+            given = _split_names(given)
+        kept = getattr(saved, name)
+        if _same_setting(given, kept):
+            continue
+        raise CliError(
+            f"--resume {args.resume}: {option} cannot change on resume (saved: "
+            f"{_shown_setting(kept)}, given: {_shown_setting(given)}); drop {option} to carry "
+            f"on with the saved value, or start a new tune with {option} "
+            f"{_shown_setting(given)} in another --experiment-dir"
+        )
+
+
+def _same_setting(given: Any, saved: Any) -> bool:
+    numbers = (int, float)
+    if isinstance(given, numbers) and isinstance(saved, numbers):
+        return float(given) == float(saved)
+    return bool(given == saved)
+
+
+def _shown_setting(value: Any) -> str:
+    if value is None:
+        return "not set"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "nothing"
+    return str(value)
 
 
 def make_scheduler(options: TuneOptions, space: SearchSpace, rng: random.Random) -> Scheduler:
