@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     )
     from ._report import ReportError, report
     from ._types import Status, Trial, TrialResult
-    from .checkpoint import CheckpointError
 
 __version__ = "0.1.0"
 
@@ -54,7 +53,6 @@ _WHERE = {
     "TrialNotFoundError": "._errors",
     "ReportError": "._report",
     "report": "._report",
-    "CheckpointError": ".checkpoint",
     "Status": "._types",
     "Trial": "._types",
     "TrialResult": "._types",
@@ -63,7 +61,6 @@ _WHERE = {
 __all__ = [
     "BackendConfigurationError",
     "CheckpointCopyError",
-    "CheckpointError",
     "ConfigError",
     "EntryPointError",
     "ExperimentError",

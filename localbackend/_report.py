@@ -12,11 +12,12 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 
+from localbackend._errors import LocalBackendError, _rebuild
 from localbackend._protocol import (
     ENV_ITERATION_START,
     ENV_RESULTS_FILE,
@@ -31,25 +32,25 @@ __all__ = ["ReportError", "Reporter", "report"]
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _PLAIN_SCALARS = (bool, int, float, str, type(None))
+_Number = TypeVar("_Number", int, float)
 
 
-class ReportError(ValueError):
+class ReportError(LocalBackendError, ValueError):
     """A value passed to ``report()`` cannot be written as a result."""
 
     def __init__(self, key: str, value: Any, reason: str) -> None:
-        super().__init__(key, value, reason)
         self.key = key
         self.value = value
         self.reason = reason
-
-    def __str__(self) -> str:
-        return f"report({self.key}={self.value!r}): {self.reason}"
+        super().__init__(f"report({key}={value!r}): {reason}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The offending value may itself be unpicklable (that is often why it
         # cannot be serialized), so a pickled copy carries its repr instead.
-        value = self.value if isinstance(self.value, _PLAIN_SCALARS) else repr(self.value)
-        return self.__class__, (self.key, value, self.reason)
+        state = self.__dict__.copy()
+        if not isinstance(self.value, _PLAIN_SCALARS):
+            state["value"] = repr(self.value)
+        return (_rebuild, (type(self), state))
 
 
 class Reporter:
@@ -80,8 +81,13 @@ class Reporter:
         env = os.environ if environ is None else environ
         return cls(
             results_file=env.get(ENV_RESULTS_FILE) or None,
-            iteration_start=_int_from_env(env, ENV_ITERATION_START, default=0),
-            run_start_time=_float_from_env(env, ENV_RUN_START_TIME),
+            iteration_start=_number_from_env(
+                env, ENV_ITERATION_START, int, "an integer", "count iterations from 0"
+            ) or 0,
+            run_start_time=_number_from_env(
+                env, ENV_RUN_START_TIME, float, "a unix time in seconds",
+                "measure time from the first report",
+            ),
         )
 
     def report(self, **metrics: Any) -> None:
@@ -240,27 +246,17 @@ def _find_non_finite(value: Any, path: str) -> str | None:
     return None
 
 
-def _int_from_env(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError as err:
-        raise ValueError(
-            f"Environment variable {name}={raw!r} is not an integer. It is set by "
-            "localbackend; unset it to count iterations from 0."
-        ) from err
-
-
-def _float_from_env(env: Mapping[str, str], name: str) -> float | None:
+def _number_from_env(
+    env: Mapping[str, str], name: str, parse: Callable[[str], _Number], what: str, unset: str
+) -> _Number | None:
+    """The number localbackend put in ``env[name]``, or None when it is not set."""
     raw = env.get(name)
     if not raw:
         return None
     try:
-        return float(raw)
+        return parse(raw)
     except ValueError as err:
         raise ValueError(
-            f"Environment variable {name}={raw!r} is not a unix time in seconds. It is set "
-            "by localbackend; unset it to measure time from the first report."
+            f"Environment variable {name}={raw!r} is not {what}. It is set by "
+            f"localbackend; unset it to {unset}."
         ) from err

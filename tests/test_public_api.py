@@ -22,9 +22,15 @@ INTERNAL_ERRORS = {
     # Raised inside the command line and turned into a message and an exit
     # status by ``localbackend.cli.main``, which returns instead of raising.
     "localbackend.cli._common.CliError",
-    # Raised and caught inside the supervisor process, which logs the bad
-    # command line and skips it.
-    "localbackend._supervisor.BadCommand",
+}
+
+# Public exceptions that are not exported yet, because they are not
+# ``LocalBackendError``s (every exported error is one). Once the class derives
+# from it, the test below fails: export it then (``_WHERE``, ``__all__``, the
+# README's list) and drop it from here.
+NOT_YET_A_LOCAL_BACKEND_ERROR = {
+    # checkpoint.py should declare ``class CheckpointError(LocalBackendError, ValueError)``.
+    "localbackend.checkpoint.CheckpointError",
 }
 
 # Libraries that ``import localbackend`` must not load.
@@ -44,7 +50,13 @@ def _run_python(code: str) -> str:
 
 
 def _exception_classes() -> tuple[dict[str, str], list[str]]:
-    """``{module.Class: Class}`` of every exception class defined in the package.
+    """``{module.Class: Class}`` of every public exception class defined in the package.
+
+    Public: its name has no leading underscore, and it is a
+    ``LocalBackendError``, or its module is public (no ``_`` in its dotted
+    path), or its module's ``__all__`` lists it. An exception of a private
+    module that stays inside the package (``_storage``, ``_supervisor``) is
+    not public.
 
     Walked in a fresh process, because the integration modules import tuner
     libraries that configure logging; modules whose optional dependency is
@@ -66,9 +78,13 @@ def _exception_classes() -> tuple[dict[str, str], list[str]]:
                     skipped.append(f"{info.name} (needs {err.name})")
                     continue
                 raise
+            private_module = any(part.startswith("_") for part in info.name.split("."))
+            listed = getattr(module, "__all__", ())
             for name, value in vars(module).items():
                 if (inspect.isclass(value) and issubclass(value, BaseException)
-                        and value.__module__ == info.name):
+                        and value.__module__ == info.name and not name.startswith("_")
+                        and (issubclass(value, localbackend.LocalBackendError)
+                             or not private_module or name in listed)):
                     classes[f"{info.name}.{value.__qualname__}"] = name
         print(json.dumps([classes, skipped]))
         """
@@ -114,10 +130,14 @@ def test_every_public_exception_class_is_exported() -> None:
     classes, skipped = _exception_classes()
     public = {
         path: name for path, name in classes.items()
-        if not name.startswith("_") and path not in INTERNAL_ERRORS
+        if path not in INTERNAL_ERRORS and path not in NOT_YET_A_LOCAL_BACKEND_ERROR
     }
     missing = sorted(path for path, name in public.items() if name not in localbackend.__all__)
-    assert not missing, f"public exceptions missing from localbackend.__all__: {missing}"
+    assert not missing, (
+        f"public exceptions missing from localbackend.__all__: {missing}. Export them "
+        "(_WHERE, __all__, the README's list of errors), or, for one that never reaches a "
+        "caller, add it to INTERNAL_ERRORS in this file with the reason"
+    )
     for path, name in public.items():
         exported = getattr(localbackend, name)
         assert f"{exported.__module__}.{exported.__qualname__}" == path
@@ -130,6 +150,39 @@ def test_every_public_exception_class_is_exported() -> None:
         )
 
 
+def test_errors_waiting_to_be_exported_are_still_waiting() -> None:
+    import importlib
+
+    for path in NOT_YET_A_LOCAL_BACKEND_ERROR:
+        module, name = path.rsplit(".", 1)
+        error = getattr(importlib.import_module(module), name)
+        assert not issubclass(error, localbackend.LocalBackendError), (
+            f"{path} is a LocalBackendError now: export it from localbackend and drop it from "
+            "NOT_YET_A_LOCAL_BACKEND_ERROR"
+        )
+        assert name not in localbackend.__all__
+
+
+def test_every_exported_error_is_a_local_backend_error() -> None:
+    for name in _errors_in_all():
+        assert issubclass(getattr(localbackend, name), localbackend.LocalBackendError), name
+
+
+def test_report_error_keeps_its_message_when_its_value_cannot_be_pickled() -> None:
+    import pickle
+
+    class Local:
+        def __repr__(self) -> str:
+            return "<Local>"
+
+    error = localbackend.ReportError("model", Local(), "cannot be written")
+    assert isinstance(error, ValueError)
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is localbackend.ReportError
+    assert (copy.key, copy.value, copy.reason) == ("model", "<Local>", "cannot be written")
+    assert str(copy) == str(error) == "report(model=<Local>): cannot be written"
+
+
 def test_exported_errors_are_the_ones_the_readme_lists() -> None:
     listed = _readme_errors()
     assert len(listed) == len(set(listed)), f"the README lists an error twice: {listed}"
@@ -138,8 +191,6 @@ def test_exported_errors_are_the_ones_the_readme_lists() -> None:
 
 def test_every_exported_error_pickles_with_its_attributes() -> None:
     import pickle
-
-    from localbackend.checkpoint import CheckpointError
 
     samples: list[BaseException] = [
         localbackend.LocalBackendError("plain"),
@@ -156,7 +207,6 @@ def test_every_exported_error_pickles_with_its_attributes() -> None:
         localbackend.ExperimentMovedError("/tmp/e"),
         localbackend.IntegrationError("OptunaRunner", "n_trials=-1 is negative", "Pass 2."),
         localbackend.ReportError("loss", float("nan"), "is not a finite number"),
-        CheckpointError("no checkpoint folder", "/tmp/c"),
     ]
     assert {type(error).__name__ for error in samples} == _errors_in_all()
     for error in samples:
@@ -183,8 +233,8 @@ def test_import_loads_no_heavy_library_and_changes_nothing() -> None:
         after_import = dict(os.environ)
         loaded_by_import = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)
         # The light names, which a trial script or a tuner's error handling uses.
-        for name in ("report", "ReportError", "IntegrationError", "CheckpointError",
-                     "LocalBackendError", "Status", "checkpoint"):
+        for name in ("report", "ReportError", "IntegrationError", "LocalBackendError",
+                     "Status", "checkpoint"):
             getattr(localbackend, name)
         loaded_by_light_names = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)
         loggers = [logging.getLogger()] + [
