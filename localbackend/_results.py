@@ -41,7 +41,6 @@ class _Tail:
         self.path = path
         self.offset = offset
         self.line_number = 0
-        self.skipped = 0
         self._identity: tuple[int, int] | None = None
         self._skipping_line = False
 
@@ -126,7 +125,6 @@ class _Tail:
         self._skipping_line = False
 
     def _skip_long_line(self, length: int) -> None:
-        self.skipped += 1
         logger.warning(
             "trial %d: line %d of %s is longer than %d bytes and is skipped",
             self.trial_id, self.line_number + 1, self.path, length,
@@ -166,14 +164,10 @@ class ResultsReader(_Tail):
         self.line_number = number
 
     def _parse_final(self, tail: bytes, results: list[dict[str, Any]]) -> None:
-        try:
-            value = orjson.loads(tail)
-        except orjson.JSONDecodeError:
-            value = None
-        if type(value) is dict:
+        value = _json_object(tail)
+        if value is not None:
             results.append(value)
         elif tail.strip():
-            self.skipped += 1
             logger.warning(
                 "trial %d: the last line of %s (line %d) was left unfinished when the trial "
                 "exited and is not valid JSON; it is skipped: %r",
@@ -181,7 +175,6 @@ class ResultsReader(_Tail):
             )
 
     def _warn_bad(self, number: int, line: bytes) -> None:
-        self.skipped += 1
         logger.warning(
             "trial %d: line %d of %s is not a JSON object and is skipped: %r. "
             "Each result must be one JSON object on one line.",
@@ -218,20 +211,24 @@ class TuneMetricReader(_Tail):
     def _parse_line(
         self, number: int, line: bytes, position: int, results: list[dict[str, Any]]
     ) -> None:
-        payload = line[position + len(proto.TUNE_METRIC_PREFIX):]
-        try:
-            value = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            value = None
-        if type(value) is dict:
+        value = _json_object(line[position + len(proto.TUNE_METRIC_PREFIX):])
+        if value is not None:
             results.append(value)
         else:
-            self.skipped += 1
             logger.warning(
                 "trial %d: line %d of %s starts a [tune-metric] result that is not a JSON "
                 "object and is skipped: %r",
                 self.trial_id, number, self.path, line[:200],
             )
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    """``data`` parsed as a JSON object, or None when it is not one."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if type(value) is dict else None
 
 
 def read_log_text(path: Path, offset: int, max_bytes: int = READ_CHUNK) -> tuple[str, int]:
