@@ -6,10 +6,10 @@ import errno
 import logging
 import math
 import os
-import select
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -18,8 +18,10 @@ from ._errors import (
     BackendConfigurationError,
     CheckpointCopyError,
     ExperimentError,
+    ExperimentMovedError,
     InvalidTransitionError,
     LocalBackendError,
+    SupervisorError,
     TrialLaunchError,
     TrialNotFoundError,
 )
@@ -36,7 +38,7 @@ from ._lock import ExperimentLock
 from ._notify import FileWatcher
 from ._options import check_env, check_experiment_dir, check_gpu_counts, check_grace_period
 from ._paths import ExperimentPaths, TrialPaths, default_experiment_dir
-from ._processes import SupervisorClient
+from ._processes import SupervisorClient, wait_readable
 from ._results import read_log_text
 from ._storage import (
     atomic_write_json,
@@ -165,7 +167,7 @@ class LocalBackend:
         self._table.delete_checkpoints = self.delete_checkpoints
         self._journal: Journal | None = None
         self._experiment_lock = ExperimentLock(self._paths)
-        self._lock = threading.RLock()
+        self._lock = _BackendLock(self._paths.root)
 
     def _supervisor_started(self, pid: int, start_time: float) -> None:
         # A restore waits for this process to end before it trusts the folder.
@@ -282,19 +284,26 @@ class LocalBackend:
                 # Leave no half-made trial behind: the id is not used.
                 if not existed:
                     _remove_unstarted(paths)
-                if isinstance(err, LocalBackendError):
+                if isinstance(err, LocalBackendError) and not isinstance(err, SupervisorError):
                     raise
-                raise TrialLaunchError(
-                    trial_id, [*self._binary, str(self._entry_point)],
-                    f"{type(err).__name__}: {err}", _launch_hint(err),
-                ) from err
+                raise self._launch_error(trial_id, err) from err
             record = TrialRecord.new(trial_id, clean, paths, self._journal)
             self._table.records.append(record)
             record.log(
                 "trial", config=clean, time=record.creation_time.timestamp(),
                 checkpoint_trial_id=checkpoint_trial_id,
             )
-            self._launch(record, reason="start_trial")
+            try:
+                self._launch(record, reason="start_trial")
+            except TrialLaunchError:
+                # A failed call changes nothing: the record, its journal entry
+                # and its folder go, and the id is used by the next start.
+                self._table.records.pop()
+                self._table.live.discard(trial_id)
+                record.log("forget")
+                if not existed:
+                    _remove_unstarted(paths)
+                raise
             return self._trial_result(record)
 
     def resume_trial(
@@ -315,19 +324,27 @@ class LocalBackend:
                 # A delete waits for the paused run to end; the resumed run
                 # must not start from the checkpoint that was asked away.
                 self._wait_for_runs_to_end(record)
+            previous_config = record.config
             try:
                 if clean is not None:
                     atomic_write_json(record.paths.config, clean)
                 self._prepare_files(record.paths)
-            except OSError as err:
-                raise TrialLaunchError(
-                    record.trial_id, [*self._binary, str(self._entry_point)],
-                    f"{type(err).__name__}: {err}", _launch_hint(err),
-                ) from err
+                if clean is not None:
+                    record.config = clean
+                self._launch(record, reason="resume_trial")
+            except (OSError, TrialLaunchError) as err:
+                # The trial stays Paused, with its config as it was.
+                record.config = previous_config
+                if clean is not None:
+                    try:
+                        atomic_write_json(record.paths.config, previous_config)
+                    except OSError:
+                        pass
+                if isinstance(err, TrialLaunchError):
+                    raise
+                raise self._launch_error(record.trial_id, err) from err
             if clean is not None:
-                record.config = clean
                 record.log("config", config=clean)
-            self._launch(record, reason="resume_trial")
             return self._trial_result(record)
 
     def _wait_for_runs_to_end(self, record: TrialRecord) -> None:
@@ -345,40 +362,60 @@ class LocalBackend:
             os.close(fd)
 
     def _launch(self, record: TrialRecord, *, reason: str) -> None:
+        """Start the next run of ``record``; on failure, raise ``TrialLaunchError``."""
         if record.attached:
             # A run that outlived the previous driver is not the supervisor's
             # to queue behind; wait here until its tree is gone.
             self._wait_for_runs_to_end(record)
         paths = record.paths
-        if record.runs:  # start_trial prepared the first run's files already
-            self._prepare_files(paths)
-        gpus = self._allocator().allocate(record.trial_id)
-        record.gpus = gpus
-        run_start = time.time()
-        spec = build_launch_spec(
-            trial_id=record.trial_id,
-            paths=paths,
-            binary=self._binary,
-            entry_point=self._entry_point,
-            config=record.config,
-            pass_args_as_json=self.pass_args_as_json,
-            inherited_env=os.environ,
-            env_overrides=self._env,
-            gpus=gpus,
-            iteration_start=record.iterations,
-            run_start_time=run_start,
-            cwd=self._cwd,
-        )
-        watcher = self._file_watcher()
-        watcher.watch(paths.results)
-        watcher.watch(paths.stdout)
+        allocator = self._allocator()
+        held_before = allocator.holders.get(record.trial_id)
         run = record.runs
-        record.log("launch", run=run, time=run_start, gpus=gpus)
-        # Spawn before the rest of the bookkeeping: the supervisor forks while
-        # this process writes the records below, on the other core.
-        self._supervisor.spawn(
-            record.trial_id, run, spec, self._executable, paths, self._grace_period
-        )
+        logged = False
+        try:
+            if record.runs:  # start_trial prepared the first run's files already
+                self._prepare_files(paths)
+            gpus = allocator.allocate(record.trial_id)
+            run_start = time.time()
+            spec = build_launch_spec(
+                trial_id=record.trial_id,
+                paths=paths,
+                binary=self._binary,
+                entry_point=self._entry_point,
+                config=record.config,
+                pass_args_as_json=self.pass_args_as_json,
+                inherited_env=os.environ,
+                env_overrides=self._env,
+                gpus=gpus,
+                iteration_start=record.iterations,
+                run_start_time=run_start,
+                cwd=self._cwd,
+            )
+            shown_env = {
+                key: value
+                for key, value in spec.env.items()
+                if key.startswith("LOCALBACKEND_") or key in self._env
+                or key == "CUDA_VISIBLE_DEVICES"
+            }
+            atomic_write_json(
+                paths.command,
+                {"run": run, "argv": list(spec.argv), "cwd": str(spec.cwd), "env": shown_env},
+            )
+            record.log("launch", run=run, time=run_start, gpus=gpus)
+            logged = True
+            self._supervisor.spawn(
+                record.trial_id, run, spec, self._executable, paths, self._grace_period,
+                delete_on_completion=self.delete_checkpoints,
+            )
+        except (OSError, LocalBackendError) as err:
+            if held_before is None:
+                allocator.release(record.trial_id)
+            else:
+                allocator.holders[record.trial_id] = held_before
+            if logged:
+                record.log("launch_failed", run=run)
+            raise self._launch_error(record.trial_id, err) from err
+        record.gpus = gpus
         record.runs += 1
         record.alive_runs.add(run)
         record.accepting = True
@@ -387,16 +424,20 @@ class LocalBackend:
         record.stderr_tail = ""
         record.training_end_time = None
         self._table.live.add(record.trial_id)
+        watcher = self._file_watcher()
+        watcher.watch(paths.results)
+        watcher.watch(paths.stdout)
         record.set_status(Status.in_progress, reason=reason)
-        shown_env = {
-            key: value
-            for key, value in spec.env.items()
-            if key.startswith("LOCALBACKEND_") or key in self._env or key == "CUDA_VISIBLE_DEVICES"
-        }
-        atomic_write_json(
-            paths.command,
-            {"run": run, "argv": list(spec.argv), "cwd": str(spec.cwd), "env": shown_env},
-        )
+
+    def _launch_error(self, trial_id: int, err: BaseException) -> TrialLaunchError:
+        if isinstance(err, TrialLaunchError):
+            return err
+        if isinstance(err, OSError):
+            problem, hint = f"{type(err).__name__}: {err}", _launch_hint(err)
+        else:
+            problem = str(err)
+            hint = "Create a new backend, or restore this experiment, and start the trial again."
+        return TrialLaunchError(trial_id, [*self._binary, str(self._entry_point)], problem, hint)
 
     # -- pausing and stopping -----------------------------------------------
 
@@ -421,6 +462,15 @@ class LocalBackend:
         with self._lock:
             record = self._record(trial_id)
             self._table.pump()
+            if record.status == Status.in_progress and self.delete_checkpoints:
+                # Its keeper deletes the checkpoints of a run that completes;
+                # this run is being interrupted, and its checkpoint is kept.
+                self._request_checkpoints(
+                    record, "delete" if record.delete_checkpoint_on_exit else "keep"
+                )
+            # A run that has just ended counts as ended, even if its event is
+            # still on its way: a pause of a finished trial does nothing.
+            self._table.take_in_exit(record)
             if record.status in FINISHED_STATUSES:
                 return
             if record.status == Status.paused and status == Status.stopped:
@@ -445,29 +495,82 @@ class LocalBackend:
             if self.delete_checkpoints:
                 for record in self._table.records:
                     self.delete_checkpoint(record.trial_id)
-            deadline = time.monotonic() + self._grace_period + _STOP_ALL_MARGIN
-            while (
-                any(r.alive_runs for r in self._table.live_records())
-                and time.monotonic() < deadline
-            ):
-                self._sleep_until_event(deadline - time.monotonic())
-                self._table.pump()
+            self._wait_for_every_run()
+
+    def _wait_for_every_run(self) -> None:
+        """Wait (grace period plus a margin at most) until no trial process is left."""
+        deadline = time.monotonic() + self._grace_period + _STOP_ALL_MARGIN
+        while (
+            any(r.alive_runs for r in self._table.live_records())
+            and time.monotonic() < deadline
+        ):
+            self._sleep_until_event(deadline - time.monotonic())
+            self._table.pump()
 
     def close(self) -> None:
-        """Stop every trial, wait for its processes to end, and release the supervisor."""
+        """Stop every trial, wait for its processes to end, and release the supervisor.
+
+        A backend whose experiment a restore in this process took over has
+        already let go of everything: closing it does nothing.
+        """
+        if self._lock.moved:
+            return
         with self._lock:
             self.stop_all()
-            self._supervisor.shutdown()
-            self._table.pump()
-            if self._watcher is not None:
-                self._watcher.close()
-                self._watcher = None
-            try:
+            self._release_runtime()
+
+    def _release_runtime(self) -> None:
+        """End the supervisor, then fold the journal into the snapshot and free the folder."""
+        self._supervisor.shutdown()
+        self._table.pump()
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        try:
+            if self._journal is not None:
+                self._journal.compact()
+                self._journal.close()
+        finally:
+            self._experiment_lock.release()
+
+    def _acquire_experiment(self, *, take_over: bool = False) -> None:
+        """Take the experiment's lock; ``take_over`` makes a backend of this process let go."""
+        let_go = weakref.WeakMethod(self._let_go)
+
+        def on_take_over() -> None:
+            method = let_go()
+            if method is not None:
+                method()
+
+        self._experiment_lock.acquire(on_take_over, take_over=take_over)
+
+    def _let_go(self) -> None:
+        """Hand the experiment to a backend being restored from it in this process.
+
+        Running trials are paused (in detach mode they keep running, for the
+        restored backend to re-attach to), their processes are waited for,
+        and every later call on this backend raises ``ExperimentMovedError``.
+        """
+        with self._lock:
+            if not self._detach:
+                for record in self._table.records:
+                    if record.status == Status.in_progress:
+                        self._interrupt(
+                            record.trial_id, Status.paused, "the experiment moved to a "
+                            "backend restored from it in this process",
+                        )
+                self._wait_for_every_run()
+                self._release_runtime()
+            else:
+                self._supervisor.close_pipes()
+                if self._watcher is not None:
+                    self._watcher.close()
+                    self._watcher = None
                 if self._journal is not None:
                     self._journal.compact()
                     self._journal.close()
-            finally:
                 self._experiment_lock.release()
+            self._lock.moved = True
 
     def __enter__(self) -> LocalBackend:
         return self
@@ -547,10 +650,7 @@ class LocalBackend:
         cap = _MAX_SLEEP_WITH_NOTIFY if notify_fd >= 0 else _MAX_SLEEP_POLLING
         timeout = max(0.0, min(seconds, cap))
         if fds:
-            try:
-                select.select(fds, [], [], timeout)
-            except InterruptedError:
-                pass
+            wait_readable(fds, timeout)
         else:
             time.sleep(timeout)
         if self._watcher is not None:
@@ -619,13 +719,32 @@ class LocalBackend:
             self._copy_checkpoint(source.trial_id, target_id)
 
     def _copy_checkpoint(self, src_trial_id: int, tgt_trial_id: int) -> None:
+        # Imported here, not with the other _storage names: these errors matter
+        # only to this method.
+        from ._storage import CheckpointSwapUnsupportedError, SymlinkedCheckpointError
+
         try:
             copy_checkpoint_folder(self._paths.trial(src_trial_id), self._paths.trial(tgt_trial_id))
         except OSError as err:
+            if isinstance(err, SymlinkedCheckpointError):
+                hint = (
+                    f"Nothing was copied. To copy it, replace the link {err.folder} with the "
+                    "folder it points to (move that folder into its place), then copy again."
+                )
+            elif isinstance(err, CheckpointSwapUnsupportedError):
+                hint = (
+                    "The target checkpoint was left as it was. Delete it first with "
+                    f"delete_checkpoint({tgt_trial_id}) and copy again, or have the script save "
+                    "its checkpoints with checkpoint.save(), whose folders can be switched "
+                    "one at a time."
+                )
+            else:
+                hint = (
+                    "The target checkpoint was left as it was; free disk space or fix "
+                    "permissions and try again."
+                )
             raise CheckpointCopyError(
-                src_trial_id, tgt_trial_id, f"{type(err).__name__}: {err}",
-                "The target checkpoint was left as it was; free disk space or fix "
-                "permissions and try again.",
+                src_trial_id, tgt_trial_id, f"{type(err).__name__}: {err}", hint
             ) from err
 
     def _no_checkpoint_error(self, src_trial_id: int, tgt_trial_id: int) -> CheckpointCopyError:
@@ -636,15 +755,43 @@ class LocalBackend:
         )
 
     def delete_checkpoint(self, trial_id: int) -> None:
-        """Delete a trial's checkpoints (after its processes end, if they still run)."""
+        """Delete a trial's checkpoints: now, or as soon as its processes are gone.
+
+        A trial whose processes are still ending (a pause or stop within its
+        grace period) has its checkpoints deleted by its keeper the moment
+        its tree is gone, whether or not this driver calls anything again.
+        """
         with self._lock:
             target_id = self._checkpoint_target(trial_id)
             if target_id < len(self._table.records):
                 record = self._table.records[target_id]
+                self._table.pump()
                 if record.alive_runs:
+                    self._request_checkpoints(record, "delete")
+                    # Kept as a fallback should the keeper die before it acts.
                     record.delete_checkpoint_on_exit = True
-                    return
+                    self._table.take_in_exit(record)
+                    if record.alive_runs:
+                        return
             delete_checkpoint_folder(self._paths.trial(target_id))
+
+    def _request_checkpoints(self, record: TrialRecord, action: str) -> None:
+        """Tell the current run's keeper what to do with the checkpoints once its tree is gone.
+
+        Written before ``take_in_exit`` reads ``exit.json``; the keeper reads
+        it after writing ``exit.json`` (see ``Keeper._settle_checkpoints``).
+        """
+        try:
+            atomic_write_json(
+                record.paths.checkpoint_request, {"run": record.runs - 1, "action": action}
+            )
+        except OSError as err:
+            # The driver still deletes when it hears that the run ended.
+            logger.warning(
+                "trial %d: could not write %s (%s); its checkpoints are handled when the "
+                "driver hears that the run ended", record.trial_id,
+                record.paths.checkpoint_request, err,
+            )
 
     def _checkpoint_target(self, trial_id: int) -> int:
         if (
@@ -680,7 +827,7 @@ class LocalBackend:
                 "experiment_dir", str(root), f"cannot be created ({err.strerror})",
                 "Choose a folder you can write to.",
             ) from err
-        self._experiment_lock.acquire()
+        self._acquire_experiment()
         state = empty_state(self._options())
         atomic_write_json(self._paths.metadata, state, durable=True)
         self._journal = Journal(self._paths, state["seq"])
@@ -754,6 +901,28 @@ class LocalBackend:
         if self._watcher is None:
             self._watcher = FileWatcher()
         return self._watcher
+
+class _BackendLock:
+    """The backend's re-entrant lock, which refuses entry once the experiment has moved.
+
+    Every public method takes it, so a backend whose experiment was taken
+    over by a restore in the same process raises on any later call.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._lock = threading.RLock()
+        self._root = root
+        self.moved = False
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        if self.moved:
+            self._lock.release()
+            raise ExperimentMovedError(str(self._root))
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
 
 def _remove_unstarted(paths: TrialPaths) -> None:
     """Remove the folder of a trial that failed to start, even with no descriptor to spare."""

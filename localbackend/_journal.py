@@ -54,6 +54,10 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
             entry["trial"], entry["config"], entry["time"]
         )
         return
+    if op == "forget":
+        # A start_trial that failed before its process was started.
+        state["trials"].pop(str(entry.get("trial")), None)
+        return
     trial = state["trials"].get(str(entry.get("trial")))
     if trial is None:
         if "trial" not in entry:
@@ -74,6 +78,11 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
     elif op == "launch":
         trial["runs"].append({"run": entry["run"], "launched": entry["time"]})
         trial["accept_until"] = None
+    elif op == "launch_failed":
+        # The run's process was never started: as if it had not been launched.
+        if trial["runs"] and trial["runs"][-1]["run"] == entry["run"]:
+            trial["runs"].pop()
+            trial["accept_until"] = trial["runs"][-1].get("accept_until") if trial["runs"] else None
     elif op in ("started", "exited"):
         run = _run(trial, entry["run"])
         if run is not None:

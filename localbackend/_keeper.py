@@ -21,7 +21,7 @@ import signal
 import time
 from typing import Any
 
-from ._files import count_lines, file_size
+from ._files import count_lines, delete_folder, file_size, read_json_object
 from ._proctable import create_time, descendants
 from ._protocol import ENV_ITERATION_START
 
@@ -233,7 +233,33 @@ class Keeper:
             },
         }
         _atomic_write_json(spec["exit_file"], exit_status)
+        # The tree is gone: only now may its checkpoints go, and the keeper
+        # is the one process sure to be here at that moment (the driver may
+        # not poll again, or may have exited right after stop_all()).
+        self._settle_checkpoints(code)
         write_event(self.event_fd, {"ev": "exited", **exit_status})
+
+    def _settle_checkpoints(self, code: int) -> None:
+        """Delete the run's checkpoints if the driver asked for it, or on completion.
+
+        The driver writes its request before it reads ``exit.json``, and this
+        keeper reads the request after writing ``exit.json``: so either the
+        driver sees that the run has ended and acts itself, or the keeper sees
+        the request. A ``keep`` request (a pause) overrides the deletion on
+        completion, which applies only to a run that ended on its own with
+        exit code 0.
+        """
+        spec = self.spec
+        folder = spec.get("checkpoints")
+        if not folder:
+            return
+        request = read_json_object(spec.get("checkpoint_request", ""))
+        action = request.get("action") if request and request.get("run") == spec["run"] else None
+        if action is None and spec.get("delete_on_completion"):
+            ended_alone = self.terminated_by in (None, "leftovers")
+            action = "delete" if code == 0 and ended_alone else None
+        if action == "delete":
+            delete_folder(folder)
 
     def _spawn(self) -> int:
         spec = self.spec

@@ -58,6 +58,15 @@ class TrialPaths:
         """Written by the keeper when a run starts: its PIDs and where its output begins."""
         return self.root / "run.json"
 
+    @property
+    def checkpoint_request(self) -> Path:
+        """What the driver wants done with the checkpoints when a run's tree is gone.
+
+        ``{"run": N, "action": "delete" | "keep"}``, written by the driver and
+        read by that run's keeper after it has reaped the tree.
+        """
+        return self.root / "checkpoint-request.json"
+
     def checkpoint_staging(self) -> Path:
         """Where a checkpoint copy is assembled before it replaces ``checkpoints``."""
         return self.root / f".checkpoints-incoming-{os.getpid()}-{os.urandom(4).hex()}"

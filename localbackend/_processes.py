@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -68,8 +69,62 @@ def _forget_in_child(client_ref: weakref.ref[SupervisorClient]) -> None:
     client.forked_away = True
 
 
+# How long a dropped backend waits for its supervisor to end its trees before
+# it kills the supervisor (whose keepers then end them on PR_SET_PDEATHSIG).
+_RELEASE_WAIT_SECONDS = 10.0
+
+
+def wait_readable(fds: list[int], timeout: float) -> None:
+    """Sleep until one of ``fds`` is readable or ``timeout`` seconds pass.
+
+    ``poll`` rather than ``select``: a driver with more than 1,024 open
+    descriptors (torch data loaders) gets descriptor numbers ``select``
+    cannot take.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    try:
+        poller.poll(max(0.0, timeout) * 1000.0)
+    except InterruptedError:
+        pass
+
+
+def _release_supervisor(
+    process: subprocess.Popen[bytes], stdin: IO[bytes] | None, events_fd: int, detach: bool
+) -> None:
+    """Let go of a supervisor (on ``close()``, or when its backend is dropped) and reap it.
+
+    End-of-file on its stdin is the supervisor's signal that the driver is
+    gone: it ends every trial tree (or, in detach mode, waits for them) and
+    exits. The process is always reaped, so no zombie is left and Popen has
+    nothing to warn about.
+    """
+    if stdin is not None:
+        try:
+            stdin.close()
+        except OSError:
+            pass
+    if events_fd >= 0:
+        # Keepers that still report get EPIPE, which they ignore.
+        os.close(events_fd)
+    if detach:
+        # Its trials may run for hours: reap it whenever it ends, off this thread.
+        threading.Thread(target=process.wait, name="localbackend-reaper", daemon=True).start()
+        return
+    try:
+        process.wait(timeout=_RELEASE_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
 class SupervisorClient:
-    """Owns the supervisor process for one backend."""
+    """Owns the supervisor process for one backend.
+
+    If the backend is dropped or left open at interpreter exit, a finalizer
+    ends the supervisor and reaps it (see ``_release_supervisor``).
+    """
 
     def __init__(
         self, detach: bool = False, on_start: Callable[[int, float], None] | None = None
@@ -86,8 +141,14 @@ class SupervisorClient:
         self._buffer = b""
         self._lock = threading.Lock()
         self._fork_hook_registered = False
+        self._finalizer: weakref.finalize[..., Any] | None = None
         # True in a child forked from the driver: this copy must not be used.
         self.forked_away = False
+
+    @property
+    def alive(self) -> bool:
+        """Whether the current supervisor process is running."""
+        return self._process is not None and self._process.poll() is None
 
     @property
     def events_fd(self) -> int:
@@ -128,6 +189,9 @@ class SupervisorClient:
         self._events_fd = read_fd
         self._stdin = self._process.stdin
         self._buffer = b""
+        self._finalizer = weakref.finalize(
+            self, _release_supervisor, self._process, self._stdin, read_fd, self.detach
+        )
         if not self._fork_hook_registered:
             # A child forked from the driver (multiprocessing's default) must
             # not hold the supervisor's stdin open, or the supervisor would not
@@ -161,7 +225,7 @@ class SupervisorClient:
 
     def spawn(
         self, trial_id: int, run: int, spec: LaunchSpec, executable: str, paths: TrialPaths,
-        grace: float,
+        grace: float, delete_on_completion: bool = False,
     ) -> None:
         self._send(
             {
@@ -177,13 +241,27 @@ class SupervisorClient:
                 "results": str(paths.results),
                 "exit_file": str(paths.exit_status),
                 "run_file": str(paths.run_record),
+                "checkpoints": str(paths.checkpoints),
+                "checkpoint_request": str(paths.checkpoint_request),
+                "delete_on_completion": delete_on_completion,
                 "grace": grace,
             }
         )
         self._spawned.add((trial_id, run))
 
     def terminate(self, trial_id: int, run: int) -> None:
-        self._send({"op": "terminate", "trial": trial_id, "run": run})
+        """Ask for the end of a run's tree; at once, and never by starting a supervisor.
+
+        A dead supervisor's keepers are already ending their trees (on
+        ``PR_SET_PDEATHSIG``), and the end of each run is reported when the
+        event pipe is drained.
+        """
+        if not self.alive or self.forked_away:
+            return
+        try:
+            self._send({"op": "terminate", "trial": trial_id, "run": run})
+        except SupervisorError:
+            pass  # it died just now; see above
 
     def read_events(self) -> list[dict[str, Any]]:
         """Every event that has arrived, without blocking."""
@@ -225,7 +303,7 @@ class SupervisorClient:
         events: list[dict[str, Any]] = []
         if self._events_fd >= 0:
             while time.monotonic() < deadline:
-                select.select([self._events_fd], [], [], max(0.0, deadline - time.monotonic()))
+                wait_readable([self._events_fd], deadline - time.monotonic())
                 try:
                     chunk = os.read(self._events_fd, 1 << 16)
                 except BlockingIOError:
@@ -251,23 +329,22 @@ class SupervisorClient:
             if self._events_fd < 0:
                 self._process.wait()
                 break
-            select.select([self._events_fd], [], [], 0.1)
+            wait_readable([self._events_fd], 0.1)
             self._pending.extend(self.read_events())
         self.close_pipes()
 
     def close_pipes(self) -> None:
-        if self._stdin is not None:
-            try:
-                self._stdin.close()
-            except OSError:
-                pass
-            self._stdin = None
-        if self._events_fd >= 0:
-            os.close(self._events_fd)
-            self._events_fd = -1
-        if self._process is not None:
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        self._process = None
+        """Let go of the supervisor: close both pipes and reap it (see ``_release_supervisor``)."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        process, self._process = self._process, None
+        stdin, self._stdin = self._stdin, None
+        events_fd, self._events_fd = self._events_fd, -1
+        if process is not None:
+            _release_supervisor(process, stdin, events_fd, self.detach)
+        else:
+            if stdin is not None:
+                stdin.close()
+            if events_fd >= 0:
+                os.close(events_fd)

@@ -43,7 +43,7 @@ def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
     backend._paths = ExperimentPaths(root)
     backend._created = True
     backend._setup_runtime()
-    backend._experiment_lock.acquire()
+    backend._acquire_experiment(take_over=True)
     try:
         # Re-read under the lock: the old driver may have written until now.
         state = load_state(root, owner=True)

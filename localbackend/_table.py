@@ -73,6 +73,8 @@ class TrialTable:
             return
         record = self.records[trial_id]
         run = int(event["run"])
+        if run not in record.alive_runs:
+            return  # its end was already taken in from exit.json (see take_in_exit)
         if kind == "started":
             fields = {k: event[k] for k in ("pid", "create_time", "keeper", "keeper_create_time")
                       if k in event}
@@ -94,6 +96,21 @@ class TrialTable:
             )
         elif kind == "cancelled":
             self.run_gone(record, run)
+
+    def take_in_exit(self, record: TrialRecord) -> None:
+        """Apply the end of the current run if its keeper has recorded it, without waiting.
+
+        The keeper writes ``exit.json`` once the whole tree is reaped, before
+        it reports on the event pipe; a decision that depends on whether the
+        run has ended (a pause, a checkpoint deletion) reads it here rather
+        than trust an event that may still be on its way.
+        """
+        run = record.runs - 1
+        if run not in record.alive_runs or run in record.attached:
+            return
+        exit_status = read_json_object(record.paths.exit_status)
+        if exit_status is not None and exit_status.get("run") == run:
+            self.run_exited(record, run, exit_status)
 
     def _poll_attached(self, record: TrialRecord) -> None:
         """Notice the end of a run whose keeper belongs to an earlier driver."""

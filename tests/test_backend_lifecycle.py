@@ -730,7 +730,7 @@ def test_import_pulls_in_only_stdlib_and_the_declared_dependencies() -> None:
         check=True,
     )
     seen = json.loads(out.stdout)
-    allowed = set(seen["stdlib"]) | {"localbackend", "filelock", "psutil", "orjson"}
+    allowed = set(seen["stdlib"]) | {"localbackend", "psutil", "orjson"}
     # Private helper modules of the stdlib (e.g. _ctypes) are stdlib too.
     outside = [m for m in seen["new"] if m not in allowed and m.lstrip("_") not in allowed]
     assert outside == [], f"import localbackend pulled in {outside}"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from localbackend import ExperimentError, ExperimentLockedError, LocalBackend, Status
+from localbackend import ExperimentError, LocalBackend, Status
 from tests.crash_helpers import (
     STEPS,
     alive,
@@ -92,15 +96,31 @@ def test_driver_exception_and_exit_leave_no_trial_process(tmp_path: Path) -> Non
 
 
 def test_second_driver_gets_a_clear_error(tmp_path: Path) -> None:
+    # A restore in this same process takes the experiment over
+    # (tests/test_hardening_backend.py); one from another process is refused.
     script = STEPS
     with LocalBackend(script, experiment_dir=tmp_path / "exp", grace_period=0.5) as backend:
         backend.start_trial({"steps": 1000, "step_seconds": 0.05})
-        with pytest.raises(ExperimentLockedError) as caught:
-            LocalBackend.restore(tmp_path / "exp")
-        assert str(caught.value.pid) in str(caught.value)
-        assert caught.value.host in str(caught.value)
+        other = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent("""
+                import sys
+                from localbackend import ExperimentLockedError, LocalBackend
+                try:
+                    LocalBackend.restore(sys.argv[1])
+                except ExperimentLockedError as err:
+                    print(err.pid, err.host)
+                    print(err)
+                    sys.exit(3)
+            """), str(tmp_path / "exp")],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert other.returncode == 3, other.stderr
+        pid, host = other.stdout.splitlines()[0].split()
+        assert pid == str(os.getpid())
+        assert pid in other.stdout.splitlines()[1] and host in other.stdout.splitlines()[1]
         with pytest.raises(ExperimentError):
             LocalBackend(script, experiment_dir=tmp_path / "exp").start_trial({"steps": 1})
+        assert backend.busy_trial_ids() == [(0, "InProgress")]
 
 
 def test_lock_of_a_killed_driver_is_taken_over(tmp_path: Path) -> None:
