@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from localbackend import LocalBackend
+from localbackend.cli import _check, main
+from tests.helpers import format_logs, wait_for
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "entrypoints" / "train_numpy.py"
 SYNE_TUNE_STYLE = REPO / "entrypoints" / "syne_tune_style.py"
@@ -90,3 +94,118 @@ def test_check_needs_a_metric_and_an_existing_script() -> None:
     )
     assert missing.returncode == 2 and "'nothere.py' does not exist" in missing.stderr
     assert "Traceback" not in no_metric.stderr + missing.stderr
+
+
+RESTARTS = BROKEN / "restarts_from_scratch.py"
+OWN_OPTIONS = BROKEN / "own_options.py"
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def check_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    backend_class: type[LocalBackend], script: Path, *args: str,
+) -> tuple[int, dict[str, str], str]:
+    """``check`` run by ``main`` in this process, on a backend class that sets the timing."""
+    monkeypatch.setattr(_check, "LocalBackend", backend_class)
+    code = main(["check", str(script), "--metric", "loss", "--grace-period", "1", *args])
+    captured = capsys.readouterr()
+    verdicts = {name: outcome for outcome, name, _ in VERDICT.findall(captured.out)}
+    return code, verdicts, f"{captured.out}\n{captured.err}"
+
+
+class PausesAfterAnotherResult(LocalBackend):
+    """Its first pause waits until the trial wrote a result not fetched yet.
+
+    That result was written before the pause, so it is delivered after
+    ``pause_trial`` returned, while the paused run winds down.
+    """
+
+    paused = False
+
+    def pause_trial(self, trial_id: int, result: object = None) -> None:
+        if not self.paused:
+            type(self).paused = True
+            results = self.trial_dir(trial_id) / "results.jsonl"
+            wait_for(lambda: _lines(results) >= 2, timeout=30, what="a second result",
+                     on_fail=lambda: format_logs(self, [trial_id]))
+        super().pause_trial(trial_id)
+
+
+class PausesAfterTheEnd(LocalBackend):
+    """Its first pause waits until the trial has finished, as if it ended just before."""
+
+    paused = False
+
+    def pause_trial(self, trial_id: int, result: object = None) -> None:
+        if not self.paused:
+            type(self).paused = True
+            wait_for(lambda: all(t != trial_id for t, _ in self.busy_trial_ids()), timeout=30,
+                     what=f"trial {trial_id} to end", on_fail=lambda: format_logs(self, [trial_id]))
+        super().pause_trial(trial_id)
+
+
+def test_a_script_that_restarts_from_scratch_fails_both_resume_checks() -> None:
+    code, verdicts, output = check(RESTARTS, "-p", "epochs=4", "-p", "epoch_seconds=0.1")
+    assert code == 1, output
+    assert verdicts["reporting"] == "PASS" and verdicts["sigterm"] == "PASS", output
+    assert verdicts["resume"] == "FAIL" and verdicts["exact-resume"] == "FAIL", output
+    assert "restarted from scratch" in output
+    assert "did not load them" in output
+
+
+def test_results_delivered_during_the_pause_belong_to_the_paused_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(PausesAfterAnotherResult, "paused", False)
+    code, verdicts, output = check_in_process(
+        monkeypatch, capsys, PausesAfterAnotherResult, RESTARTS,
+        "-p", "epochs=5", "-p", "epoch_seconds=0.3",
+    )
+    assert PausesAfterAnotherResult.paused, output
+    assert verdicts["resume"] == "FAIL" and verdicts["exact-resume"] == "FAIL", output
+    assert "after epoch 2, it restarted from scratch (epoch 1 again)" in output
+    assert code == 1, output
+
+
+def test_a_well_behaved_script_still_passes_when_results_arrive_during_the_pause(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(PausesAfterAnotherResult, "paused", False)
+    code, verdicts, output = check_in_process(
+        monkeypatch, capsys, PausesAfterAnotherResult, OWN_OPTIONS,
+        "-p", "steps=5", "-p", "delay=0.3",
+    )
+    assert PausesAfterAnotherResult.paused, output
+    assert verdicts == ALL_PASS, output
+    assert "paused after epoch 2, it resumed from its checkpoint at epoch 3" in output
+    assert code == 0, output
+
+
+def test_a_trial_that_ends_just_before_its_pause_is_skipped_with_a_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(PausesAfterTheEnd, "paused", False)
+    code, verdicts, output = check_in_process(
+        monkeypatch, capsys, PausesAfterTheEnd, OWN_OPTIONS, "-p", "steps=3", "-p", "delay=0.05",
+    )
+    assert PausesAfterTheEnd.paused, output
+    assert "error" not in output and "Traceback" not in output, output
+    assert verdicts["reporting"] == "PASS", output
+    for name in ("sigterm", "resume", "exact-resume", "copied-checkpoint"):
+        assert verdicts[name] == "SKIP", output
+    assert "ended (exit code 0) before the pause reached it" in output, output
+    assert "-p steps=3 -p delay=0.05" in output, output
+    assert "epoch_seconds" not in output and "epochs=" not in output, output
+    assert code == 0, output
+
+
+def test_the_hint_for_a_trial_too_short_to_pause_names_the_scripts_own_options() -> None:
+    code, verdicts, output = check(OWN_OPTIONS, "-p", "steps=0", "-p", "delay=0.01")
+    assert verdicts["reporting"] == "FAIL", output
+    assert verdicts["sigterm"] == "SKIP", output
+    assert "-p steps=0 -p delay=0.01" in output, output
+    assert "epoch_seconds" not in output and "epochs=" not in output, output
+    assert code == 1, output

@@ -7,6 +7,11 @@ Three trials of the same config run, two at a time:
   it is paused, C starts from a copy of B's checkpoint; then B resumes.
   B's resumed results give the resume and exact-resume checks, C's the
   copied-checkpoint check.
+
+B's results are split by run at the resume: what was delivered until the
+paused run's processes were gone is the paused run's (results written
+before the pause may arrive while it winds down), and only what comes after
+is judged as the resumed run.
 """
 
 from __future__ import annotations
@@ -128,51 +133,61 @@ def _run_checks(
     backend: LocalBackend, config: dict[str, Any], args: argparse.Namespace
 ) -> list[Verdict]:
     metric, attr, grace = args.metric, args.resource_attr, args.grace_period
+    params: list[str] = list(args.param)
     trials = _Trials(backend, args.timeout)
     a = trials.start(config)
     b = trials.start(config)
     trials.run_until(lambda: bool(trials.results[b]) or trials.done(b), "waiting for a result")
-    paused = trials.status[b] == Status.in_progress
-    before_pause: list[dict[str, Any]] = []
-    ended_after: Optional[float] = None
+    not_paused: Optional[str] = None
+    if trials.status[b] != Status.in_progress:
+        not_paused = "the trial ended before it could be paused"
+    paused_run: list[dict[str, Any]] = []
+    ended_after = 0.0
     copy_error: Optional[LocalBackendError] = None
     c: Optional[int] = None
     written_after = 0
-    if paused:
+    b_pause_trial = trials.trial[b]
+    if not_paused is None:
         asked = time.monotonic()
         backend.pause_trial(b)
-        before_pause = list(trials.results[b])
         trials.run_until(lambda: not trials.busy(b), "waiting for the paused trial", fast=True)
         ended_after = time.monotonic() - asked
-        # Lines on disk, delivered or not: what the trial did after it was told to stop.
-        written_after = _lines(TrialPaths(backend.trial_dir(b)).results) - len(before_pause)
+        # Once its processes are gone, one fetch delivers all that the paused
+        # run wrote before the pause, and nothing it wrote after: from here
+        # on, every result of trial b is the resumed run's.
         trials.pump(0)
         b_pause_trial = trials.trial[b]
+        if trials.status[b] in FINISHED_STATUSES:
+            not_paused = (
+                f"the trial ended ({_ending(b_pause_trial)}) before the pause reached it (it "
+                "finished between the last read of its status and pause_trial), so nothing was "
+                "paused"
+            )
+    if not_paused is None:
+        paused_run = list(trials.results[b])
+        # Lines on disk, delivered or not: what the trial did after it was told to stop.
+        written_after = _lines(TrialPaths(backend.trial_dir(b)).results) - len(paused_run)
         try:
             c = trials.start(config, checkpoint_trial_id=b)
         except CheckpointCopyError as err:
             copy_error = err
         backend.resume_trial(b)
         trials.status[b] = Status.in_progress
-    else:
-        b_pause_trial = trials.trial[b]
     trials.run_until(
         lambda: trials.done(a, b) and (c is None or trials.done(c)), "waiting for the trials"
     )
-    after_resume = trials.results[b][len(before_pause) :] if paused else []
+    resumed_run = trials.results[b][len(paused_run) :]
 
     reference = trials.results[a]
-    verdicts = [_reporting(trials, a, metric, attr)]
+    verdicts = [_reporting(trials, a, metric, attr, params)]
     usable = verdicts[0].outcome == PASS
-    if not paused:
-        why = "the trial ended before it could be paused"
-        fix = "give it more work or slow it down, e.g. -p epochs=10 -p epoch_seconds=0.2"
-        return [*verdicts, *(Verdict(n, SKIP, why, fix) for n in _LATER_CHECKS)]
-    assert ended_after is not None
+    if not_paused is not None:
+        fix = _more_work(params, "it still runs after its first result")
+        return [*verdicts, *(Verdict(n, SKIP, not_paused, fix) for n in _LATER_CHECKS)]
     verdicts.append(_sigterm(b_pause_trial, ended_after, grace, written_after, attr))
     resume = _resume(
-        usable, reference, before_pause, after_resume, trials.status[b], trials.trial[b],
-        backend.trial_dir(b), metric, attr,
+        usable, reference, paused_run, resumed_run, trials.status[b], trials.trial[b],
+        backend.trial_dir(b), metric, attr, params,
     )
     if resume.outcome == SKIP and verdicts[-1].outcome == FAIL:
         resume = Verdict(
@@ -180,29 +195,38 @@ def _run_checks(
             "fix the sigterm check first",
         )
     verdicts.append(resume)
-    verdicts.append(
-        _exact(resume.outcome == PASS, reference, before_pause, after_resume, metric, attr)
-    )
+    verdicts.append(_exact(resume.outcome, reference, paused_run, resumed_run, metric, attr))
     verdicts.append(
         _copied(
-            usable, copy_error, c, trials, b, before_pause, after_resume,
-            reference, backend.trial_dir(b), attr,
+            usable, copy_error, c, trials, b, paused_run, resumed_run,
+            reference, backend.trial_dir(b), attr, params,
         )
     )
     return verdicts
 
 
+def _more_work(
+    params: list[str], goal: str, how: str = "give it more work or slow it down"
+) -> str:
+    """How to make the checked script run longer, in terms of its own options."""
+    if params:
+        given = " ".join(f"-p {param}" for param in params)
+        return f"{how} through its own options (you gave {given}), so that {goal}"
+    return f"{how} through its own options, passed with -p NAME=VALUE, so that {goal}"
+
+
 _LATER_CHECKS = ("sigterm", "resume", "exact-resume", "copied-checkpoint")
 
 
-def _reporting(trials: _Trials, a: int, metric: str, attr: str) -> Verdict:
+def _reporting(trials: _Trials, a: int, metric: str, attr: str, params: list[str]) -> Verdict:
     results, status, trial = trials.results[a], trials.status[a], trials.trial[a]
     report_how = _REPORT_HOW.format(metric=metric, attr=attr)
     if status == Status.failed:
         return Verdict(
             "reporting", FAIL,
             f"the script failed ({_ending(trial)}): {_last_line(trial.stderr_tail)}",
-            f"run it alone to see why: localbackend run {trials.backend.entrypoint_path()} -p ...",
+            "run it alone to see why: localbackend run "
+            + " ".join([str(trials.backend.entrypoint_path()), *(f"-p {p}" for p in params)]),
         )
     if not results:
         return Verdict("reporting", FAIL, "the script reported no result", report_how)
@@ -234,8 +258,8 @@ def _reporting(trials: _Trials, a: int, metric: str, attr: str) -> Verdict:
     if len(results) < 2:
         return Verdict(
             "reporting", FAIL, f"only one result ({attr} {format_value(levels[0])})",
-            "a tuner needs several results to pause and compare trials; report after each "
-            f"{attr} and give the script more work, e.g. -p epochs=5",
+            f"a tuner needs several results to pause and compare trials: report after each "
+            f"{attr}, and " + _more_work(params, "it reports several", "give it more work"),
         )
     return Verdict(
         "reporting", PASS,
@@ -289,7 +313,13 @@ def _resume(
     trial_dir: Path,
     metric: str,
     attr: str,
+    params: list[str],
 ) -> Verdict:
+    """Judge the resumed run by its first result's level against where it was paused.
+
+    ``before`` holds exactly the paused run's delivered results, ``after``
+    the resumed run's.
+    """
     if not usable:
         return Verdict("resume", SKIP, "needs a script that passes the reporting check")
     paused_at = before[-1][attr]
@@ -306,7 +336,7 @@ def _resume(
             "resume", SKIP,
             f"paused after {attr} {format_value(paused_at)}, but it had finished its work before "
             "it stopped, so the resumed run had nothing to do",
-            "slow it down so the pause lands mid-run, e.g. -p epoch_seconds=0.2",
+            _more_work(params, "the pause lands mid-run"),
         )
     first = after[0][attr]
     folder = TrialPaths(trial_dir).checkpoints
@@ -347,14 +377,21 @@ def _resume(
 
 
 def _exact(
-    resumed: bool,
+    resume: str,
     reference: list[dict[str, Any]],
     before: list[dict[str, Any]],
     after: list[dict[str, Any]],
     metric: str,
     attr: str,
 ) -> Verdict:
-    if not resumed:
+    if resume == FAIL:
+        return Verdict(
+            "exact-resume", FAIL,
+            "the resumed run did not carry on from where it was paused (see the resume check), "
+            "so it cannot report what an uninterrupted run reports",
+            "fix the resume check first",
+        )
+    if resume != PASS:
         return Verdict("exact-resume", SKIP, "needs a script that passes the resume check")
     by_level = {r[attr]: r[metric] for r in reference}
     for result in before:
@@ -400,6 +437,7 @@ def _copied(
     reference: list[dict[str, Any]],
     source_dir: Path,
     attr: str,
+    params: list[str],
 ) -> Verdict:
     if not usable:
         return Verdict("copied-checkpoint", SKIP, "needs a script that passes the reporting check")
@@ -425,7 +463,7 @@ def _copied(
         return Verdict(
             "copied-checkpoint", SKIP,
             f"started from trial {b}'s checkpoint, it had nothing left to do",
-            "slow the script down so the pause lands mid-run, e.g. -p epoch_seconds=0.2",
+            _more_work(params, "the pause lands mid-run"),
         )
     first = results[0][attr]
     paused_at = before[-1][attr]
