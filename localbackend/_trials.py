@@ -92,6 +92,7 @@ class TrialRecord:
             exit_signal=self.exit_signal,
             stderr_tail=self.stderr_tail,
             trial_dir=self.paths.root,
+            training_end_time=self.training_end_time,
         )
 
     def set_status(self, status: str, *, reason: str, news: bool = False, **details: Any) -> None:

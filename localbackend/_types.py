@@ -29,7 +29,9 @@ class Trial:
     Beyond Syne Tune's three fields it tells how the last run ended:
     ``exit_code`` (None while running or when ended by a signal),
     ``exit_signal`` (for example ``"SIGKILL"``), ``stderr_tail`` (the last
-    lines of stderr of a failed run) and ``trial_dir``.
+    lines of stderr of a failed run), ``trial_dir``, and
+    ``training_end_time`` (when the last run ended; None while it runs), which
+    a Syne Tune adapter copies into the ``TrialResult`` it keeps.
     """
 
     trial_id: int
@@ -39,6 +41,7 @@ class Trial:
     exit_signal: Optional[str] = None
     stderr_tail: str = ""
     trial_dir: Optional[Path] = None
+    training_end_time: Optional[datetime.datetime] = None
 
     def add_results(
         self,
@@ -62,16 +65,21 @@ class Trial:
 
 @dataclass
 class TrialResult(Trial):
-    """What ``start_trial`` and ``resume_trial`` return, as in Syne Tune."""
+    """What ``start_trial`` and ``resume_trial`` return, as in Syne Tune.
+
+    ``training_end_time`` is inherited from ``Trial``.
+    """
 
     metrics: list[dict[str, Any]] = field(default_factory=list)
     status: str = Status.in_progress
-    training_end_time: Optional[datetime.datetime] = None
 
     @property
     def seconds(self) -> int:
+        """Whole seconds from creation to the end of training (or to now, while it runs)."""
         end = self.training_end_time or datetime.datetime.now()
-        return (end.replace(tzinfo=None) - self.creation_time.replace(tzinfo=None)).seconds
+        elapsed = end.replace(tzinfo=None) - self.creation_time.replace(tzinfo=None)
+        # ``timedelta.seconds`` is only the part below one day.
+        return int(elapsed.total_seconds())
 
     @property
     def cost(self) -> Any:
