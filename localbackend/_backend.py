@@ -155,7 +155,7 @@ class LocalBackend:
         if num_gpus is not None:
             self._gpus = self._make_allocator()
         self.pass_args_as_json = bool(pass_args_as_json)
-        self.delete_checkpoints = bool(delete_checkpoints)
+        self._delete_checkpoints = bool(delete_checkpoints)  # the property's value
         self._detach = bool(detach)
         self._cwd = cwd
 
@@ -209,7 +209,35 @@ class LocalBackend:
         return self._entry_point
 
     def set_entrypoint(self, entry_point: str | os.PathLike[str]) -> None:
-        self._entry_point = check_entry_point(entry_point, must_be_executable=not self._binary)
+        """Run ``entry_point`` for the runs launched from now on.
+
+        The change is recorded in the experiment folder, so that ``restore``
+        and unpickling keep it.
+        """
+        checked = check_entry_point(entry_point, must_be_executable=not self._binary)
+        with self._lock:
+            self._entry_point = checked
+            if self._journal is not None:
+                self._journal.append("options", options=self._options())
+
+    @property
+    def delete_checkpoints(self) -> bool:
+        """Delete a trial's checkpoints once it is stopped or completed, as Syne Tune does.
+
+        Syne Tune's ``TrialBackend`` (and so the adapter) may set it after
+        construction; the change is recorded in the experiment folder, so that
+        ``restore`` and unpickling keep it.
+        """
+        return self._delete_checkpoints
+
+    @delete_checkpoints.setter
+    def delete_checkpoints(self, value: bool) -> None:
+        with self._lock:
+            changed = bool(value) != self._delete_checkpoints
+            self._delete_checkpoints = bool(value)
+            self._table.delete_checkpoints = self._delete_checkpoints
+            if changed and self._journal is not None:
+                self._journal.append("options", options=self._options())
 
     def _check_entry_point_still_there(self) -> None:
         check_entry_point(self._entry_point, must_be_executable=not self._binary)
@@ -864,8 +892,12 @@ class LocalBackend:
             self.__dict__.update(restored.__dict__)
             return
         options = dict(state["options"])
-        options.pop("cwd", None)
+        cwd = options.pop("cwd", None)
         fresh = type(self)(experiment_dir=state["experiment_dir"], **options)
+        if cwd is not None:
+            # Trials run in the working folder of the driver that made the
+            # backend, as they do after a restore, not in the unpickler's.
+            fresh._cwd = Path(cwd)
         self.__dict__.update(fresh.__dict__)
 
     # -- internals ---------------------------------------------------------
@@ -881,7 +913,7 @@ class LocalBackend:
         return records[trial_id]
 
     def _trial_result(self, record: TrialRecord) -> TrialResult:
-        return record.as_trial().add_results([], record.status, None)
+        return record.as_trial().add_results([], record.status, record.training_end_time)
 
     def _make_allocator(self) -> GpuAllocator:
         if self._num_gpus is not None:
