@@ -78,5 +78,14 @@ class GpuAllocator:
     def in_use(self) -> dict[str, int]:
         return {d: sum(d in h for h in self.holders.values()) for d in self.devices}
 
+    def hold(self, trial_id: int, devices: Sequence[str]) -> None:
+        """Count ``devices`` as used by ``trial_id`` until ``release``.
+
+        For a run this allocator did not hand GPUs to: one that outlived an
+        earlier driver and was re-attached by ``restore``, with the GPUs its
+        launch recorded.
+        """
+        self.holders[trial_id] = [str(device) for device in devices]
+
 
 __all__ = ["GpuAllocator", "detect_gpus"]

@@ -76,7 +76,10 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
              if k in entry}
         )
     elif op == "launch":
-        trial["runs"].append({"run": entry["run"], "launched": entry["time"]})
+        # The GPUs go with the run: a restore that re-attaches to it counts them as taken.
+        trial["runs"].append(
+            {"run": entry["run"], "launched": entry["time"], "gpus": entry.get("gpus") or []}
+        )
         trial["accept_until"] = None
     elif op == "launch_failed":
         # The run's process was never started: as if it had not been launched.
