@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
     try:
         # Re-read under the lock: the old driver may have written until now.
         state = load_state(root, owner=True)
+        _take_changed_options(backend, state["options"])
         journal = Journal(backend._paths, state["seq"])
         journal.open()
         backend._journal = journal
@@ -67,12 +69,25 @@ def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
     return backend
 
 
+def _take_changed_options(backend: LocalBackend, options: dict[str, Any]) -> None:
+    """Take the options a driver may change after construction from the read under the lock.
+
+    ``delete_checkpoints`` and ``set_entrypoint`` are journaled when changed;
+    the old driver may have changed them between the first read, made
+    without the lock, and its death.
+    """
+    backend._delete_checkpoints = bool(options.get("delete_checkpoints"))
+    backend._table.delete_checkpoints = backend._delete_checkpoints
+    backend._entry_point = Path(options["entry_point"])
+
+
 def _every_trial(backend: LocalBackend, trials: dict[str, Any]) -> list[dict[str, Any]]:
     """The saved trials by id, with a stub for any id whose folder exists but whose
     journal entries were all lost, so that ids stay 0, 1, 2, ... without holes."""
+    paths = backend._paths
     on_disk = [
-        int(entry.name) for entry in backend._paths.root.iterdir()
-        if entry.name.isdigit() and (entry / "config.json").exists()
+        int(entry.name) for entry in paths.root.iterdir()
+        if entry.name.isdigit() and paths.trial(int(entry.name)).config.exists()
     ]
     last = max([int(key) for key in trials] + on_disk, default=-1)
     return [
@@ -81,8 +96,11 @@ def _every_trial(backend: LocalBackend, trials: dict[str, Any]) -> list[dict[str
     ]
 
 
+# A keeper process, by PID and start time.
+_Keeper = tuple[int, float]
+
+
 def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journal) -> None:
-    table = backend._table
     trial_id = int(saved["trial_id"])
     config = saved["config"]
     if config is None:  # its journal entry was lost; the folder keeps the config
@@ -94,7 +112,7 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
         journal,
         creation_time=datetime.datetime.fromtimestamp(saved["creation_time"]),
     )
-    table.records.append(record)
+    backend._table.records.append(record)
     record.status = saved.get("status") or Status.in_progress
     runs: list[dict[str, Any]] = saved["runs"]
     record.runs = len(runs)
@@ -111,24 +129,58 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
     record.run_start_time = float(last.get("launched", 0.0))
     # The keeper writes run.json when the run starts, even if the driver
     # died before it heard of the run.
-    started = read_json_object(record.paths.run_record)
-    if started is not None and started.get("run") != run:
-        started = None
-    known = last if last.get("state") in ("started", "exited") else started or {}
+    run_file = read_json_object(record.paths.run_record)
+    started = run_file if run_file is not None and run_file.get("run") == run else None
+    known = _what_is_known(last, run_file)
     record.pid = known.get("pid")
     record.pid_create_time = known.get("create_time")
     ended = last if last.get("state") == "exited" else None
+    keeper = None
     if ended is None:
-        keeper, keeper_created = known.get("keeper"), known.get("keeper_create_time")
-        if keeper and process_matches(int(keeper), float(keeper_created or 0.0)):
-            if backend._detach:
-                _attach(backend, record, run, int(keeper), float(keeper_created or 0.0))
-                return
-            _wait_for_exit(int(keeper), float(keeper_created or 0.0), backend._grace_period)
-        exit_status = read_json_object(record.paths.exit_status)
-        if exit_status is not None and exit_status.get("run") == run:
-            ended = exit_status
+        keeper = _live_keeper(known)
+        if keeper is not None and not backend._detach:
+            _wait_for_exit(*keeper, backend._grace_period)
+            keeper = None
+        if keeper is None:
+            exit_status = read_json_object(record.paths.exit_status)
+            if exit_status is not None and exit_status.get("run") == run:
+                ended = exit_status
+    # In detach mode an earlier run may still be ending too: one paused in its
+    # grace period, whose resumed successor the old supervisor dropped when
+    # the driver died (a queued run is never started without a driver).
+    ending = [
+        (entry, found)
+        for entry in (runs[:-1] if backend._detach else [])
+        if entry.get("state") != "exited"
+        and (found := _live_keeper(_what_is_known(entry, run_file))) is not None
+    ]
+    _restore_delivery(backend, record, saved, started, ended, keeper)
+    # Attached last: their output is never delivered, and while they are
+    # alive nothing of the current run is read (see TrialTable.ingest).
+    for entry, found in ending:
+        _attach(backend, record, int(entry["run"]), found, entry.get("gpus"), streaming=False)
+    if ended is not None and isinstance(ended.get("time"), (int, float)):
+        # When the run ended, not when this restore noticed it.
+        record.training_end_time = datetime.datetime.fromtimestamp(float(ended["time"]))
 
+
+def _restore_delivery(
+    backend: LocalBackend,
+    record: TrialRecord,
+    saved: dict[str, Any],
+    started: dict[str, Any] | None,
+    ended: dict[str, Any] | None,
+    keeper: _Keeper | None,
+) -> None:
+    """Set what is still owed of the trial's output, and follow its last run if it lives.
+
+    The boundaries are the same whether the last run ended or was re-attached
+    (detach mode): what a run wrote before its pause or stop is delivered
+    once, what it wrote after, never.
+    """
+    table = backend._table
+    runs: list[dict[str, Any]] = saved["runs"]
+    run = record.runs - 1
     if record.status == Status.in_progress:
         if len(runs) > 1:
             # An earlier run's results up to its pause are still owed; what it
@@ -138,14 +190,18 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
                 record.accepting = True
                 table.ingest(record, limits=earlier)
             if started is not None:
-                offsets = started.get("start_offsets") or {}
-                record.results_reader.skip_to(int(offsets.get("results", 0)))
-                record.stdout_reader.skip_to(int(offsets.get("stdout", 0)))
-            elif ended is None:
+                _skip_to(record, started.get("start_offsets"))
+            elif ended is None and keeper is None:
                 _skip_to_end(record)  # the run never started: it wrote nothing
+            else:
+                # This run started after the earlier one had ended, so its
+                # output begins at or after the earlier run's exit offsets.
+                _skip_to(record, runs[-2].get("offsets"))
         record.alive_runs.add(run)
         record.accepting = True
-        if ended is not None:
+        if keeper is not None:
+            _attach(backend, record, run, keeper, runs[-1].get("gpus"), streaming=True)
+        elif ended is not None:
             table.run_exited(record, run, ended)
         else:
             # The run's keeper was killed before it could record an exit:
@@ -153,6 +209,9 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
             table.ingest(record, final=True)
             record.accepting = False
             record.alive_runs.discard(run)
+            # Where acceptance ended, so that a second restore still owes
+            # what was read here and not yet delivered.
+            _log_accept_until(record)
             record.set_status(
                 Status.paused, reason="restored: the driver ended while the trial ran",
                 news=True,
@@ -166,30 +225,78 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
     if accept_until is not None:
         record.accepting = True
         table.ingest(record, limits=accept_until, final=ended is not None)
-        record.accepting = False
-    else:
-        record.accepting = False
+    record.accepting = False
+    if keeper is not None:
+        # Still ending after the decision (detach mode). Its later output is
+        # counted, not delivered, when its end is noticed (run_exited).
+        _attach(backend, record, run, keeper, runs[-1].get("gpus"), streaming=False)
+        return
     if ended is not None:
         record.exit_code = ended.get("returncode")
         record.exit_signal = ended.get("signal")
-        offsets = ended.get("offsets") or {}
-        record.results_reader.skip_to(int(offsets.get("results", 0)))
-        record.stdout_reader.skip_to(int(offsets.get("stdout", 0)))
+    # Everything after the decision is counted (the iteration counter carries
+    # on after it) but never delivered.
     _skip_to_end(record)
 
 
+def _what_is_known(entry: dict[str, Any], run_file: dict[str, Any] | None) -> dict[str, Any]:
+    """The PIDs of a run, from its journal entry or else from its keeper's run.json."""
+    if entry.get("state") in ("started", "exited"):
+        return entry
+    if run_file is not None and run_file.get("run") == entry.get("run"):
+        return run_file
+    return {}
+
+
+def _live_keeper(known: dict[str, Any]) -> _Keeper | None:
+    """The run's keeper, if it is still the process it was."""
+    pid, created = known.get("keeper"), known.get("keeper_create_time")
+    if not pid or not process_matches(int(pid), float(created or 0.0)):
+        return None
+    return int(pid), float(created or 0.0)
+
+
 def _attach(
-    backend: LocalBackend, record: TrialRecord, run: int, keeper: int, keeper_created: float
+    backend: LocalBackend,
+    record: TrialRecord,
+    run: int,
+    keeper: _Keeper,
+    gpus: list[str] | None,
+    *,
+    streaming: bool,
 ) -> None:
-    """Follow a run that outlived the old driver (detach mode)."""
+    """Follow a run that outlived the old driver (detach mode).
+
+    ``streaming``: the run is the trial's current one and still accepted, so
+    its results are read as they come. Otherwise its trial was paused or
+    stopped, or a later run was launched: it is asked (again) to end, in case
+    the old driver died before the request reached its supervisor, so that a
+    resume waiting for it waits at most the grace period.
+    """
     record.alive_runs.add(run)
-    record.attached[run] = (keeper, keeper_created)
-    record.accepting = record.status == Status.in_progress
-    watcher = backend._file_watcher()
-    watcher.watch(record.paths.results)
-    watcher.watch(record.paths.stdout)
-    if not record.accepting:
-        _skip_to_end(record)
+    record.attached[run] = keeper
+    if gpus:
+        # Taken until the run ends: run_gone releases them.
+        backend._allocator().hold(record.trial_id, gpus)
+        record.gpus = list(gpus)
+    if streaming:
+        watcher = backend._file_watcher()
+        watcher.watch(record.paths.results)
+        watcher.watch(record.paths.stdout)
+    else:
+        _ask_to_end(keeper)
+
+
+def _ask_to_end(keeper: _Keeper) -> None:
+    """SIGTERM a keeper of an earlier driver: it ends its tree within the grace period.
+
+    A keeper already ending its tree keeps its first deadline.
+    """
+    if process_matches(*keeper):
+        try:
+            os.kill(keeper[0], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 def _wait_for_exit(pid: int, created: float, grace: float) -> None:
@@ -198,10 +305,22 @@ def _wait_for_exit(pid: int, created: float, grace: float) -> None:
     while process_matches(pid, created) and time.monotonic() < deadline:
         time.sleep(0.02)
     if process_matches(pid, created):
-        import signal
-
         # Its keepers get SIGUSR2 from the kernel and end their trees.
         os.kill(pid, signal.SIGKILL)
+
+
+def _log_accept_until(record: TrialRecord) -> None:
+    record.log(
+        "accept_until",
+        results=record.results_reader.offset,
+        stdout=record.stdout_reader.offset,
+    )
+
+
+def _skip_to(record: TrialRecord, offsets: dict[str, Any] | None) -> None:
+    offsets = offsets or {}
+    record.results_reader.skip_to(int(offsets.get("results", 0)))
+    record.stdout_reader.skip_to(int(offsets.get("stdout", 0)))
 
 
 def _skip_to_end(record: TrialRecord) -> None:
