@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from localbackend import LocalBackend
+from localbackend.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "entrypoints" / "train_numpy.py"
@@ -382,3 +383,85 @@ def test_resume_takes_new_budgets_and_the_saved_values_again(tmp_path: Path) -> 
     assert sorted(histories(experiment)) == [0, 1]
     state = json.loads((experiment / "tuner.json").read_text())
     assert state["options"]["max_trials"] == 2 and state["options"]["seed"] == 3
+
+
+def test_each_batch_appends_what_is_new_and_snapshots_wait_for_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # os.fsync, os.replace and fetch_status_results are wrapped only to count calls.
+    fsyncs: list[int] = []
+    replaced: list[str] = []
+    batches: list[int] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    real_fetch = LocalBackend.fetch_status_results
+
+    def fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any, **kwargs: Any) -> None:
+        replaced.append(Path(dst).name)
+        real_replace(src, dst, **kwargs)
+
+    def fetch(self: LocalBackend, trial_ids: Any) -> Any:
+        statuses, results = real_fetch(self, trial_ids)
+        if results:
+            batches.append(len(results))
+        return statuses, results
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(LocalBackend, "fetch_status_results", fetch)
+    experiment = tmp_path / "appends"
+    code = main([
+        "tune", str(TRAIN), "--metric", "loss", "--scheduler", "random", "-p", "epochs=40",
+        "-p", "epoch_seconds=0.02", "-p", "lr=loguniform(1e-3,1e-1)", "--max-trials", "4",
+        "--workers", "2", "--seed", "0", "--experiment-dir", str(experiment), "--view", "plain",
+    ])
+    output = capsys.readouterr()
+    assert code == 0, shown((output.out, output.err))
+    assert len(jsonl(experiment / "results.jsonl")) == 160
+    assert len(batches) >= 40, batches
+    # Snapshots at checkpoints only: created, first save, the end. Never once per batch.
+    assert replaced.count("tuner.json") <= 2, replaced.count("tuner.json")
+    assert replaced.count("experiment.json") <= 2, replaced.count("experiment.json")
+    assert len(fsyncs) <= 6, (len(fsyncs), len(batches))
+    state = json.loads((experiment / "tuner.json").read_text())
+    assert state["state"] == "finished" and len(state["trials"]) == 4
+
+
+@needs_restore
+def test_resume_after_a_kill_carries_on_from_the_last_batch(tmp_path: Path) -> None:
+    """The snapshot is old when the tuner is killed: the journal holds the rest."""
+    experiment = tmp_path / "killed"
+    proc = popen_cli(
+        "tune", str(TRAIN), "--metric", "loss", "-p", "epochs=9", "-p", "epoch_seconds=0.1",
+        "-p", "lr=loguniform(1e-3,1)", "--max-trials", "6", "--seed", "2", "--workers", "2",
+        "--experiment-dir", str(experiment), "--grace-period", "5",
+    )
+
+    def events() -> list[dict[str, Any]]:
+        return jsonl(experiment / "events.jsonl")
+
+    def waiting(seen: list[dict[str, Any]]) -> set[int]:
+        """Paused at a rung and not promoted: the scheduler decides when they run again."""
+        paused = {e["trial"] for e in seen if e["event"] == "pause"}
+        return paused - {e["trial"] for e in seen if e["event"] == "promote"}
+
+    wait_until(lambda: len(waiting(events())) >= 2, 60, "two trials paused at a rung", proc)
+    proc.kill()
+    proc.communicate(timeout=30)
+    before = events()
+    at_rung = waiting(before)
+    saved = json.loads((experiment / "tuner.json").read_text())
+    assert saved["state"] == "running"
+    # Written before any pause: only the journal knows of them.
+    assert all(saved["trials"].get(str(t), {}).get("phase") != "paused" for t in at_rung), saved
+    resumed = cli("tune", "--resume", str(experiment))
+    assert resumed.returncode == 0, shown(resumed)
+    after = events()[len(before):]
+    interrupted = {e["trial"] for e in after if e["event"] == "resume_interrupted"}
+    assert not interrupted & at_rung, (at_rung, after)
+    started = [e["trial"] for e in events() if e["event"] == "start"]
+    assert len(started) == len(set(started)) == 6, started
+    assert_results_continue(experiment)

@@ -38,7 +38,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-TUNER_FORMAT_VERSION = 1
+# 2: tuner.json is a snapshot, and tuner-journal.jsonl holds the changes since.
+TUNER_FORMAT_VERSION = 2
 
 
 class CliError(LocalBackendError):
@@ -57,8 +58,13 @@ class TunerFiles:
 
     @property
     def state(self) -> Path:
-        """Everything ``--resume`` needs, rewritten atomically after each change."""
+        """Everything ``--resume`` needs, as of the last checkpoint (see ``_state``)."""
         return self.root / "tuner.json"
+
+    @property
+    def state_journal(self) -> Path:
+        """What each batch changed since ``tuner.json`` was written, one JSON line each."""
+        return self.root / "tuner-journal.jsonl"
 
     @property
     def results(self) -> Path:

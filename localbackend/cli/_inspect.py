@@ -30,6 +30,7 @@ from ._common import (
     trial_ids_on_disk,
 )
 from ._control import wait_for_answer, write_stop_request
+from ._state import load_state
 
 _FOLLOW_POLL_SECONDS = 0.2
 _READ_CHUNK = 1 << 20
@@ -51,8 +52,8 @@ def _experiment(path_text: str) -> TunerFiles:
 
 def tune_state(files: TunerFiles) -> tuple[Optional[dict[str, Any]], str]:
     """The saved tuner state and a word for where the tune stands."""
-    tuner = read_json(files.state)
-    if not isinstance(tuner, dict):
+    tuner = load_state(files)
+    if tuner is None:
         return None, "no tune"
     state = str(tuner.get("state", "unknown"))
     if state == "running" and not experiment_is_held(files.root):

@@ -100,6 +100,19 @@ class Scheduler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
 
+    def trial_state(self, trial_id: int) -> Any:
+        """What the scheduler holds about one trial, as JSON.
+
+        A call about a trial (``on_trial_start``, ``on_result``,
+        ``on_trial_end``, or ``next_action`` choosing it) changes only that
+        trial's part of the state, so the tuner saves, after each batch, the
+        parts of the trials it touched.
+        """
+        return None
+
+    def load_trial_state(self, trial_id: int, state: Any) -> None:
+        """Put back one trial's part, as ``trial_state`` returned it, over ``load_state_dict``."""
+
 
 class RandomSearch(Scheduler):
     """Each trial gets an independent random config and runs to its end."""
@@ -248,6 +261,37 @@ class Asha(Scheduler):
         self.promoted = [set(rung) for rung in state["promoted"]]
         self.next_rung = {int(t): int(r) for t, r in state["next_rung"].items()}
         self.paused_at = {int(t): int(r) for t, r in state["paused_at"].items()}
+
+    def trial_state(self, trial_id: int) -> Any:
+        return {
+            "recorded": {
+                str(rung): entries[trial_id]
+                for rung, entries in enumerate(self.recorded)
+                if trial_id in entries
+            },
+            "promoted": [rung for rung, ids in enumerate(self.promoted) if trial_id in ids],
+            "next_rung": self.next_rung.get(trial_id),
+            "paused_at": self.paused_at.get(trial_id),
+        }
+
+    def load_trial_state(self, trial_id: int, state: Any) -> None:
+        recorded = {int(rung): float(v) for rung, v in state["recorded"].items()}
+        promoted = set(state["promoted"])
+        for rung in range(len(self.levels)):
+            if rung in recorded:
+                self.recorded[rung][trial_id] = recorded[rung]
+            else:
+                self.recorded[rung].pop(trial_id, None)
+            if rung in promoted:
+                self.promoted[rung].add(trial_id)
+            else:
+                self.promoted[rung].discard(trial_id)
+        for table, value in ((self.next_rung, state["next_rung"]),
+                             (self.paused_at, state["paused_at"])):
+            if value is None:
+                table.pop(trial_id, None)
+            else:
+                table[trial_id] = int(value)
 
 
 @dataclass
@@ -450,3 +494,13 @@ class Pbt(Scheduler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.members = {int(t): _Member(**m) for t, m in state["members"].items()}
+
+    def trial_state(self, trial_id: int) -> Any:
+        member = self.members.get(trial_id)
+        return dataclasses.asdict(member) if member is not None else None
+
+    def load_trial_state(self, trial_id: int, state: Any) -> None:
+        if state is None:
+            self.members.pop(trial_id, None)
+        else:
+            self.members[trial_id] = _Member(**state)

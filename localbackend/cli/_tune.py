@@ -16,11 +16,11 @@ from ._common import (
     TUNER_FORMAT_VERSION,
     CliError,
     TunerFiles,
-    read_json,
 )
 from ._live import make_view
 from ._schedulers import Asha, Pbt, RandomSearch, Scheduler, Settings
 from ._search_space import SearchSpace, build_search_space
+from ._state import load_state
 from ._tuner import TuneOptions, Tuner
 
 SCHEDULERS = ("asha", "pbt", "random")
@@ -129,8 +129,8 @@ def _resumed_tuner(args: argparse.Namespace) -> Tuner:
         )
     root = Path(args.resume).expanduser().absolute()
     files = TunerFiles(root)
-    state = read_json(files.state)
-    if not isinstance(state, dict):
+    state = load_state(files)
+    if state is None:
         raise CliError(
             f"--resume {args.resume}: no tuner state ({files.state.name}) in that folder; "
             "give the experiment folder that `localbackend tune` printed"
@@ -165,6 +165,8 @@ def _resumed_tuner(args: argparse.Namespace) -> Tuner:
     rng.setstate(_rng_state(state["rng_state"]))
     scheduler = make_scheduler(options, space, rng)
     scheduler.load_state_dict(state["scheduler_state"])
+    for trial_id, trial_state in state.get("scheduler_trials", {}).items():
+        scheduler.load_trial_state(int(trial_id), trial_state)
     backend = restore(root)
     tuner = Tuner(options, space, backend, files, scheduler, rng)
     tuner.load_state(state)

@@ -3,8 +3,9 @@
 The loop waits on the backend (never a fixed sleep), hands each result to
 the scheduler, carries out its decisions with ``pause_trial``,
 ``resume_trial``, ``stop_trial`` and ``copy_checkpoint``, and fills free
-workers with the scheduler's next action. After each change it rewrites
-``tuner.json`` atomically, so ``--resume`` can carry on from there.
+workers with the scheduler's next action. After each batch it appends what
+changed to the tuner's journal, and it writes the whole state only at
+checkpoints (see ``_state``), so ``--resume`` carries on from the last batch.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from ._common import (
     TUNER_FORMAT_VERSION,
     TunerFiles,
     append_jsonl,
-    atomic_write_json,
     driver_identity,
     format_duration,
     format_value,
@@ -41,6 +41,7 @@ from ._live import Row, Snapshot, View
 from ._records import ResultsLog
 from ._schedulers import PAUSE, STOP, Action, ResumeTrial, Scheduler, StartTrial
 from ._search_space import SearchSpace
+from ._state import StateStore
 
 WAKE_SECONDS = 0.5
 # ... and this often while a paused trial's process is ending, to reuse its worker at once.
@@ -136,23 +137,32 @@ class Tuner:
         self.signal_received: Optional[int] = None
         self.stop_requested = False
         self.resumed = False
-        self.dirty = True
         self.driver = driver_identity()
+        self.store = StateStore(files)
+        # Trials changed since the state was last written, and the generator's
+        # state as last written.
+        self.touched: set[int] = set()
+        self.saved_rng: Optional[tuple[Any, ...]] = None
 
     # -- state ---------------------------------------------------------------
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.session_start
 
+    def touch(self, *trial_ids: int) -> None:
+        """These trials changed: the next save writes them."""
+        self.touched.update(trial_ids)
+
     def save_state(self, state: str = "running") -> None:
-        atomic_write_json(
-            self.files.state,
+        """A checkpoint: the whole state, durably (at the start, at the end, and by size)."""
+        rng_state = self.rng.getstate()
+        self.store.snapshot(
             {
                 "format_version": TUNER_FORMAT_VERSION,
                 "state": state,
                 "options": dataclasses.asdict(self.options),
                 "search_space": self.space.to_json(),
-                "rng_state": list(self.rng.getstate()),
+                "rng_state": list(rng_state),
                 "scheduler_state": self.scheduler.state_dict(),
                 "scheduler_label": self.scheduler.label_header,
                 "labels": {str(t): self.scheduler.label(t) for t in self.trials},
@@ -160,13 +170,39 @@ class Tuner:
                 "elapsed": self.elapsed(),
                 "driver": self.driver,
                 "saved": time.time(),
-            },
+            }
         )
-        self.backend.on_tuner_save()
-        self.dirty = False
+        self.touched.clear()
+        self.saved_rng = rng_state
+
+    def save_changes(self) -> None:
+        """After a batch: append what it changed, in proportion to that alone."""
+        rng_state = self.rng.getstate()
+        if not self.touched and rng_state == self.saved_rng:
+            return
+        change: dict[str, Any] = {
+            "elapsed": self.elapsed(),
+            "trials": {
+                str(t): {
+                    "view": self.trials[t].to_json(),
+                    "label": self.scheduler.label(t),
+                    "scheduler": self.scheduler.trial_state(t),
+                }
+                for t in sorted(self.touched)
+                if t in self.trials
+            },
+        }
+        if rng_state != self.saved_rng:
+            change["rng_state"] = list(rng_state)
+        if self.store.append(change):
+            self.save_state()
+            return
+        self.touched.clear()
+        self.saved_rng = rng_state
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.resumed = True
+        self.store.continue_from(state)
         self.elapsed_before = float(state.get("elapsed", 0.0))
         self.trials = {int(t): TrialView(**view) for t, view in state.get("trials", {}).items()}
         self.metric_seen = any(view.results for view in self.trials.values())
@@ -250,7 +286,7 @@ class Tuner:
         for view in self.trials.values():
             if view.phase == "running" and view.status == Status.paused:
                 view.phase = "interrupted"
-        self.dirty = True
+        self.touch(*self.trials)
 
     def _loop(self) -> _Outcome:
         while True:
@@ -272,8 +308,7 @@ class Tuner:
             elif not busy and not self.backend.busy_trial_ids() and not self._fill_workers():
                 # Nothing ran, nothing could start, and nothing came in: done.
                 return _Outcome("finished", 0)
-            if self.dirty:
-                self.save_state()
+            self.save_changes()
             self.view.update(self.snapshot())
 
     def _fill_workers(self) -> list[tuple[int, str]]:
@@ -315,9 +350,11 @@ class Tuner:
                 self.trials[trial_id] = TrialView(config=dict(result.config))
                 self.trials[trial_id].run_started = time.time()
                 self.scheduler.on_trial_start(trial_id, dict(result.config))
+                self.touch(trial_id)
                 self.event({"event": "start", "trial": trial_id, "config": result.config})
-                self.dirty = True
                 return
+            # Choosing it changed the scheduler's part of this trial.
+            self.touch(action.trial_id)
             view = self.trials[action.trial_id]
             if action.copy_from is not None:
                 try:
@@ -331,11 +368,11 @@ class Tuner:
             view.phase = "running"
             view.status = Status.in_progress
             view.run_started = time.time()
-            self.dirty = True
         except LocalBackendError as err:
             raise _Fatal(f"cannot run the next trial: {err}", EXIT_FAILED) from err
 
     def _collect(self, trial_ids: list[int]) -> None:
+        self.touch(*trial_ids)
         statuses, results = self.backend.fetch_status_results(trial_ids)
         for trial_id, result in results:
             self._on_result(trial_id, result)
@@ -349,7 +386,6 @@ class Tuner:
             elif status != Status.in_progress or view.phase == "running":
                 # The statuses were read before this batch's results paused anyone.
                 view.status = status
-        self.dirty = True
 
     def _on_result(self, trial_id: int, result: dict[str, Any]) -> None:
         view = self.trials[trial_id]
@@ -468,7 +504,7 @@ class Tuner:
         view.status = status
         self._stop_clock(view)
         self.scheduler.on_trial_end(trial_id, status)
-        self.dirty = True
+        self.touch(trial_id)
 
     @staticmethod
     def _stop_clock(view: TrialView) -> None:
@@ -516,6 +552,7 @@ class Tuner:
             except OSError as err:
                 self.view.message(f"could not save the tuner state: {err}")
         finally:
+            self.store.close()
             self.view.close()
             try:
                 self.backend.close()
@@ -536,6 +573,7 @@ class Tuner:
             view.phase = "interrupted"
             view.status = Status.paused
             self._stop_clock(view)
+            self.touch(trial_id)
         deadline = time.monotonic() + self.options.grace_period + 10.0
         try:
             while self.backend.busy_trial_ids() and time.monotonic() < deadline:
