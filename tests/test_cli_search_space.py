@@ -16,6 +16,7 @@ from localbackend.cli._schedulers import (
     Asha,
     Pbt,
     ResumeTrial,
+    Scheduler,
     Settings,
     StartTrial,
     rung_levels,
@@ -106,3 +107,33 @@ def test_pbt_bottom_member_takes_a_top_members_checkpoint() -> None:
     assert action.new_config is not None and action.new_config["epochs"] == 10
     assert 1e-3 <= action.new_config["lr"] <= 1.0
     assert pbt.label(3) == "1"
+
+
+def test_each_trials_part_of_the_scheduler_state_brings_an_old_state_up_to_date() -> None:
+    """What the tuner journals per batch: an old state plus the touched trials' parts."""
+    space = SearchSpace({"lr": LogUniform(1e-3, 1.0), "epochs": 9})
+    settings = Settings("loss", "min", "epoch", 9.0)
+
+    def make(kind: str) -> Scheduler:
+        if kind == "asha":
+            return Asha(space, settings, random.Random(0))
+        return Pbt(space, settings, random.Random(0), population=4, interval=1)
+
+    for kind in ("asha", "pbt"):
+        live = make(kind)
+        for trial_id in range(4):
+            live.on_trial_start(trial_id, {"lr": 0.01 * (trial_id + 1), "epochs": 9})
+        live.on_result(0, 1, 0.5)
+        live.on_result(1, 1, 0.4)
+        old = json.loads(json.dumps(live.state_dict()))
+        # Then: more results, a trial that ends while paused, a promotion.
+        live.on_result(2, 1, 0.3)
+        live.on_result(3, 1, 0.9)
+        live.on_trial_end(0, "Stopped")
+        live.next_action(can_start=False, idle={1, 2, 3})
+        restored = make(kind)
+        restored.load_state_dict(old)
+        for trial_id in range(4):
+            restored.load_trial_state(trial_id, json.loads(json.dumps(live.trial_state(trial_id))))
+        assert restored.state_dict() == live.state_dict(), kind
+        assert [restored.label(t) for t in range(4)] == [live.label(t) for t in range(4)]
