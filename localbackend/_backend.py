@@ -238,6 +238,11 @@ class LocalBackend:
             self._table.delete_checkpoints = self._delete_checkpoints
             if changed and self._journal is not None:
                 self._journal.append("options", options=self._options())
+            if changed and not self._delete_checkpoints:
+                # Keepers of running trials were told to delete on completion.
+                for record in self._table.live_records():
+                    if record.status == Status.in_progress and not record.delete_checkpoint_on_exit:
+                        self._request_checkpoints(record, "keep")
 
     def _check_entry_point_still_there(self) -> None:
         check_entry_point(self._entry_point, must_be_executable=not self._binary)

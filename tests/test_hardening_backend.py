@@ -15,6 +15,7 @@ import gc
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import textwrap
@@ -446,3 +447,21 @@ def test_a_start_whose_supervisor_cannot_start_raises_trial_launch_error(
         backend.start_trial({})
         statuses, _ = drain(backend, [0])
         assert statuses[0][1] == Status.completed
+
+
+def test_turning_delete_checkpoints_off_keeps_a_running_trials_checkpoint(
+    tmp_path: Path,
+) -> None:
+    script = _script(tmp_path, "slow.py", SLOW_TO_STOP)
+    with LocalBackend(
+        script, experiment_dir=tmp_path / "exp", grace_period=5, delete_checkpoints=True
+    ) as backend:
+        backend.start_trial({})
+        _first_result(backend, 0)
+        backend.delete_checkpoints = False  # its keeper was told otherwise at launch
+        run = json.loads((backend.trial_dir(0) / "run.json").read_text())
+        os.kill(int(run["pid"]), signal.SIGTERM)  # the trial completes (exit 0) on its own
+        wait_for(lambda: _keeper_gone(backend, 0), what="trial 0's processes to end")
+        statuses, _ = drain(backend, [0])
+        assert statuses[0][1] == Status.completed
+        assert (backend.trial_dir(0) / "checkpoints").exists()
