@@ -26,7 +26,6 @@ import errno
 import os
 import re
 import shutil
-import stat
 import sys
 import threading
 import warnings
@@ -36,17 +35,18 @@ from typing import Any
 
 import orjson
 
-from localbackend._protocol import (
-    CHECKPOINT_PREFIX,
-    CHECKPOINT_TMP_PREFIX,
-    ENV_CHECKPOINT_DIR,
-    ST_CHECKPOINT_DIR_ARG,
+from localbackend._files import (
+    checkpoint_folder_name,
+    delete_folder_atomically,
+    fsync_directory,
+    fsync_tree,
+    published_checkpoints,
+    temporary_checkpoint_name,
 )
+from localbackend._protocol import CHECKPOINT_TMP_PREFIX, ENV_CHECKPOINT_DIR, ST_CHECKPOINT_DIR_ARG
 
 __all__ = ["CheckpointError", "directory", "latest", "load_json", "save", "save_json"]
 
-_NUMBER_DIGITS = 8
-_PUBLISHED = re.compile(re.escape(CHECKPOINT_PREFIX) + r"(\d+)")
 # Temporary folders: ".tmp-ckpt-<number>-<pid>" for a save in progress and
 # ".tmp-ckpt-<number>-<pid>-old" for an old checkpoint being deleted.
 _TEMPORARY = re.compile(re.escape(CHECKPOINT_TMP_PREFIX) + r"(\d+)-(\d+)(-old)?")
@@ -194,7 +194,7 @@ class CheckpointSave:
         try:
             if exc_type is not None:
                 return  # the finally block removes the unfinished checkpoint
-            _fsync_tree(temporary)
+            fsync_tree(temporary)
             self.published = _publish(temporary, self.root, self._number)
         finally:
             if self.published is None:
@@ -219,7 +219,7 @@ def _resolve(directory_arg: str | os.PathLike[str] | None) -> Path:
 
 
 def _temporary_name(number: int, pid: int) -> str:
-    return f"{CHECKPOINT_TMP_PREFIX}{number:0{_NUMBER_DIGITS}d}-{pid}"
+    return temporary_checkpoint_name(number, pid)
 
 
 def _argv_option(argv: list[str], option: str) -> str | None:
@@ -243,17 +243,7 @@ def _check_file_name(name: str) -> None:
 
 def _published(root: Path) -> list[tuple[int, Path]]:
     """Published checkpoints in ``root``, oldest first."""
-    found = []
-    try:
-        with os.scandir(root) as entries:
-            for entry in entries:
-                match = _PUBLISHED.fullmatch(entry.name)
-                if match and entry.is_dir(follow_symlinks=False):
-                    found.append((int(match.group(1)), Path(entry.path)))
-    except FileNotFoundError:
-        return []
-    found.sort()
-    return found
+    return [(number, Path(path)) for number, path in published_checkpoints(root)]
 
 
 def _next_number(root: Path) -> int:
@@ -267,7 +257,7 @@ def _publish(temporary: Path, root: Path, number: int) -> Path:
         # Another save (another thread, or a process sharing the folder) may
         # have published this number meanwhile; then take the next one.
         number = max(number, _next_number(root))
-        final = root / f"{CHECKPOINT_PREFIX}{number:0{_NUMBER_DIGITS}d}"
+        final = root / checkpoint_folder_name(number)
         try:
             # Renaming onto a non-empty folder fails instead of replacing it,
             # so a checkpoint published meanwhile is never lost.
@@ -277,7 +267,7 @@ def _publish(temporary: Path, root: Path, number: int) -> Path:
                 number += 1
                 continue
             raise
-        _fsync_directory(root)
+        fsync_directory(root)
         return final
 
 
@@ -287,17 +277,10 @@ def _delete_old(root: Path, keep: int) -> None:
     for number, folder in published[: max(len(published) - keep, 0)]:
         # Rename first so that a kill during rmtree leaves a temporary folder,
         # which a later save removes, and never a half-deleted ``ckpt-``.
-        doomed = root / (_temporary_name(number, os.getpid()) + "-old")
-        try:
-            os.rename(folder, doomed)
-        except FileNotFoundError:
-            continue  # someone else deleted it already
-        except OSError as err:
-            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            shutil.rmtree(doomed, ignore_errors=True)
-            os.rename(folder, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        # (A missing folder means someone else deleted it already.)
+        delete_folder_atomically(
+            folder, root / temporary_checkpoint_name(number, os.getpid(), old=True)
+        )
     with os.scandir(root) as entries:
         stale = [
             entry.path
@@ -327,27 +310,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fsync_tree(top: Path) -> None:
-    """Fsync every regular file and folder under ``top``, files first."""
-    for folder, _subfolders, files in os.walk(top, topdown=False):
-        for name in files:
-            path = os.path.join(folder, name)
-            # Opening a fifo would block, and a symlink's target lies outside.
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                continue
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_directory(Path(folder))
-
-
-def _fsync_directory(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
