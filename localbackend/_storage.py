@@ -10,29 +10,38 @@ from typing import Any
 import orjson
 
 from . import _protocol as proto
+from ._files import atomic_write_bytes as atomic_write_bytes
+from ._files import (
+    checkpoint_folder_name,
+    delete_folder_atomically,
+    fsync_directory,
+    fsync_tree,
+    published_checkpoints,
+    temporary_checkpoint_name,
+)
 from ._paths import TrialPaths
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = False) -> None:
-    """Write ``data`` so that a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+class CheckpointFolderError(OSError):
+    """A checkpoint folder that ``copy_checkpoint_folder`` refuses to copy from or onto.
+
+    Raised before anything is changed; ``folder`` is the folder at fault.
+    """
+
+    def __init__(self, message: str, folder: Path) -> None:
+        super().__init__(message)
+        self.folder = folder
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.__class__, (str(self), self.folder)
+
+
+class SymlinkedCheckpointError(CheckpointFolderError):
+    """The checkpoint folder is a symbolic link; copying through it could reach anywhere."""
+
+
+class CheckpointSwapUnsupportedError(CheckpointFolderError):
+    """The target cannot be replaced in one step on this filesystem, given what it holds."""
 
 
 def atomic_write_json(path: Path, obj: Any, *, durable: bool = False) -> None:
@@ -56,20 +65,31 @@ def _ignore_unpublished(folder: str, names: list[str]) -> set[str]:
 def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
     """Copy ``src``'s checkpoint folder over ``tgt``'s, all or nothing.
 
-    The copy is assembled under a staging name and swapped with the target
-    in one atomic ``renameat2(RENAME_EXCHANGE)``, so the target holds either
-    the old checkpoint or the new one at every moment; until then the target
-    is untouched, and on any error the staging folder is removed. Symlinks
-    are copied as links, never followed, and files are copied (not linked),
-    so a trial rewriting a copied file in place cannot change the source.
+    The copy is assembled (and fsynced) under a staging name first; until
+    then the target is untouched, and on any error the staging folder is
+    removed. Then the target holds its old checkpoint or the new one at every
+    moment, whatever fails or is killed when:
+
+    - without a target folder, the copy is renamed into place;
+    - otherwise the two folders are swapped in one atomic
+      ``renameat2(RENAME_EXCHANGE)``;
+    - where the filesystem lacks that, the target folder is never moved
+      away: the copied ``checkpoint.save()`` folders are renamed into it
+      under numbers above its own, the newest first, and that one rename is
+      the switch (``checkpoint.latest()`` reads the highest number). Only
+      then are the old ones deleted. Files outside such folders cannot be
+      switched all at once this way, so a copy that involves them is
+      refused with ``CheckpointSwapUnsupportedError``, the target unchanged.
+
+    Symlinks inside are copied as links, never followed, and files are copied
+    (not linked), so a trial rewriting a copied file in place cannot change
+    the source. A checkpoint folder that is itself a symlink is refused with
+    ``SymlinkedCheckpointError``.
     """
     if src.checkpoints.is_symlink():
-        # Copying through it would copy whatever it points to, outside the trial.
-        raise OSError(f"{src.checkpoints} is a symbolic link; copy the folder it points to "
-                      "into place instead")
+        raise _symlink_error(src.checkpoints, "source")
     tgt.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = tgt.checkpoint_staging()
-    retired = tgt.checkpoint_retired()
     try:
         # A published checkpoint may be pruned by the running source trial
         # while we copy; try again from the newer state.
@@ -83,23 +103,104 @@ def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
                 shutil.rmtree(staging, ignore_errors=True)
                 if attempt == 2:
                     raise
-        _fsync_tree(staging)
-        if tgt.checkpoints.exists() or tgt.checkpoints.is_symlink():
-            if _exchange(staging, tgt.checkpoints):
-                shutil.rmtree(staging, ignore_errors=True)  # now the old checkpoint
-            else:
-                os.replace(tgt.checkpoints, retired)
-                try:
-                    os.replace(staging, tgt.checkpoints)
-                except BaseException:
-                    os.replace(retired, tgt.checkpoints)
-                    raise
-                shutil.rmtree(retired, ignore_errors=True)
-        else:
+        fsync_tree(staging)
+        if not (tgt.checkpoints.exists() or tgt.checkpoints.is_symlink()):
             os.replace(staging, tgt.checkpoints)
-        _fsync_dir(tgt.root)
+        elif _exchange(staging, tgt.checkpoints):
+            pass  # ``staging`` now holds the old checkpoint; removed below
+        else:
+            _publish_into(staging, tgt.checkpoints)
+        fsync_directory(tgt.root)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(staging)
+
+
+def _publish_into(staging: Path, target: Path) -> None:
+    """Without RENAME_EXCHANGE: switch ``target`` to the copy in ``staging`` in one rename.
+
+    ``target`` is never moved or emptied. The copy's checkpoint folders enter
+    it under numbers above every number it has, the newest first: that first
+    rename makes the copy the latest checkpoint, and is the only step whose
+    failure counts. Before it, a failure leaves ``target`` as it was; after
+    it, the target holds the new latest checkpoint whatever else fails, so
+    moving the older copies in and deleting the old checkpoints is tidying up,
+    which the target's next ``checkpoint.save()`` finishes if it is cut short.
+    """
+    if target.is_symlink():
+        raise _symlink_error(target, "target")
+    with os.scandir(target) as entries:
+        empty = next(entries, None) is None
+    if empty:
+        os.replace(staging, target)  # an empty folder is replaced in one rename
+        return
+    old = published_checkpoints(target)
+    new = published_checkpoints(staging)
+    if not new and not _loose_entries(staging, new):
+        raise CheckpointFolderError(
+            f"the copy for {target} holds no checkpoint (the source's was emptied meanwhile)",
+            target,
+        )
+    for folder, published, role in ((target, old, "target"), (staging, new, "copied")):
+        loose = _loose_entries(folder, published)
+        if loose:
+            shown = ", ".join(repr(name) for name in loose[:3])
+            raise CheckpointSwapUnsupportedError(
+                f"{target} cannot be replaced in one step: its filesystem does not support "
+                f"renameat2(RENAME_EXCHANGE), and the {role} checkpoint holds entries other "
+                f"than checkpoint.save() folders ({shown}{', ...' if len(loose) > 3 else ''}), "
+                "which cannot be switched all at once",
+                target,
+            )
+    base = old[-1][0] if old else 0
+    numbered = [(base + index, path) for index, (_, path) in enumerate(new, start=1)]
+    newest_number, newest = numbered[-1]
+    os.rename(newest, target / checkpoint_folder_name(newest_number))  # the switch
+    fsync_directory(target)
+    for number, path in reversed(numbered[:-1]):
+        try:
+            os.rename(path, target / checkpoint_folder_name(number))
+        except OSError:
+            break  # the copy is in place; only its older checkpoints are missing
+    pid = os.getpid()
+    for number, path in old:
+        # Each is renamed to a name that checkpoint.save() removes once we
+        # are gone, in case we are killed in the middle of deleting it.
+        retired = target / temporary_checkpoint_name(number, pid, old=True)
+        try:
+            delete_folder_atomically(path, retired)
+        except OSError:
+            continue  # older than the copy: checkpoint.latest() never returns it
+
+
+def _loose_entries(folder: Path, published: list[tuple[int, str]]) -> list[str]:
+    """Entries of ``folder`` other than published checkpoints and unfinished saves."""
+    names = {os.path.basename(path) for _, path in published}
+    with os.scandir(folder) as entries:
+        return sorted(
+            entry.name
+            for entry in entries
+            if entry.name not in names and not entry.name.startswith(proto.CHECKPOINT_TMP_PREFIX)
+        )
+
+
+def _symlink_error(folder: Path, role: str) -> SymlinkedCheckpointError:
+    try:
+        points_to = f" (to {os.readlink(folder)})"
+    except OSError:
+        points_to = ""
+    return SymlinkedCheckpointError(
+        f"the {role} checkpoint folder {folder} is a symbolic link{points_to}, not a folder; "
+        "checkpoints are never copied through a link, which could reach outside the trial",
+        folder,
+    )
+
+
+def _discard(path: Path) -> None:
+    """Remove a staging folder, or the symlink an exchange may have left in its place."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 _AT_FDCWD = -100
@@ -128,34 +229,5 @@ def _exchange(first: Path, second: Path) -> bool:
 
 
 def delete_checkpoint_folder(paths: TrialPaths) -> None:
-    """Remove a trial's checkpoints; a missing folder is fine."""
-    if not paths.checkpoints.exists():
-        return
-    retired = paths.checkpoint_retired()
-    try:
-        os.replace(paths.checkpoints, retired)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            if os.path.islink(path):
-                continue
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(folder))
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Remove a trial's checkpoints; a missing folder is fine (see ``delete_folder_atomically``)."""
+    delete_folder_atomically(paths.checkpoints, paths.checkpoint_retired())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -213,33 +215,38 @@ def test_copy_with_unknown_ids_raises(src: Any, tgt: Any, named: str, experiment
 # -- a failed copy leaves the target as it was -------------------------------------------
 
 
-def _fail_replace_onto(target: Path, *, always: bool) -> Any:
-    """An ``os.replace`` that fails when moving a folder onto ``target``.
+def _failing_renames(should_fail: Callable[[Path, Path], bool]) -> Any:
+    """An ``os.rename`` / ``os.replace`` that raises where ``should_fail(src, dst)`` says."""
+    real = os.rename
 
-    ``always=False`` fails only the move of the new copy into place, once;
-    ``always=True`` fails every move onto ``target``, as a persistent fault would.
-    """
-    real = os.replace
-    failed = []
-
-    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
-        if Path(dst) == target and (always or not failed):
-            failed.append(src)
+    def rename(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if should_fail(Path(src), Path(dst)):
             raise OSError(errno.ENOSPC, "No space left on device (injected)")
         real(src, dst, *args, **kwargs)
 
-    return replace
+    return rename
 
 
-def _fail_replace_from(source: Path) -> Any:
-    real = os.replace
+def _fail_renames(
+    monkeypatch: pytest.MonkeyPatch, should_fail: Callable[[Path, Path], bool]
+) -> None:
+    # On POSIX both are rename(2); the code under test may use either.
+    failing = _failing_renames(should_fail)
+    monkeypatch.setattr(os, "rename", failing)
+    monkeypatch.setattr(os, "replace", failing)
 
-    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
-        if Path(src) == source:
-            raise OSError(errno.EIO, "I/O error (injected)")
-        real(src, dst, *args, **kwargs)
 
-    return replace
+def _into(target: Path, *, always: bool) -> Callable[[Path, Path], bool]:
+    """Fails moving anything onto ``target`` or into it: once, or every time."""
+    failed: list[Path] = []
+
+    def should_fail(src: Path, dst: Path) -> bool:
+        if (dst == target or dst.parent == target) and (always or not failed):
+            failed.append(src)
+            return True
+        return False
+
+    return should_fail
 
 
 def _fail_copytree_midway() -> Any:
@@ -256,26 +263,23 @@ def _fail_exchange(first: Path, second: Path) -> bool:
     raise OSError(errno.EIO, "I/O error (injected)", str(second))
 
 
-PERSISTENT_REPLACE_FAULT = pytest.mark.xfail(
-    reason="where renameat2(RENAME_EXCHANGE) is unsupported, copy_checkpoint_folder moves "
-    "the old checkpoint aside before moving the copy in; when moving it back fails too, "
-    "the target is left with no checkpoints folder (_storage.py copy_checkpoint_folder)",
-    strict=True,
-)
+def _no_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a filesystem without renameat2(RENAME_EXCHANGE) (NFS, some FUSE ones)."""
+    monkeypatch.setattr(_storage, "_exchange", lambda first, second: False)
 
 
 @pytest.mark.parametrize(
     ("fault", "existing_target", "exchange"),
     [
         ("exchange", True, "fails"),
-        ("replace_into_place_once", True, "unsupported"),
-        ("replace_into_place_once", False, "works"),
-        pytest.param(
-            "replace_into_place_always", True, "unsupported", marks=PERSISTENT_REPLACE_FAULT
-        ),
-        ("replace_into_place_always", False, "works"),
-        ("move_old_aside", True, "unsupported"),
+        ("rename_into_place_once", True, "unsupported"),
+        ("rename_into_place_once", False, "works"),
+        # Without the exchange, a persistent rename fault once left the
+        # target with no checkpoints folder at all.
+        ("rename_into_place_always", True, "unsupported"),
+        ("rename_into_place_always", False, "works"),
         ("copytree", True, "works"),
+        ("copytree", True, "unsupported"),
         ("copytree", False, "works"),
     ],
 )
@@ -299,15 +303,12 @@ def test_failed_copy_leaves_the_target_untouched(
         if exchange == "fails":
             monkeypatch.setattr(_storage, "_exchange", _fail_exchange)
         elif exchange == "unsupported":
-            # As on a filesystem without renameat2(RENAME_EXCHANGE).
-            monkeypatch.setattr(_storage, "_exchange", lambda first, second: False)
-        if fault.startswith("replace_into_place"):
-            monkeypatch.setattr(
-                os, "replace",
-                _fail_replace_onto(target_folder / "checkpoints", always=fault.endswith("always")),
+            _no_exchange(monkeypatch)
+        if fault.startswith("rename_into_place"):
+            _fail_renames(
+                monkeypatch,
+                _into(target_folder / "checkpoints", always=fault.endswith("always")),
             )
-        elif fault == "move_old_aside":
-            monkeypatch.setattr(os, "replace", _fail_replace_from(target_folder / "checkpoints"))
         elif fault == "copytree":
             monkeypatch.setattr(shutil, "copytree", _fail_copytree_midway())
         with pytest.raises(CheckpointCopyError) as caught:
@@ -328,6 +329,130 @@ def test_failed_copy_leaves_the_target_untouched(
         # The backend carries on normally afterwards.
         backend.copy_checkpoint(0, target)
         assert folder_epoch(target_folder) == 3
+
+
+def test_copy_without_exchange_holds_the_old_or_the_new_checkpoint_whichever_rename_fails(
+    experiment_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail every rename from the n-th on, for each n: as if the copy froze or died there."""
+    with backend_for(experiment_dir) as backend:
+        run_to_end(backend, {"epochs": 4})
+        run_to_end(backend, {"epochs": 2})
+        source = backend.trial_dir(0) / "checkpoints"
+        target_folder = backend.trial_dir(1)
+        target = target_folder / "checkpoints"
+        pristine = tmp_path / "pristine-target"
+        shutil.copytree(target, pristine, symlinks=True)
+        old_latest, new_latest = checkpoint.latest(directory=target), checkpoint.latest(
+            directory=source
+        )
+        assert old_latest is not None and new_latest is not None
+        old_digest, new_digest = tree_digest(old_latest), tree_digest(new_latest)
+        outcomes: list[str] = []
+        for first_failure in itertools.count(1):
+            shutil.rmtree(target)
+            shutil.copytree(pristine, target, symlinks=True)
+            renames: list[tuple[Path, Path]] = []
+
+            def should_fail(
+                src: Path, dst: Path, first: int = first_failure,
+                renames: list[tuple[Path, Path]] = renames,
+            ) -> bool:
+                if target_folder not in (*src.parents, *dst.parents):
+                    return False  # the experiment's own files (journal, ...)
+                renames.append((src, dst))
+                return len(renames) >= first
+
+            with monkeypatch.context() as patch:
+                _no_exchange(patch)
+                _fail_renames(patch, should_fail)
+                try:
+                    backend.copy_checkpoint(0, 1)
+                    outcomes.append("copied")
+                except CheckpointCopyError as err:
+                    assert "injected" in str(err)
+                    outcomes.append("refused")
+            latest = checkpoint.latest(directory=target)
+            assert latest is not None, f"no checkpoint left, renames {renames}"
+            if outcomes[-1] == "refused":
+                assert tree_digest(target) == tree_digest(pristine), renames
+                assert tree_digest(latest) == old_digest
+            else:
+                assert tree_digest(latest) == new_digest, renames
+                assert folder_epoch(target_folder) == 3
+            assert hidden_leftovers(target_folder) == [], renames
+            if len(renames) < first_failure:
+                break  # no rename failed: this was the whole copy
+        assert outcomes[0] == "refused", outcomes
+        assert outcomes[1:] == ["copied"] * (len(outcomes) - 1), outcomes
+        assert len(outcomes) >= 4, outcomes  # the switch, then tidying up, was exercised
+        # Run whole, the copy replaces the old checkpoints, not merges with them.
+        assert sorted(tree_digest(target).values()) == sorted(tree_digest(source).values())
+        assert len(checkpoint_folders(target)) == len(checkpoint_folders(source))
+        assert run_to_end(backend, {"epochs": 5}, checkpoint_trial_id=1) == [4]
+
+
+def checkpoint_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("ckpt-"))
+
+
+@pytest.mark.parametrize("holder", ["target", "source"])
+def test_copy_without_exchange_refuses_files_outside_checkpoint_folders(
+    holder: str, experiment_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Syne Tune style files cannot be switched all at once without the exchange."""
+    with backend_for(experiment_dir) as backend:
+        run_to_end(backend, {"epochs": 4})
+        run_to_end(backend, {"epochs": 2})
+        holder_id = 1 if holder == "target" else 0
+        (backend.trial_dir(holder_id) / "checkpoints" / "model.bin").write_bytes(b"weights")
+        target = backend.trial_dir(1) / "checkpoints"
+        before = tree_digest(target)
+        _no_exchange(monkeypatch)
+        with pytest.raises(CheckpointCopyError) as caught:
+            backend.copy_checkpoint(0, 1)
+        message = str(caught.value)
+        assert isinstance(caught.value.__cause__, _storage.CheckpointSwapUnsupportedError)
+        assert "RENAME_EXCHANGE" in message and "'model.bin'" in message, message
+        assert "delete_checkpoint(1)" in message, message
+        assert "free disk space" not in message, message
+        assert tree_digest(target) == before
+        assert hidden_leftovers(backend.trial_dir(1)) == []
+        # As the hint says: delete the target's checkpoint first, then copy.
+        backend.delete_checkpoint(1)
+        backend.copy_checkpoint(0, 1)
+        assert tree_digest(target) == tree_digest(backend.trial_dir(0) / "checkpoints")
+
+
+@pytest.mark.parametrize("role", ["source", "target"])
+def test_copy_with_a_symlinked_checkpoint_folder_explains_the_link(
+    role: str, experiment_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with backend_for(experiment_dir) as backend:
+        run_to_end(backend, {"epochs": 4})
+        run_to_end(backend, {"epochs": 2})
+        linked = backend.trial_dir(0 if role == "source" else 1) / "checkpoints"
+        elsewhere = tmp_path / "elsewhere"
+        linked.rename(elsewhere)
+        linked.symlink_to(elsewhere)
+        before = tree_digest(elsewhere)
+        if role == "target":
+            # With the exchange, a linked target is simply swapped out.
+            _no_exchange(monkeypatch)
+        with pytest.raises(CheckpointCopyError) as caught:
+            backend.copy_checkpoint(0, 1)
+        message = str(caught.value)
+        assert isinstance(caught.value.__cause__, _storage.SymlinkedCheckpointError)
+        assert f"{linked} is a symbolic link (to {elsewhere})" in message, message
+        assert "free disk space" not in message, message
+        assert "replace the link" in message, message
+        assert linked.is_symlink() and tree_digest(elsewhere) == before
+        assert hidden_leftovers(backend.trial_dir(1)) == []
+        # As the hint says: put the folder itself in place of the link.
+        linked.unlink()
+        elsewhere.rename(linked)
+        backend.copy_checkpoint(0, 1)
+        assert folder_epoch(backend.trial_dir(1)) == 3
 
 
 # -- delete ----------------------------------------------------------------------
