@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -135,11 +136,14 @@ class Journal:
         self.seq = seq
         self._fd = -1
         self._size = 0
+        self._finalizer: weakref.finalize[..., Any] | None = None
 
     def open(self) -> None:
         self._fd = os.open(
             self.paths.journal, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
         )
+        # A backend dropped without close() must not leak the descriptor.
+        self._finalizer = weakref.finalize(self, os.close, self._fd)
         self._size = os.fstat(self._fd).st_size
         if self._size and os.pread(self._fd, 1, self._size - 1) != b"\n":
             # The last writer died in the middle of a line: end it, so that
@@ -181,10 +185,13 @@ class Journal:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         os.close(fd)
         os.replace(tmp, self.paths.journal)
-        os.close(self._fd)
+        self.close()
         self.open()
 
     def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

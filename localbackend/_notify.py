@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import weakref
 from pathlib import Path
+from typing import Any
 
 _IN_MODIFY = 0x00000002
 _IN_NONBLOCK = 0o4000
@@ -24,6 +26,7 @@ class FileWatcher:
         self._fd = -1
         self._libc: ctypes.CDLL | None = None
         self._watches: dict[str, int] = {}
+        self._finalizer: weakref.finalize[..., Any] | None = None
         if sys.platform.startswith("linux"):
             try:
                 libc = ctypes.CDLL(None, use_errno=True)
@@ -33,6 +36,8 @@ class FileWatcher:
             if fd >= 0:
                 self._fd = fd
                 self._libc = libc
+                # A backend dropped without close() must not leak the descriptor.
+                self._finalizer = weakref.finalize(self, os.close, fd)
 
     def fileno(self) -> int:
         return self._fd
@@ -62,6 +67,9 @@ class FileWatcher:
             pass
 
     def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

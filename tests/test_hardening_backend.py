@@ -198,6 +198,7 @@ def test_driver_exiting_right_after_stop_all_leaves_no_checkpoint(tmp_path: Path
 
 def test_a_dropped_backend_shuts_its_supervisor_down_and_reaps_it(tmp_path: Path) -> None:
     script = _script(tmp_path, "done.py", COMPLETES)
+    descriptors = set(os.listdir("/proc/self/fd"))
     backend = LocalBackend(script, experiment_dir=tmp_path / "exp")
     backend.start_trial({})
     drain(backend, [0])
@@ -214,6 +215,8 @@ def test_a_dropped_backend_shuts_its_supervisor_down_and_reaps_it(tmp_path: Path
     with pytest.raises(ChildProcessError):
         os.waitpid(supervisor, os.WNOHANG)  # already reaped: no zombie
     assert not experiment_is_held(tmp_path / "exp")
+    # The lock, the journal, the inotify watcher and the pipes are all closed.
+    assert set(os.listdir("/proc/self/fd")) <= descriptors
 
 
 def test_a_backend_left_open_at_exit_leaves_no_process_and_no_warning(tmp_path: Path) -> None:
