@@ -67,7 +67,13 @@ from .._backend import LocalBackend
 from .._paths import ExperimentPaths, TrialPaths
 from .._results import ResultsReader
 from .._types import Status
-from ._common import IntegrationError, metric_value, missing_library
+from ._common import (
+    DEFAULT_STEP_KEY,
+    IntegrationError,
+    check_count,
+    metric_value,
+    missing_library,
+)
 
 try:
     import pandas as pd
@@ -90,7 +96,6 @@ _ADAPTER = "LocalBackendRunner"
 TRIAL_ID_KEY = "localbackend_trial_id"
 EXPERIMENT_DIR_KEY = "experiment_dir"
 TRIAL_DIR_KEY = "trial_dir"
-DEFAULT_STEP_KEY = "st_worker_iter"
 
 _STATUS_TO_AX = {
     Status.in_progress: TrialStatus.RUNNING,
@@ -144,14 +149,8 @@ class LocalBackendRunner(Runner):
         pass_args_as_json: bool = False,
     ) -> None:
         super().__init__()
-        if max_parallel is not None and (
-            isinstance(max_parallel, bool) or not isinstance(max_parallel, int)
-            or max_parallel < 1
-        ):
-            raise IntegrationError(
-                _ADAPTER, f"max_parallel={max_parallel!r} must be None or a whole number >= 1",
-                "Pass for example max_parallel=2.",
-            )
+        if max_parallel is not None:  # None: no limit of its own
+            check_count(_ADAPTER, "max_parallel", max_parallel, minimum=1)
         # Ax rebuilds a runner from these attributes (serialize_init_args), so
         # each constructor argument is kept under its own name, as given.
         self.entry_point = os.fspath(entry_point)

@@ -34,7 +34,14 @@ from typing import Any, Optional
 
 from .._backend import LocalBackend
 from .._types import Status
-from ._common import IntegrationError, metric_value, missing_library
+from ._common import (
+    DEFAULT_STEP_KEY,
+    WAIT_SECONDS,
+    IntegrationError,
+    check_count,
+    metric_value,
+    missing_library,
+)
 
 try:
     import optuna
@@ -47,10 +54,6 @@ __all__ = ["OptunaRunner"]
 logger = logging.getLogger(__name__)
 
 _ADAPTER = "OptunaRunner"
-# ``wait`` returns on any news; this only bounds how late a timeout is noticed.
-_WAIT_SECONDS = 1.0
-# The 0-based result counter LocalBackend adds to every result.
-DEFAULT_STEP_KEY = "st_worker_iter"
 
 ConfigFunction = Callable[[optuna.Trial], Mapping[str, Any]]
 
@@ -117,8 +120,8 @@ class OptunaRunner:
         in the order they finished. When it returns, every trial process it
         started has ended.
         """
-        _check_count("n_trials", n_trials, minimum=0)
-        _check_count("n_parallel", n_parallel, minimum=1)
+        check_count(_ADAPTER, "n_trials", n_trials, minimum=0)
+        check_count(_ADAPTER, "n_parallel", n_parallel, minimum=1)
         deadline = None if timeout is None else time.monotonic() + float(timeout)
         started = 0
         told: list[FrozenTrial] = []
@@ -135,7 +138,7 @@ class OptunaRunner:
                 # held by a pruned trial whose process is ending.
                 if not self._running and not may_start:
                     break
-                self.backend.wait(timeout=_WAIT_SECONDS)
+                self.backend.wait(timeout=WAIT_SECONDS)
                 told.extend(self._poll())
         finally:
             if self._running:
@@ -254,12 +257,5 @@ class OptunaRunner:
                 return
             # Fetching clears their news, so that wait() sleeps until an exit.
             self.backend.fetch_status_results(busy)
-            self.backend.wait(timeout=_WAIT_SECONDS)
+            self.backend.wait(timeout=WAIT_SECONDS)
 
-
-def _check_count(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise IntegrationError(
-            _ADAPTER, f"{name}={value!r} must be a whole number >= {minimum}",
-            f"Pass for example {name}={max(minimum, 2)}.",
-        )

@@ -37,7 +37,7 @@ from typing import Any, Optional, Union
 
 from .._backend import LocalBackend
 from .._types import Status
-from ._common import IntegrationError, metric_value, missing_library
+from ._common import WAIT_SECONDS, IntegrationError, check_count, metric_value, missing_library
 
 try:
     from ConfigSpace import Configuration
@@ -52,7 +52,6 @@ __all__ = ["SMACRunner"]
 logger = logging.getLogger(__name__)
 
 _ADAPTER = "SMACRunner"
-_WAIT_SECONDS = 1.0
 # SMAC's script convention: a stdout line such as "cost=0.5; runtime=2".
 _COST_LINE = re.compile(r"(?:^|;)\s*cost\s*=\s*([^;\s]+)")
 
@@ -90,11 +89,7 @@ class SMACRunner(AbstractRunner):
         pass_seed: bool = False,
         budget_key: str = "budget",
     ) -> None:
-        if isinstance(n_parallel, bool) or not isinstance(n_parallel, int) or n_parallel < 1:
-            raise IntegrationError(
-                _ADAPTER, f"n_parallel={n_parallel!r} must be a whole number >= 1",
-                "Pass for example n_parallel=2.",
-            )
+        check_count(_ADAPTER, "n_parallel", n_parallel, minimum=1)
         if scenario.n_workers != 1:
             raise IntegrationError(
                 _ADAPTER, f"Scenario(n_workers={scenario.n_workers}) would make SMAC run this "
@@ -164,7 +159,7 @@ class SMACRunner(AbstractRunner):
         self._pending[started.trial_id] = pending
         try:
             while started.trial_id in self._pending:
-                self.backend.wait(timeout=_WAIT_SECONDS)
+                self.backend.wait(timeout=WAIT_SECONDS)
                 self._collect(keep_results_for=started.trial_id)
         except BaseException:
             if self._pending.pop(started.trial_id, None) is not None:
@@ -203,7 +198,7 @@ class SMACRunner(AbstractRunner):
     def _wait_for_any(self) -> None:
         before = len(self._pending)
         while self._pending and len(self._pending) == before:
-            self.backend.wait(timeout=_WAIT_SECONDS)
+            self.backend.wait(timeout=WAIT_SECONDS)
             self._collect()
 
     def _collect(self, keep_results_for: Optional[int] = None) -> None:

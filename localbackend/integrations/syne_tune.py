@@ -38,20 +38,18 @@ from typing import Any, Optional
 
 from .. import _types
 from .._backend import LocalBackend
+from .._types import FINISHED_STATUSES
 from ._common import missing_library
 
 try:
     from syne_tune.backend.trial_backend import TrialBackend
-    from syne_tune.backend.trial_status import Status, Trial, TrialResult
+    from syne_tune.backend.trial_status import Trial, TrialResult
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise missing_library("syne-tune", "syne-tune", err) from err
 
 __all__ = ["SyneTuneBackend"]
 
 logger = logging.getLogger(__name__)
-
-_ADAPTER = "SyneTuneBackend"
-_FINISHED = frozenset({Status.completed, Status.failed, Status.stopped})
 
 
 class SyneTuneBackend(TrialBackend):
@@ -148,7 +146,7 @@ class SyneTuneBackend(TrialBackend):
         """
         statuses, _ = self.local.fetch_status_results([trial_id])
         trial, status = statuses[trial_id]
-        if status in _FINISHED:
+        if status in FINISHED_STATUSES:
             logger.info(
                 "trial %d ended (%s) before it could be paused; it is not resumed",
                 trial_id, status,
