@@ -275,3 +275,32 @@ def test_bare_import_loads_only_the_package_itself() -> None:
         """
     )
     assert json.loads(outcome) == ["localbackend"]
+
+
+def test_the_supported_python_versions_agree_everywhere() -> None:
+    """pyproject's classifiers name the versions ``.ci/run`` tests; the rest must follow them."""
+    import configparser
+    import tomllib
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    named = sorted(
+        tuple(int(part) for part in c.rsplit(" ", 1)[1].split("."))
+        for c in pyproject["project"]["classifiers"]
+        if re.fullmatch(r"Programming Language :: Python :: \d+\.\d+", c)
+    )
+    assert named, "pyproject.toml names no Python version"
+    (major, low), (_, high) = named[0], named[-1]
+    assert named == [(major, minor) for minor in range(low, high + 1)]
+    assert pyproject["project"]["requires-python"] == f">={major}.{low},<{major}.{high + 1}"
+    assert pyproject["tool"]["ruff"]["target-version"] == f"py{major}{low}"
+    assert pyproject["tool"]["mypy"]["python_version"] == f"{major}.{low}"
+    assert sys.version_info[:2] in named, "this Python is not one the project names"
+
+    tox = configparser.ConfigParser()
+    tox.read(REPO / "tox.ini")
+    envs = [env.strip() for env in tox["tox"]["envlist"].split(",")]
+    assert [env for env in envs if env.startswith("py")] == [f"py{a}{b}" for a, b in named]
+
+    spelled = [f"{a}.{b}" for a, b in named]
+    listed = ", ".join(spelled[:-1]) + f" or {spelled[-1]}" if len(spelled) > 1 else spelled[0]
+    assert f"On a fresh machine with Python {listed}, " in README

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def overlapping(backend: LocalBackend) -> bool:
         if stamps:
             spans.append((min(stamps), max(stamps)))
     spans.sort()
-    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    return any(later[0] < earlier[1] for earlier, later in pairwise(spans))
 
 
 def hpo_space() -> ConfigurationSpace:
