@@ -21,7 +21,13 @@ import signal
 import time
 from typing import Any
 
-from ._files import count_lines, delete_folder, file_size, read_json_object
+from ._files import (
+    atomic_write_bytes,
+    count_lines,
+    delete_folder,
+    file_size,
+    read_json_object,
+)
 from ._proctable import create_time, descendants
 from ._protocol import ENV_ITERATION_START
 
@@ -63,19 +69,12 @@ def write_event(fd: int, event: dict[str, Any]) -> None:
         view = view[written:]
 
 
-def _atomic_write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
+def _write_json(path: str, obj: Any) -> None:
+    """Publish a small JSON file atomically; a trial folder removed by hand is not an error."""
     try:
-        with open(tmp, "w", encoding="utf-8") as out:
-            json.dump(obj, out)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, json.dumps(obj).encode())
     except OSError:
-        # The trial folder may have been removed by hand; the event still
-        # carries the exit status to the driver.
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass  # the event still carries the news to the driver
 
 
 class Keeper:
@@ -196,7 +195,7 @@ class Keeper:
             pass
         # Written before the driver hears of the run, so that a driver that
         # dies now can still be followed by a restore that finds this run.
-        _atomic_write_json(
+        _write_json(
             spec["run_file"],
             {
                 "trial": spec["trial"], "run": spec["run"], "pid": self.leader,
@@ -232,7 +231,7 @@ class Keeper:
                 "stderr": file_size(spec["stderr"]),
             },
         }
-        _atomic_write_json(spec["exit_file"], exit_status)
+        _write_json(spec["exit_file"], exit_status)
         # The tree is gone: only now may its checkpoints go, and the keeper
         # is the one process sure to be here at that moment (the driver may
         # not poll again, or may have exited right after stop_all()).
