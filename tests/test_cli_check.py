@@ -189,7 +189,7 @@ def test_a_trial_that_ends_just_before_its_pause_is_skipped_with_a_hint(
 ) -> None:
     monkeypatch.setattr(PausesAfterTheEnd, "paused", False)
     code, verdicts, output = check_in_process(
-        monkeypatch, capsys, PausesAfterTheEnd, OWN_OPTIONS, "-p", "steps=3", "-p", "delay=0.05",
+        monkeypatch, capsys, PausesAfterTheEnd, OWN_OPTIONS, "-p", "steps=4", "-p", "delay=0.1",
     )
     assert PausesAfterTheEnd.paused, output
     assert "error" not in output and "Traceback" not in output, output
@@ -197,7 +197,7 @@ def test_a_trial_that_ends_just_before_its_pause_is_skipped_with_a_hint(
     for name in ("sigterm", "resume", "exact-resume", "copied-checkpoint"):
         assert verdicts[name] == "SKIP", output
     assert "ended (exit code 0) before the pause reached it" in output, output
-    assert "-p steps=3 -p delay=0.05" in output, output
+    assert "-p steps=4 -p delay=0.1" in output, output
     assert "epoch_seconds" not in output and "epochs=" not in output, output
     assert code == 0, output
 
