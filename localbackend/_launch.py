@@ -23,8 +23,8 @@ from ._errors import BackendConfigurationError, ConfigError, EntryPointError
 from ._paths import TrialPaths
 
 # An option name a script's argparse can declare: no spaces, no leading dash,
-# nothing a shell or argparse would read differently.
-OPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+# nothing a shell or argparse would read differently. Use it with fullmatch.
+OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _RESERVED_KEYS = frozenset({proto.ST_CHECKPOINT_DIR_ARG, proto.ST_CONFIG_JSON_ARG})
 
 
@@ -122,7 +122,7 @@ def normalize_config(config: object) -> dict[str, Any]:
         )
     clean: dict[str, Any] = {}
     for key, value in config.items():
-        if not isinstance(key, str) or not OPTION_NAME.match(key):
+        if not isinstance(key, str) or not OPTION_NAME.fullmatch(key):
             raise ConfigError(
                 str(key), value, "the key cannot be a command-line option name",
                 "Use letters, digits, '_', '-' and '.', starting with a letter or '_'.",

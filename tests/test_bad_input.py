@@ -99,6 +99,8 @@ CASES = [
     Case("key with space", lambda b, t: b.start_trial({"learning rate": 1}), ConfigError,
          "'learning rate'"),
     Case("key with dash first", lambda b, t: b.start_trial({"-x": 1}), ConfigError, "'-x'"),
+    Case("key with a trailing newline", lambda b, t: b.start_trial({"lr\n": 1}), ConfigError,
+         "'lr\\n'"),
     Case("empty key", lambda b, t: b.start_trial({"": 1}), ConfigError, "''"),
     Case("key with shell chars", lambda b, t: b.start_trial({"a;rm": 1}), ConfigError,
          "'a;rm'"),

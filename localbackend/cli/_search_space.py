@@ -300,7 +300,7 @@ def _domain_from_object(name: str, obj: Any, where: str) -> Domain:
 
 
 def _check_name(name: Any, where: str) -> None:
-    if not isinstance(name, str) or not OPTION_NAME.match(name):
+    if not isinstance(name, str) or not OPTION_NAME.fullmatch(name):
         raise CliError(
             f"{where}: {name!r} cannot be an option name of the script; use letters, digits, "
             "'_', '-' and '.', starting with a letter or '_'"
