@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     )
     from ._report import ReportError, report
     from ._types import Status, Trial, TrialResult
+    from .checkpoint import CheckpointError
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ _WHERE = {
     "LocalBackend": "._backend",
     "BackendConfigurationError": "._errors",
     "CheckpointCopyError": "._errors",
+    "CheckpointError": ".checkpoint",
     "ConfigError": "._errors",
     "EntryPointError": "._errors",
     "ExperimentError": "._errors",
@@ -61,6 +63,7 @@ _WHERE = {
 __all__ = [
     "BackendConfigurationError",
     "CheckpointCopyError",
+    "CheckpointError",
     "ConfigError",
     "EntryPointError",
     "ExperimentError",

@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from localbackend._errors import LocalBackendError
 from localbackend._files import (
     checkpoint_folder_name,
     delete_folder_atomically,
@@ -55,19 +56,12 @@ _active_temporary: set[str] = set()
 _active_lock = threading.Lock()
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LocalBackendError, ValueError):
     """A checkpoint folder cannot be found or a checkpoint request is invalid."""
 
     def __init__(self, message: str, directory: str | None = None) -> None:
-        super().__init__(message, directory)
-        self.message = message
+        super().__init__(message)
         self.directory = directory
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return self.__class__, (self.message, self.directory)
 
 
 def directory(directory: str | os.PathLike[str] | None = None) -> Path:

@@ -24,15 +24,6 @@ INTERNAL_ERRORS = {
     "localbackend.cli._common.CliError",
 }
 
-# Public exceptions that are not exported yet, because they are not
-# ``LocalBackendError``s (every exported error is one). Once the class derives
-# from it, the test below fails: export it then (``_WHERE``, ``__all__``, the
-# README's list) and drop it from here.
-NOT_YET_A_LOCAL_BACKEND_ERROR = {
-    # checkpoint.py should declare ``class CheckpointError(LocalBackendError, ValueError)``.
-    "localbackend.checkpoint.CheckpointError",
-}
-
 # Libraries that ``import localbackend`` must not load.
 HEAVY_MODULES = (
     "syne_tune", "optuna", "smac", "ConfigSpace", "ax", "torch", "pandas", "numpy",
@@ -130,7 +121,7 @@ def test_every_public_exception_class_is_exported() -> None:
     classes, skipped = _exception_classes()
     public = {
         path: name for path, name in classes.items()
-        if path not in INTERNAL_ERRORS and path not in NOT_YET_A_LOCAL_BACKEND_ERROR
+        if path not in INTERNAL_ERRORS
     }
     missing = sorted(path for path, name in public.items() if name not in localbackend.__all__)
     assert not missing, (
@@ -148,19 +139,6 @@ def test_every_public_exception_class_is_exported() -> None:
         assert path in classes or any(s.startswith(module + " ") for s in skipped), (
             f"{path} is listed in INTERNAL_ERRORS but no longer exists; remove it from the list"
         )
-
-
-def test_errors_waiting_to_be_exported_are_still_waiting() -> None:
-    import importlib
-
-    for path in NOT_YET_A_LOCAL_BACKEND_ERROR:
-        module, name = path.rsplit(".", 1)
-        error = getattr(importlib.import_module(module), name)
-        assert not issubclass(error, localbackend.LocalBackendError), (
-            f"{path} is a LocalBackendError now: export it from localbackend and drop it from "
-            "NOT_YET_A_LOCAL_BACKEND_ERROR"
-        )
-        assert name not in localbackend.__all__
 
 
 def test_every_exported_error_is_a_local_backend_error() -> None:
@@ -207,6 +185,7 @@ def test_every_exported_error_pickles_with_its_attributes() -> None:
         localbackend.ExperimentMovedError("/tmp/e"),
         localbackend.IntegrationError("OptunaRunner", "n_trials=-1 is negative", "Pass 2."),
         localbackend.ReportError("loss", float("nan"), "is not a finite number"),
+        localbackend.CheckpointError("no checkpoint folder", "/tmp/ckpt"),
     ]
     assert {type(error).__name__ for error in samples} == _errors_in_all()
     for error in samples:
