@@ -54,7 +54,6 @@ class ExperimentLock:
         self.paths = paths
         self._fd = -1
         self._finalizer: weakref.finalize[..., Any] | None = None
-        self.previous_holder: dict[str, Any] | None = None
 
     @property
     def held(self) -> bool:
@@ -93,7 +92,6 @@ class ExperimentLock:
         self._finalizer = weakref.finalize(self, os.close, fd)
         with _HELD_HERE_LOCK:
             _HELD_HERE[key] = (weakref.ref(self), on_take_over or (lambda: None))
-        self.previous_holder = self.holder()
         atomic_write_json(
             self.paths.driver,
             {

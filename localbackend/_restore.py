@@ -133,7 +133,6 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
     started = run_file if run_file is not None and run_file.get("run") == run else None
     known = _what_is_known(last, run_file)
     record.pid = known.get("pid")
-    record.pid_create_time = known.get("create_time")
     ended = last if last.get("state") == "exited" else None
     keeper = None
     if ended is None:

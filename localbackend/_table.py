@@ -81,7 +81,6 @@ class TrialTable:
             record.log("started", run=run, **fields)
             if run == record.runs - 1:
                 record.pid = int(event["pid"])
-                record.pid_create_time = float(event["create_time"])
         elif kind == "exited":
             self.run_exited(record, run, event)
         elif kind == "spawn_failed":

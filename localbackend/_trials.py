@@ -34,7 +34,6 @@ class TrialRecord:
     # Runs launched whose process tree the supervisor has not yet reported gone.
     alive_runs: set[int] = field(default_factory=set)
     pid: Optional[int] = None
-    pid_create_time: Optional[float] = None
     # Results from each source are queued here until fetched; new ones are
     # read only while ``accepting`` (the run has not been paused or stopped).
     from_results_file: list[dict[str, Any]] = field(default_factory=list)

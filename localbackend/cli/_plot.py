@@ -41,12 +41,6 @@ class _Curve:
         index = bisect.bisect_right(self.times, when)
         return (self.x[index], self.y[index]) if index < len(self.x) else None
 
-    def at_resource(self, resource: Any) -> Optional[tuple[float, float]]:
-        for x, y in zip(self.x, self.y):
-            if x >= resource:
-                return (x, y)
-        return None
-
 
 def plot(args: argparse.Namespace) -> int:
     try:

@@ -129,7 +129,6 @@ class Tuner:
         self.log = ResultsLog(files, options.metric, options.mode)
         self.elapsed_before = 0.0
         self.session_start = time.monotonic()
-        self.wall_start = time.time()
         self.metric_seen = False
         self.resource_seen = False
         self.failures = 0
