@@ -273,7 +273,9 @@ class LocalBackend:
                 self._experiment_lock.release()
                 new_root.mkdir(parents=True, exist_ok=True, mode=0o700)
                 for entry in self._paths.root.iterdir():
-                    if entry.name not in ("experiment.json", "journal.jsonl", ".driver.lock"):
+                    if entry.name not in (
+                        self._paths.metadata.name, self._paths.journal.name, self._paths.lock.name
+                    ):
                         shutil.move(str(entry), str(new_root / entry.name))
                 shutil.rmtree(self._paths.root, ignore_errors=True)
                 self._created = False

@@ -109,6 +109,49 @@ class ExperimentPaths:
         return TrialPaths(self.root / str(int(trial_id)))
 
 
+@dataclass(frozen=True)
+class TunerPaths(ExperimentPaths):
+    """The files ``localbackend tune`` keeps beside the trial folders."""
+
+    @property
+    def state(self) -> Path:
+        """Everything ``--resume`` needs, as of the last checkpoint (see ``_state``)."""
+        return self.root / "tuner.json"
+
+    @property
+    def state_journal(self) -> Path:
+        """What each batch changed since ``tuner.json`` was written, one JSON line each."""
+        return self.root / "tuner-journal.jsonl"
+
+    @property
+    def results(self) -> Path:
+        """Every delivered result, one JSON object a line, with its trial id."""
+        return self.root / "results.jsonl"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.root / "results.csv"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.json"
+
+    @property
+    def events(self) -> Path:
+        """The tuner's decisions: starts, pauses at rungs, promotions, checkpoint copies."""
+        return self.root / "events.jsonl"
+
+    @property
+    def control(self) -> Path:
+        """Requests from other processes, such as ``localbackend stop``."""
+        return self.root / "control"
+
+    @property
+    def control_done(self) -> Path:
+        """Handled requests, each with the driver's answer."""
+        return self.control / "done"
+
+
 def default_experiment_dir(base: Path | None = None) -> Path:
     """A new, unique folder name under ``./localbackend-runs/`` (not created)."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

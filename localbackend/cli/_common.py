@@ -7,14 +7,13 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from .._errors import LocalBackendError
-from .._paths import TrialPaths
+from .._paths import TunerPaths
 from .._storage import atomic_write_json
 
 __all__ = [
@@ -22,7 +21,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_USAGE",
     "CliError",
-    "TunerFiles",
+    "TunerPaths",
     "append_jsonl",
     "atomic_write_json",
     "driver_identity",
@@ -48,54 +47,6 @@ class CliError(LocalBackendError):
     def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-@dataclass(frozen=True)
-class TunerFiles:
-    """The files ``localbackend tune`` keeps beside the trial folders."""
-
-    root: Path
-
-    @property
-    def state(self) -> Path:
-        """Everything ``--resume`` needs, as of the last checkpoint (see ``_state``)."""
-        return self.root / "tuner.json"
-
-    @property
-    def state_journal(self) -> Path:
-        """What each batch changed since ``tuner.json`` was written, one JSON line each."""
-        return self.root / "tuner-journal.jsonl"
-
-    @property
-    def results(self) -> Path:
-        """Every delivered result, one JSON object a line, with its trial id."""
-        return self.root / "results.jsonl"
-
-    @property
-    def results_csv(self) -> Path:
-        return self.root / "results.csv"
-
-    @property
-    def best(self) -> Path:
-        return self.root / "best.json"
-
-    @property
-    def events(self) -> Path:
-        """The tuner's decisions: starts, pauses at rungs, promotions, checkpoint copies."""
-        return self.root / "events.jsonl"
-
-    @property
-    def control(self) -> Path:
-        """Requests from other processes, such as ``localbackend stop``."""
-        return self.root / "control"
-
-    @property
-    def control_done(self) -> Path:
-        """Handled requests, each with the driver's answer."""
-        return self.control / "done"
-
-    def trial(self, trial_id: int) -> TrialPaths:
-        return TrialPaths(self.root / str(int(trial_id)))
 
 
 def append_jsonl(path: Path, obj: Any) -> None:

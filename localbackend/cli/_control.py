@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-from ._common import TunerFiles, atomic_write_json, read_json
+from ._common import TunerPaths, atomic_write_json, read_json
 
 _PREFIX = "stop-"
 _SUFFIX = ".json"
 
 
-def write_stop_request(files: TunerFiles, trial_ids: Optional[list[int]]) -> Path:
+def write_stop_request(files: TunerPaths, trial_ids: Optional[list[int]]) -> Path:
     """Ask the driver to stop these trials, or the whole run if None; returns the answer path."""
     files.control.mkdir(parents=True, exist_ok=True, mode=0o700)
     name = f"{_PREFIX}{uuid.uuid4().hex}{_SUFFIX}"
@@ -45,7 +45,7 @@ def wait_for_answer(answer: Path, timeout: float, still_running: Callable[[], bo
 
 
 def handle_requests(
-    files: TunerFiles, on_stop: Callable[[Optional[list[int]]], dict[str, Any]]
+    files: TunerPaths, on_stop: Callable[[Optional[list[int]]], dict[str, Any]]
 ) -> Iterator[Path]:
     """Carry out each pending request with ``on_stop`` and answer it; yields the answers."""
     try:

@@ -22,7 +22,7 @@ from .._types import FINISHED_STATUSES
 from ._common import (
     EXIT_FAILED,
     CliError,
-    TunerFiles,
+    TunerPaths,
     format_duration,
     format_value,
     iter_jsonl,
@@ -36,11 +36,11 @@ _FOLLOW_POLL_SECONDS = 0.2
 _READ_CHUNK = 1 << 20
 
 
-def _experiment(path_text: str) -> TunerFiles:
+def _experiment(path_text: str) -> TunerPaths:
     root = Path(path_text).expanduser().absolute()
     if not root.is_dir():
         raise CliError(f"experiment folder {path_text!r} does not exist")
-    files = TunerFiles(root)
+    files = TunerPaths(root)
     metadata = ExperimentPaths(root).metadata
     if not metadata.exists() and not files.state.exists() and not trial_ids_on_disk(root):
         raise CliError(
@@ -50,7 +50,7 @@ def _experiment(path_text: str) -> TunerFiles:
     return files
 
 
-def tune_state(files: TunerFiles) -> tuple[Optional[dict[str, Any]], str]:
+def tune_state(files: TunerPaths) -> tuple[Optional[dict[str, Any]], str]:
     """The saved tuner state and a word for where the tune stands."""
     tuner = load_state(files)
     if tuner is None:
@@ -64,7 +64,7 @@ def tune_state(files: TunerFiles) -> tuple[Optional[dict[str, Any]], str]:
 # -- status --------------------------------------------------------------------
 
 
-def trial_rows(files: TunerFiles, tuner: Optional[dict[str, Any]], metric: Optional[str],
+def trial_rows(files: TunerPaths, tuner: Optional[dict[str, Any]], metric: Optional[str],
                resource_attr: Optional[str]) -> list[dict[str, Any]]:
     mode = (tuner or {}).get("options", {}).get("mode", "min")
     labels = (tuner or {}).get("labels", {})
@@ -238,7 +238,7 @@ def _copy_from(path: Path, offset: int, out: Any) -> int:
     return offset
 
 
-def _trial_over(files: TunerFiles, trial_id: int) -> bool:
+def _trial_over(files: TunerPaths, trial_id: int) -> bool:
     """Final status, or a tune that is no longer running to resume it."""
     history = list(iter_jsonl(files.trial(trial_id).status_history))
     status = history[-1].get("status") if history else None

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from .._storage import atomic_write_bytes
 from ._common import (
-    TunerFiles,
+    TunerPaths,
     append_jsonl,
     atomic_write_json,
     iter_jsonl,
@@ -30,7 +30,7 @@ class ResultsLog:
     spreadsheet always sees one rectangular table.
     """
 
-    def __init__(self, files: TunerFiles, metric: str, mode: str) -> None:
+    def __init__(self, files: TunerPaths, metric: str, mode: str) -> None:
         self.files = files
         self.metric = metric
         self.mode = mode
@@ -117,7 +117,7 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _read_csv_header(files: TunerFiles) -> list[str] | None:
+def _read_csv_header(files: TunerPaths) -> list[str] | None:
     try:
         with open(files.results_csv, encoding="utf-8", newline="") as source:
             header = next(csv.reader(source), None)

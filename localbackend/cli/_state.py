@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from .._storage import atomic_write_bytes
-from ._common import TunerFiles
+from ._common import TunerPaths
 
 # The journal is folded into a new snapshot once it is larger than the
 # snapshot and than this, so that snapshots cost, spread over the batches,
@@ -37,7 +37,7 @@ _READ_ATTEMPTS = 5
 class StateStore:
     """Writes the state of the tune that holds the experiment."""
 
-    def __init__(self, files: TunerFiles) -> None:
+    def __init__(self, files: TunerPaths) -> None:
         self.files = files
         self.seq = 0
         self._fd = -1
@@ -82,7 +82,7 @@ class StateStore:
             self._fd = -1
 
 
-def load_state(files: TunerFiles) -> dict[str, Any] | None:
+def load_state(files: TunerPaths) -> dict[str, Any] | None:
     """The state after the last batch written, or None when there is no readable snapshot."""
     state: dict[str, Any] | None = None
     for _ in range(_READ_ATTEMPTS):
@@ -106,7 +106,7 @@ def load_state(files: TunerFiles) -> dict[str, Any] | None:
     return state
 
 
-def _replay(files: TunerFiles, state: dict[str, Any]) -> bool:
+def _replay(files: TunerPaths, state: dict[str, Any]) -> bool:
     """Apply the journal's lines after the snapshot; False on a gap in the numbers."""
     try:
         data = files.state_journal.read_bytes()

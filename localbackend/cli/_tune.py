@@ -15,7 +15,7 @@ from .._paths import default_experiment_dir
 from ._common import (
     TUNER_FORMAT_VERSION,
     CliError,
-    TunerFiles,
+    TunerPaths,
 )
 from ._live import make_view
 from ._schedulers import Asha, Pbt, RandomSearch, Scheduler, Settings
@@ -97,7 +97,7 @@ def _new_tuner(args: argparse.Namespace) -> Tuner:
     _check_options(options, space)
     root = Path(args.experiment_dir) if args.experiment_dir else default_experiment_dir()
     root = root.expanduser().absolute()
-    files = TunerFiles(root)
+    files = TunerPaths(root)
     if files.state.exists():
         raise CliError(
             f"{root} already holds a tune; carry it on with `localbackend tune --resume {root}` "
@@ -128,7 +128,7 @@ def _resumed_tuner(args: argparse.Namespace) -> Tuner:
             "change)"
         )
     root = Path(args.resume).expanduser().absolute()
-    files = TunerFiles(root)
+    files = TunerPaths(root)
     state = load_state(files)
     if state is None:
         raise CliError(

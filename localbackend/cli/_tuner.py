@@ -28,7 +28,7 @@ from ._common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     TUNER_FORMAT_VERSION,
-    TunerFiles,
+    TunerPaths,
     append_jsonl,
     driver_identity,
     format_duration,
@@ -114,7 +114,7 @@ class Tuner:
         options: TuneOptions,
         space: SearchSpace,
         backend: LocalBackend,
-        files: TunerFiles,
+        files: TunerPaths,
         scheduler: Scheduler,
         rng: random.Random,
     ) -> None:
