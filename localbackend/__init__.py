@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from . import checkpoint
-    from ._backend import LocalBackend
     from ._errors import (
         BackendConfigurationError,
         CheckpointCopyError,
@@ -34,11 +33,12 @@ if TYPE_CHECKING:
     from ._report import ReportError, report
     from ._types import Status, Trial, TrialResult
     from .checkpoint import CheckpointError
+    from .core._backend import LocalBackend
 
 __version__ = "0.1.0"
 
 _WHERE = {
-    "LocalBackend": "._backend",
+    "LocalBackend": ".core._backend",
     "BackendConfigurationError": "._errors",
     "CheckpointCopyError": "._errors",
     "CheckpointError": ".checkpoint",

@@ -20,9 +20,9 @@ from localbackend import (
     LocalBackendError,
     Status,
     TrialNotFoundError,
-    _storage,
     checkpoint,
 )
+from localbackend.core import _storage
 from tests.helpers import (
     collect,
     format_logs,

@@ -22,8 +22,8 @@ from localbackend import (
     LocalBackend,
     Status,
     TrialLaunchError,
-    _storage,
 )
+from localbackend.core import _storage
 from tests.crash_helpers import alive, kill_pids, wait_gone
 from tests.helpers import drain, format_logs, wait_for
 

@@ -53,7 +53,8 @@ def test_the_checkpoint_module_loads_no_driver_code() -> None:
     loaded = _new_modules("import localbackend.checkpoint")
     ours = sorted(name for name in loaded if name.split(".")[0] == "localbackend")
     assert ours == [
-        "localbackend", "localbackend._files", "localbackend._protocol", "localbackend.checkpoint"
+        "localbackend", "localbackend._errors", "localbackend._files", "localbackend._protocol",
+        "localbackend.checkpoint",
     ]
     foreign = {
         name.split(".")[0] for name in loaded

@@ -35,7 +35,7 @@ from localbackend import (
     Status,
     TrialLaunchError,
 )
-from localbackend._lock import experiment_is_held
+from localbackend.core._lock import experiment_is_held
 from tests.helpers import collect, drain, format_logs, wait_for
 
 # Saves a checkpoint, reports, then idles; on SIGTERM it waits ``--term_delay``
@@ -365,7 +365,7 @@ def test_pause_and_stop_with_a_dead_supervisor_start_nothing(tmp_path: Path) -> 
 
 
 def _fail_command_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    import localbackend._backend as backend_module
+    import localbackend.core._backend as backend_module
 
     real = backend_module.atomic_write_json
 
@@ -434,7 +434,7 @@ def test_a_resume_that_fails_leaves_the_trial_paused(
 def test_a_start_whose_supervisor_cannot_start_raises_trial_launch_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import localbackend._processes as processes
+    import localbackend.launchers.local._client as processes
 
     script = _script(tmp_path, "done.py", COMPLETES)
     with LocalBackend(script, experiment_dir=tmp_path / "exp") as backend:

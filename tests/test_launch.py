@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from localbackend import BackendConfigurationError, ConfigError, LocalBackendError
-from localbackend._launch import (
+from localbackend._paths import TrialPaths
+from localbackend.core._command import (
     LaunchSpec,
     build_launch_spec,
     check_entry_point,
     normalize_config,
     parse_binary,
 )
-from localbackend._paths import TrialPaths
 
 AWKWARD_VALUES = [
     "a 0",

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 
 from localbackend import LocalBackend, Status
-from localbackend._journal import load_state
 from localbackend._paths import TrialPaths
-from localbackend._storage import has_checkpoint
 from localbackend._types import TrialResult
+from localbackend.core._journal import load_state
+from localbackend.core._storage import has_checkpoint
 from tests.crash_helpers import alive, kill_pids, wait_gone
 from tests.helpers import collect, drain, format_logs, script, wait_for, wait_not_busy
 

@@ -14,7 +14,7 @@ import orjson
 
 from .._errors import LocalBackendError
 from .._paths import TunerPaths
-from .._storage import atomic_write_json
+from ..core._storage import atomic_write_json
 
 __all__ = [
     "EXIT_FAILED",
@@ -133,7 +133,7 @@ def driver_identity() -> dict[str, Any]:
     """Who runs this tune, for display only.
 
     Whether it still runs is asked of the experiment lock
-    (``localbackend._lock.experiment_is_held``), never of this PID, which
+    (``localbackend.core._lock.experiment_is_held``), never of this PID, which
     may have been reused.
     """
     import psutil

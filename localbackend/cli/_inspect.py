@@ -16,9 +16,9 @@ from typing import Any, Optional
 import orjson
 
 from .. import Status
-from .._lock import experiment_is_held
 from .._paths import ExperimentPaths
 from .._types import FINISHED_STATUSES
+from ..core._lock import experiment_is_held
 from ._common import (
     EXIT_FAILED,
     CliError,
@@ -255,7 +255,7 @@ def _trial_over(files: TunerPaths, trial_id: int) -> bool:
 
 
 def _keeper_alive(run_record: Path) -> bool:
-    from .._table import process_matches
+    from ..core._table import process_matches
 
     run = read_json(run_record)
     if not isinstance(run, dict) or not run.get("keeper"):

@@ -9,7 +9,7 @@ import math
 import time
 from typing import Any, Optional
 
-from .._storage import atomic_write_bytes
+from ..core._storage import atomic_write_bytes
 from ._common import (
     TunerPaths,
     append_jsonl,

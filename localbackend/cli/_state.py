@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from .._storage import atomic_write_bytes
+from ..core._storage import atomic_write_bytes
 from ._common import TunerPaths
 
 # The journal is folded into a new snapshot once it is larger than the

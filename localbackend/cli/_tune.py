@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import LocalBackend
-from .._lock import experiment_is_held
 from .._paths import default_experiment_dir
+from ..core._lock import experiment_is_held
 from ._common import (
     TUNER_FORMAT_VERSION,
     CliError,

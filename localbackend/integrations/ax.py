@@ -63,10 +63,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .._backend import LocalBackend
 from .._paths import ExperimentPaths, TrialPaths
-from .._results import ResultsReader
 from .._types import Status
+from ..core._backend import LocalBackend
+from ..core._results import ResultsReader
 from ._common import (
     DEFAULT_STEP_KEY,
     IntegrationError,

@@ -32,8 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .._backend import LocalBackend
 from .._types import Status
+from ..core._backend import LocalBackend
 from ._common import (
     DEFAULT_STEP_KEY,
     WAIT_SECONDS,

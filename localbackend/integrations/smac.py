@@ -35,8 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from .._backend import LocalBackend
 from .._types import Status
+from ..core._backend import LocalBackend
 from ._common import WAIT_SECONDS, IntegrationError, check_count, metric_value, missing_library
 
 try:

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import _types
-from .._backend import LocalBackend
 from .._types import FINISHED_STATUSES
+from ..core._backend import LocalBackend
 from ._common import missing_library
 
 try:

@@ -22,14 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from ._errors import SupervisorError
-from ._launch import LaunchSpec
-from ._paths import TrialPaths
+from ..._errors import SupervisorError
+from ..._paths import TrialPaths
+from ...core._command import LaunchSpec
 from ._proctable import boot_time, create_time
 
 _BOOTSTRAP = (
     "import sys; sys.path.insert(0, sys.argv.pop(2)); "
-    "from localbackend._supervisor import main; main()"
+    "from localbackend.launchers.local._supervisor import main; main()"
 )
 
 

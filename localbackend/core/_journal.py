@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from ._errors import ExperimentError
-from ._paths import ExperimentPaths
+from .._errors import ExperimentError
+from .._paths import ExperimentPaths
 from ._storage import atomic_write_json
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ._errors import BackendConfigurationError
+from .._errors import BackendConfigurationError
 
 
 def check_grace_period(grace_period: object) -> float:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from ._errors import (
+from .._errors import (
     BackendConfigurationError,
     CheckpointCopyError,
     ExperimentError,
@@ -25,20 +25,21 @@ from ._errors import (
     TrialLaunchError,
     TrialNotFoundError,
 )
-from ._gpus import GpuAllocator, detect_gpus
-from ._journal import Journal, empty_state
-from ._launch import (
+from .._paths import ExperimentPaths, TrialPaths, default_experiment_dir
+from .._types import FINISHED_STATUSES, Status, Trial, TrialResult
+from ..launchers.local._client import SupervisorClient, wait_readable
+from ._command import (
     build_launch_spec,
     check_entry_point,
     normalize_config,
     parse_binary,
     resolve_program,
 )
+from ._gpus import GpuAllocator, detect_gpus
+from ._journal import Journal, empty_state
 from ._lock import ExperimentLock
 from ._notify import FileWatcher
 from ._options import check_env, check_experiment_dir, check_gpu_counts, check_grace_period
-from ._paths import ExperimentPaths, TrialPaths, default_experiment_dir
-from ._processes import SupervisorClient, wait_readable
 from ._results import read_log_text
 from ._storage import (
     atomic_write_json,
@@ -48,7 +49,6 @@ from ._storage import (
 )
 from ._table import TrialTable, process_matches
 from ._trials import TrialRecord
-from ._types import FINISHED_STATUSES, Status, Trial, TrialResult
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 
-from ._errors import BackendConfigurationError
+from .._errors import BackendConfigurationError
 
 
 def detect_gpus(environ: Mapping[str, str]) -> list[str]:

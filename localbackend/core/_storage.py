@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 
-from . import _protocol as proto
-from ._files import atomic_write_bytes as atomic_write_bytes
-from ._files import (
+from .. import _protocol as proto
+from .._files import atomic_write_bytes as atomic_write_bytes
+from .._files import (
     checkpoint_folder_name,
     delete_folder_atomically,
     fsync_directory,
@@ -19,7 +19,7 @@ from ._files import (
     published_checkpoints,
     temporary_checkpoint_name,
 )
-from ._paths import TrialPaths
+from .._paths import TrialPaths
 
 
 class CheckpointFolderError(OSError):

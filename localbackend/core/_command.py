@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _protocol as proto
-from ._errors import BackendConfigurationError, ConfigError, EntryPointError
-from ._paths import TrialPaths
+from .. import _protocol as proto
+from .._errors import BackendConfigurationError, ConfigError, EntryPointError
+from .._paths import TrialPaths
 
 # An option name a script's argparse can declare: no spaces, no leading dash,
 # nothing a shell or argparse would read differently. Use it with fullmatch.

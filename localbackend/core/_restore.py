@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._files import count_lines, file_size, read_json_object
+from .._files import count_lines, file_size, read_json_object
+from .._paths import ExperimentPaths
+from .._types import Status
 from ._journal import Journal, load_state, new_trial
-from ._paths import ExperimentPaths
 from ._table import process_matches
 from ._trials import TrialRecord
-from ._types import Status
 
 if TYPE_CHECKING:
     from ._backend import LocalBackend

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from . import _protocol as proto
+from .. import _protocol as proto
 
 logger = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from typing import Any
 
 import orjson
 
-from ._errors import ExperimentError, ExperimentLockedError
-from ._paths import ExperimentPaths
+from .._errors import ExperimentError, ExperimentLockedError
+from .._paths import ExperimentPaths
 from ._storage import atomic_write_json
 
 # The holder of each lock file taken by this process, by the lock file's

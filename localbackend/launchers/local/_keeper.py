@@ -21,15 +21,15 @@ import signal
 import time
 from typing import Any
 
-from ._files import (
+from ..._files import (
     atomic_write_bytes,
     count_lines,
     delete_folder,
     file_size,
     read_json_object,
 )
+from ..._protocol import ENV_ITERATION_START
 from ._proctable import create_time, descendants
-from ._protocol import ENV_ITERATION_START
 
 # Grace period used when the driver has died: trees must be gone within ~2 s.
 ORPHAN_GRACE_SECONDS = 0.8

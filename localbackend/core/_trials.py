@@ -10,10 +10,10 @@ from typing import Any, Optional
 
 import orjson
 
+from .._paths import TrialPaths
+from .._types import Status, Trial
 from ._journal import Journal
-from ._paths import TrialPaths
 from ._results import ResultsReader, TuneMetricReader
-from ._types import Status, Trial
 
 STDERR_TAIL_LINES = 20
 

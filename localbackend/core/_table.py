@@ -15,14 +15,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import _protocol as proto
-from ._files import count_lines, read_json_object
+from .. import _protocol as proto
+from .._files import count_lines, read_json_object
+from .._types import Status, Trial
+from ..launchers.local._client import SupervisorClient
 from ._gpus import GpuAllocator
 from ._notify import FileWatcher
-from ._processes import SupervisorClient
 from ._storage import delete_checkpoint_folder
 from ._trials import TrialRecord
-from ._types import Status, Trial
 
 
 class TrialTable:

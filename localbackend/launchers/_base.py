@@ -1,0 +1,241 @@
+"""What the backend needs from wherever trials run: the ``Launcher`` interface.
+
+The backend decides what runs (which trial, which config, which GPUs, when
+to stop it) and keeps the trial table; a launcher makes runs happen on some
+host and reports how they go. Everything crosses this seam as data: a
+``RunSpec`` describes a run to start, and typed ``RunEvent`` values come back
+(started, exited, could not start, lost). The backend never sees a PID or a
+pipe; those are the launcher's business.
+
+A launcher is single-use: one backend opens it, and ``shutdown`` ends it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .._paths import TrialPaths
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a trial, as data.
+
+    ``argv`` is the template of the command: its first word is a program
+    name or path that the launcher resolves on the host that runs it (an
+    empty binary makes it the entry point itself). ``env`` holds only what
+    localbackend sets, over the environment the host's launcher inherits.
+    ``gpus`` are the device ids the backend chose among ``gpu_devices()``.
+    """
+
+    trial_id: int
+    run: int
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: Path
+    paths: TrialPaths
+    grace_period: float
+    gpus: tuple[str, ...] = ()
+    # The keeper deletes the checkpoints of a run that completes on its own
+    # (exit 0, no stop asked for): ``delete_checkpoints=True``.
+    delete_checkpoints_on_completion: bool = False
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """How to find a run again, from another driver after a restore.
+
+    ``pid`` and ``create_time`` name the trial's main process; ``keeper``
+    and ``keeper_create_time`` the process that supervises its tree. A PID
+    is only trusted together with its start time, so a reused one is never
+    taken for the run.
+    """
+
+    trial_id: int
+    run: int
+    pid: int
+    create_time: float
+    keeper: int
+    keeper_create_time: float
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """The run's main process is running."""
+
+    trial_id: int
+    run: int
+    handle: RunHandle
+
+
+@dataclass(frozen=True)
+class RunExited:
+    """The run's whole process tree is gone.
+
+    ``offsets`` are the sizes of ``results``, ``stdout`` and ``stderr`` when
+    the tree was gone: everything the run wrote lies before them.
+    ``terminated_by`` says why the tree was ended: ``None`` (it ended on its
+    own), ``"request"`` (pause or stop), ``"leftovers"`` (the main process
+    had exited and left descendants), ``"driver_lost"`` or
+    ``"supervisor_lost"``.
+    """
+
+    trial_id: int
+    run: int
+    returncode: Optional[int]
+    signal: Optional[str]
+    terminated_by: Optional[str]
+    time: float
+    offsets: Mapping[str, int] = field(default_factory=dict)
+
+    def as_record(self) -> dict[str, Any]:
+        """The form written to ``exit.json`` and the journal."""
+        return {
+            "trial": self.trial_id, "run": self.run, "returncode": self.returncode,
+            "signal": self.signal, "terminated_by": self.terminated_by, "time": self.time,
+            "offsets": dict(self.offsets),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RunExited:
+        return cls(
+            trial_id=int(record["trial"]), run=int(record["run"]),
+            returncode=record.get("returncode"), signal=record.get("signal"),
+            terminated_by=record.get("terminated_by"), time=float(record.get("time") or 0.0),
+            offsets={k: int(v) for k, v in (record.get("offsets") or {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class RunNotStarted:
+    """The run never started: its process could not be started, or it was cancelled.
+
+    ``cancelled`` runs were queued behind an earlier run of the trial and
+    dropped by a stop; they are not failures.
+    """
+
+    trial_id: int
+    run: int
+    reason: str
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class RunLost:
+    """What supervised the run is gone; its tree has been or is being killed."""
+
+    trial_id: int
+    run: int
+    reason: str
+    signal: Optional[str] = "SIGKILL"
+
+
+RunEvent = Union[RunStarted, RunExited, RunNotStarted, RunLost]
+
+
+@dataclass(frozen=True)
+class LauncherCapabilities:
+    """What a launcher can do, which decides how the backend uses it.
+
+    ``detach``: runs can outlive the driver and be re-attached after a
+    restore. ``local_files``: the trials write to a filesystem of this host,
+    so inotify and the ``stat`` shortcut of the result readers are reliable;
+    otherwise results are read in poll mode. ``host_gpus``: ``gpu_devices()``
+    lists the GPUs of the host that runs the trials, for the backend to hand
+    out.
+    """
+
+    detach: bool
+    local_files: bool
+    host_gpus: bool
+
+
+class Launcher(ABC):
+    """Starts, ends and watches the runs of trials on behalf of one backend."""
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> LauncherCapabilities:
+        """What this launcher can do."""
+
+    @abstractmethod
+    def open(self, *, detach: bool, on_session: Callable[[dict[str, Any]], None]) -> None:
+        """Get ready to start runs (lazily: nothing may start before the first ``start``).
+
+        ``on_session`` is called with a JSON-able description of each new
+        session (for the local launcher, each supervisor process), which the
+        backend journals so that a restore can wait for it to end.
+        """
+
+    @abstractmethod
+    def start(self, spec: RunSpec) -> None:
+        """Start a run, or queue it behind a run of the same trial still ending.
+
+        Returns at once. Raises ``OSError`` or a ``LocalBackendError`` if the
+        request could not be handed over; then nothing was started.
+        """
+
+    @abstractmethod
+    def terminate(self, trial_id: int, run: int) -> None:
+        """End a run's whole tree: SIGTERM now, SIGKILL after its grace period.
+
+        Returns at once and never blocks; a run that has already ended, or
+        is unknown, is ignored.
+        """
+
+    @abstractmethod
+    def events(self) -> list[RunEvent]:
+        """Every event that has arrived since the last call, without blocking."""
+
+    @abstractmethod
+    def fileno(self) -> Optional[int]:
+        """A descriptor that becomes readable when events may be waiting, or None to poll."""
+
+    @abstractmethod
+    def is_alive(self, handle: RunHandle) -> bool:
+        """Whether the run's supervising process still runs (its tree may too)."""
+
+    @abstractmethod
+    def attach(self, handle: RunHandle, paths: TrialPaths) -> None:
+        """Follow a run started by an earlier driver (detach mode, after a restore).
+
+        Its end is reported by ``events`` like any other, and ``terminate``
+        reaches it.
+        """
+
+    @abstractmethod
+    def wait_for_session_end(self, session: Mapping[str, Any], timeout: float) -> None:
+        """Wait until an earlier driver's session (see ``open``) has ended its runs.
+
+        After ``timeout`` seconds the session is ended by force.
+        """
+
+    @abstractmethod
+    def gpu_devices(self, env: Mapping[str, str]) -> list[str]:
+        """The GPUs of the host that runs the trials (with ``env`` over its environment)."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """End every run (with its grace period) and release everything held."""
+
+    def let_go(self) -> None:
+        """Release the launcher's resources but leave detached runs running."""
+        self.shutdown()
+
+
+__all__ = [
+    "Launcher",
+    "LauncherCapabilities",
+    "RunEvent",
+    "RunExited",
+    "RunHandle",
+    "RunLost",
+    "RunNotStarted",
+    "RunSpec",
+    "RunStarted",
+]
