@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from localbackend import BackendConfigurationError, LocalBackend, Status
-from localbackend.core._gpus import GpuAllocator, detect_gpus
+from localbackend.core._gpus import GpuAllocator
+from localbackend.launchers.local._gpus import detect_gpus
 from tests.helpers import collect, script, until_status, wait_for_trial_file, wait_not_busy
 
 GRACE = 0.5

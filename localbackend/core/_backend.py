@@ -27,15 +27,16 @@ from .._errors import (
 )
 from .._paths import ExperimentPaths, TrialPaths, default_experiment_dir
 from .._types import FINISHED_STATUSES, Status, Trial, TrialResult
-from ..launchers.local._client import SupervisorClient, wait_readable
+from ..launchers._base import Launcher, RunSpec
+from ..launchers.local._client import wait_readable
 from ._command import (
+    ENV_DEFAULTS,
     build_launch_spec,
     check_entry_point,
     normalize_config,
     parse_binary,
-    resolve_program,
 )
-from ._gpus import GpuAllocator, detect_gpus
+from ._gpus import GpuAllocator
 from ._journal import Journal, empty_state
 from ._lock import ExperimentLock
 from ._notify import FileWatcher
@@ -47,7 +48,7 @@ from ._storage import (
     delete_checkpoint_folder,
     has_checkpoint,
 )
-from ._table import TrialTable, process_matches
+from ._table import TrialTable
 from ._trials import TrialRecord
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class LocalBackend:
         detach: Let trials keep running when the driver dies (by default
             every trial's process tree ends within about a second of the
             driver's death); ``restore`` re-attaches to them.
+        launcher: Where the trials run: a ``localbackend.launchers.Launcher``.
+            Defaults to a ``LocalLauncher``, which runs them on this machine.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class LocalBackend:
         num_gpus_per_trial: int = 1,
         gpus_to_use: Sequence[int] | None = None,
         detach: bool = False,
+        launcher: Launcher | None = None,
     ) -> None:
         self._configure(
             entry_point=entry_point, binary=binary, pass_args_as_json=pass_args_as_json,
@@ -119,7 +123,7 @@ class LocalBackend:
             root = default_experiment_dir()
         self._paths = ExperimentPaths(root)
         self._created = False
-        self._setup_runtime()
+        self._setup_runtime(launcher)
 
     def _configure(
         self,
@@ -159,20 +163,35 @@ class LocalBackend:
         self._detach = bool(detach)
         self._cwd = cwd
 
-    def _setup_runtime(self) -> None:
+    def _setup_runtime(self, launcher: Launcher | None) -> None:
         """The parts that live only as long as this driver process."""
-        self._supervisor = SupervisorClient(detach=self._detach, on_start=self._supervisor_started)
+        if launcher is None:
+            from ..launchers.local._launcher import LocalLauncher
+
+            launcher = LocalLauncher()
+        if self._detach and not launcher.capabilities.detach:
+            raise BackendConfigurationError(
+                "detach", True, f"is not supported by {type(launcher).__name__}",
+                "Use detach=False with this launcher.",
+            )
+        self._launcher = launcher
+        launcher.open(detach=self._detach, on_session=self._session_started)
         self._watcher: FileWatcher | None = None
-        self._table = TrialTable(self._supervisor, self._allocator, self._file_watcher)
+        self._table = TrialTable(launcher, self._allocator, self._file_watcher)
         self._table.delete_checkpoints = self.delete_checkpoints
         self._journal: Journal | None = None
         self._experiment_lock = ExperimentLock(self._paths)
         self._lock = _BackendLock(self._paths.root)
 
-    def _supervisor_started(self, pid: int, start_time: float) -> None:
-        # A restore waits for this process to end before it trusts the folder.
+    def _session_started(self, session: dict[str, Any]) -> None:
+        # A restore waits for this session to end before it trusts the folder.
         if self._journal is not None:
-            self._journal.append("supervisor", pid=pid, create_time=start_time)
+            self._journal.append("supervisor", **session)
+
+    @property
+    def _supervisor(self) -> Any:
+        """The local launcher's supervisor client, for debugging; None for other launchers."""
+        return getattr(self._launcher, "client", None)
 
     def _options(self) -> dict[str, Any]:
         """Constructor arguments, as stored in the experiment folder for ``restore``."""
@@ -247,11 +266,6 @@ class LocalBackend:
     def _check_entry_point_still_there(self) -> None:
         check_entry_point(self._entry_point, must_be_executable=not self._binary)
 
-    @property
-    def _executable(self) -> str:
-        """What ``posix_spawn`` runs: the binary's program, or the entry point itself."""
-        return resolve_program(self._binary[0]) if self._binary else str(self._entry_point)
-
     def set_path(self, results_root: str | None = None, tuner_name: str | None = None) -> None:
         """Move the experiment to ``results_root``; only before a trial has started."""
         if results_root is None:
@@ -314,7 +328,7 @@ class LocalBackend:
                     self._copy_checkpoint(int(checkpoint_trial_id), trial_id)
                 atomic_write_json(paths.config, clean)
                 self._prepare_files(paths)
-                self._supervisor.ensure_started()
+                self._launcher.ensure_ready()
             except (OSError, LocalBackendError) as err:
                 # Leave no half-made trial behind: the id is not used.
                 if not existed:
@@ -322,7 +336,10 @@ class LocalBackend:
                 if isinstance(err, LocalBackendError) and not isinstance(err, SupervisorError):
                     raise
                 raise self._launch_error(trial_id, err) from err
-            record = TrialRecord.new(trial_id, clean, paths, self._journal)
+            record = TrialRecord.new(
+                trial_id, clean, paths, self._journal,
+                poll=not self._launcher.capabilities.local_files,
+            )
             self._table.records.append(record)
             record.log(
                 "trial", config=clean, time=record.creation_time.timestamp(),
@@ -419,29 +436,29 @@ class LocalBackend:
                 entry_point=self._entry_point,
                 config=record.config,
                 pass_args_as_json=self.pass_args_as_json,
-                inherited_env=os.environ,
+                inherited_env={},  # the launcher's host environment goes under it
                 env_overrides=self._env,
                 gpus=gpus,
                 iteration_start=record.iterations,
                 run_start_time=run_start,
                 cwd=self._cwd,
             )
-            shown_env = {
-                key: value
-                for key, value in spec.env.items()
-                if key.startswith("LOCALBACKEND_") or key in self._env
-                or key == "CUDA_VISIBLE_DEVICES"
+            overrides = {
+                key: value for key, value in spec.env.items()
+                if key not in ENV_DEFAULTS or key in self._env
             }
             atomic_write_json(
                 paths.command,
-                {"run": run, "argv": list(spec.argv), "cwd": str(spec.cwd), "env": shown_env},
+                {"run": run, "argv": list(spec.argv), "cwd": str(spec.cwd), "env": overrides},
             )
             record.log("launch", run=run, time=run_start, gpus=gpus)
             logged = True
-            self._supervisor.spawn(
-                record.trial_id, run, spec, self._executable, paths, self._grace_period,
-                delete_on_completion=self.delete_checkpoints,
-            )
+            self._launcher.start(RunSpec(
+                trial_id=record.trial_id, run=run, argv=spec.argv, env=overrides,
+                cwd=spec.cwd, paths=paths, grace_period=self._grace_period, gpus=tuple(gpus),
+                env_defaults=ENV_DEFAULTS,
+                delete_checkpoints_on_completion=self.delete_checkpoints,
+            ))
         except (OSError, LocalBackendError) as err:
             if held_before is None:
                 allocator.release(record.trial_id)
@@ -450,18 +467,12 @@ class LocalBackend:
             if logged:
                 record.log("launch_failed", run=run)
             raise self._launch_error(record.trial_id, err) from err
-        record.gpus = gpus
-        record.runs += 1
-        record.alive_runs.add(run)
-        record.accepting = True
-        record.run_start_time = run_start
-        record.exit_code = record.exit_signal = None
-        record.stderr_tail = ""
-        record.training_end_time = None
+        record.launched(run, run_start, gpus)
         self._table.live.add(record.trial_id)
-        watcher = self._file_watcher()
-        watcher.watch(paths.results)
-        watcher.watch(paths.stdout)
+        if self._launcher.capabilities.local_files:
+            watcher = self._file_watcher()
+            watcher.watch(paths.results)
+            watcher.watch(paths.stdout)
         record.set_status(Status.in_progress, reason=reason)
 
     def _launch_error(self, trial_id: int, err: BaseException) -> TrialLaunchError:
@@ -516,10 +527,8 @@ class LocalBackend:
             self._table.stop_accepting(record)
             record.set_status(status, reason=reason)
             current = record.runs - 1
-            if current in record.attached:
-                _signal_keeper(*record.attached[current])
-            elif current in record.alive_runs:
-                self._supervisor.terminate(record.trial_id, current)
+            if current in record.alive_runs:
+                self._launcher.terminate(record.trial_id, current)
 
     def stop_all(self) -> None:
         """Stop every running trial and wait until all their processes are gone."""
@@ -556,7 +565,7 @@ class LocalBackend:
 
     def _release_runtime(self) -> None:
         """End the supervisor, then fold the journal into the snapshot and free the folder."""
-        self._supervisor.shutdown()
+        self._launcher.shutdown()
         self._table.pump()
         if self._watcher is not None:
             self._watcher.close()
@@ -597,7 +606,7 @@ class LocalBackend:
                 self._wait_for_every_run()
                 self._release_runtime()
             else:
-                self._supervisor.close_pipes()
+                self._launcher.let_go()
                 if self._watcher is not None:
                     self._watcher.close()
                     self._watcher = None
@@ -680,9 +689,18 @@ class LocalBackend:
             self._sleep_until_event(remaining)
 
     def _sleep_until_event(self, seconds: float) -> None:
-        notify_fd = self._file_watcher().fileno()
-        fds = [fd for fd in (self._supervisor.events_fd, notify_fd) if fd >= 0]
-        cap = _MAX_SLEEP_WITH_NOTIFY if notify_fd >= 0 else _MAX_SLEEP_POLLING
+        """Sleep until the launcher or a trial's files have news, or ``seconds`` pass.
+
+        Without a descriptor to wait on (no inotify, a launcher that can only
+        be polled, runs of an earlier driver followed by polling), the sleep
+        is capped so that news is seen within a short interval.
+        """
+        local = self._launcher.capabilities.local_files
+        notify_fd = self._file_watcher().fileno() if local else -1
+        launcher_fd = self._launcher.fileno()
+        fds = [fd for fd in (launcher_fd, notify_fd) if fd is not None and fd >= 0]
+        watched = notify_fd >= 0 and launcher_fd is not None
+        cap = _MAX_SLEEP_WITH_NOTIFY if watched else _MAX_SLEEP_POLLING
         timeout = max(0.0, min(seconds, cap))
         if fds:
             wait_readable(fds, timeout)
@@ -872,7 +890,9 @@ class LocalBackend:
     # -- restore and pickling ------------------------------------------------
 
     @classmethod
-    def restore(cls, experiment_dir: str | os.PathLike[str]) -> LocalBackend:
+    def restore(
+        cls, experiment_dir: str | os.PathLike[str], *, launcher: Launcher | None = None
+    ) -> LocalBackend:
         """Rebuild the backend of an experiment whose driver ended, even by SIGKILL.
 
         Every trial comes back with its status and config. Results the old
@@ -880,11 +900,13 @@ class LocalBackend:
         delivered are delivered once by the next ``fetch_status_results``.
         Trials that were running come back ``Paused`` and resume from their
         latest checkpoint, unless the experiment runs in detach mode, where
-        trials still running are re-attached and keep streaming.
+        trials still running are re-attached and keep streaming. ``launcher``
+        is where the trials run, as for the constructor (a ``LocalLauncher``
+        by default).
         """
         from ._restore import restore_backend
 
-        return restore_backend(cls, Path(experiment_dir).expanduser().absolute())
+        return restore_backend(cls, Path(experiment_dir).expanduser().absolute(), launcher)
 
     def __getstate__(self) -> dict[str, Any]:
         # A pickle (Syne Tune's Tuner saves itself with dill) carries only the
@@ -926,9 +948,7 @@ class LocalBackend:
         if self._num_gpus is not None:
             devices = [str(index) for index in range(self._num_gpus)]
         else:
-            inherited = dict(os.environ)
-            inherited.update(self._env)
-            devices = detect_gpus(inherited)
+            devices = self._launcher.gpu_devices(self._env)
         return GpuAllocator(devices, self._gpus_to_use, self._num_gpus_per_trial)
 
     def _allocator(self) -> GpuAllocator:
@@ -987,14 +1007,3 @@ def _launch_hint(err: OSError) -> str:
     if err.errno == errno.ENOSPC:
         return "The disk is full: free some space and start the trial again."
     return "Check that the experiment folder is writable and start the trial again."
-
-
-def _signal_keeper(keeper: int, keeper_created: float) -> None:
-    """Ask a keeper from an earlier driver to end its trial (SIGTERM, then grace)."""
-    import signal
-
-    if process_matches(keeper, keeper_created):
-        try:
-            os.kill(keeper, signal.SIGTERM)
-        except ProcessLookupError:
-            pass

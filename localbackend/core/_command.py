@@ -26,6 +26,10 @@ from .._paths import TrialPaths
 # nothing a shell or argparse would read differently. Use it with fullmatch.
 OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _RESERVED_KEYS = frozenset({proto.ST_CHECKPOINT_DIR_ARG, proto.ST_CONFIG_JSON_ARG})
+# Set in every trial's environment unless it already has them. Unbuffered
+# output makes a Python trial's prints and [tune-metric] lines reach the log
+# as they happen, as they would in a terminal.
+ENV_DEFAULTS = {"PYTHONUNBUFFERED": "1"}
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,6 @@ def build_launch_spec(
     env[proto.ENV_RUN_START_TIME] = repr(run_start_time)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpus)
-    # Unbuffered output makes a Python trial's prints and [tune-metric] lines
-    # reach the log as they happen, as they would in a terminal.
-    env.setdefault("PYTHONUNBUFFERED", "1")
+    for key, value in ENV_DEFAULTS.items():
+        env.setdefault(key, value)
     return LaunchSpec(argv=tuple(argv), env=env, cwd=cwd)

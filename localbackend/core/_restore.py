@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from .._files import count_lines, file_size, read_json_object
 from .._paths import ExperimentPaths
 from .._types import Status
+from ..launchers._base import Launcher, RunExited, RunHandle
 from ._journal import Journal, load_state, new_trial
-from ._table import process_matches
 from ._trials import TrialRecord
 
 if TYPE_CHECKING:
@@ -23,7 +22,9 @@ if TYPE_CHECKING:
 _ORPHAN_WAIT_MARGIN = 5.0
 
 
-def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
+def restore_backend(
+    cls: type[LocalBackend], root: Path, launcher: Launcher | None
+) -> LocalBackend:
     state = load_state(root)
     options: dict[str, Any] = state["options"]
     backend = cls.__new__(cls)
@@ -43,7 +44,7 @@ def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
     )
     backend._paths = ExperimentPaths(root)
     backend._created = True
-    backend._setup_runtime()
+    backend._setup_runtime(launcher)
     backend._acquire_experiment(take_over=True)
     try:
         # Re-read under the lock: the old driver may have written until now.
@@ -56,8 +57,8 @@ def restore_backend(cls: type[LocalBackend], root: Path) -> LocalBackend:
         if supervisor and not backend._detach:
             # It ends every trial tree and then exits once the driver is gone;
             # until then a trial may still be writing.
-            _wait_for_exit(
-                int(supervisor["pid"]), float(supervisor["create_time"]), backend._grace_period
+            backend._launcher.wait_for_session_end(
+                supervisor, backend._grace_period + _ORPHAN_WAIT_MARGIN
             )
         for saved in _every_trial(backend, state["trials"]):
             _restore_trial(backend, saved, journal)
@@ -96,8 +97,6 @@ def _every_trial(backend: LocalBackend, trials: dict[str, Any]) -> list[dict[str
     ]
 
 
-# A keeper process, by PID and start time.
-_Keeper = tuple[int, float]
 
 
 def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journal) -> None:
@@ -111,6 +110,7 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
         backend._paths.trial(trial_id),
         journal,
         creation_time=datetime.datetime.fromtimestamp(saved["creation_time"]),
+        poll=not backend._launcher.capabilities.local_files,
     )
     backend._table.records.append(record)
     record.status = saved.get("status") or Status.in_progress
@@ -121,7 +121,7 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
     record.stdout_reader.offset = int(delivered["stdout"])
     record.iterations = int(delivered["iterations"])
     if not runs:
-        record.accepting = False
+        record.interrupted()
         record.set_status(Status.paused, reason="restored: the trial had not been launched")
         return
     last = runs[-1]
@@ -136,9 +136,9 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
     ended = last if last.get("state") == "exited" else None
     keeper = None
     if ended is None:
-        keeper = _live_keeper(known)
+        keeper = _live_keeper(backend._launcher, trial_id, run, known)
         if keeper is not None and not backend._detach:
-            _wait_for_exit(*keeper, backend._grace_period)
+            backend._launcher.wait_for_run_end(keeper, backend._grace_period + _ORPHAN_WAIT_MARGIN)
             keeper = None
         if keeper is None:
             exit_status = read_json_object(record.paths.exit_status)
@@ -151,7 +151,9 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
         (entry, found)
         for entry in (runs[:-1] if backend._detach else [])
         if entry.get("state") != "exited"
-        and (found := _live_keeper(_what_is_known(entry, run_file))) is not None
+        and (found := _live_keeper(
+            backend._launcher, trial_id, int(entry["run"]), _what_is_known(entry, run_file)
+        )) is not None
     ]
     _restore_delivery(backend, record, saved, started, ended, keeper)
     # Attached last: their output is never delivered, and while they are
@@ -169,7 +171,7 @@ def _restore_delivery(
     saved: dict[str, Any],
     started: dict[str, Any] | None,
     ended: dict[str, Any] | None,
-    keeper: _Keeper | None,
+    keeper: RunHandle | None,
 ) -> None:
     """Set what is still owed of the trial's output, and follow its last run if it lives.
 
@@ -186,8 +188,7 @@ def _restore_delivery(
             # wrote after that, before this run started, never is.
             earlier = runs[-2].get("accept_until")
             if earlier is not None:
-                record.accepting = True
-                table.ingest(record, limits=earlier)
+                table.ingest(record, limits=earlier, owed=True)
             if started is not None:
                 _skip_to(record, started.get("start_offsets"))
             elif ended is None and keeper is None:
@@ -196,18 +197,18 @@ def _restore_delivery(
                 # This run started after the earlier one had ended, so its
                 # output begins at or after the earlier run's exit offsets.
                 _skip_to(record, runs[-2].get("offsets"))
-        record.alive_runs.add(run)
-        record.accepting = True
         if keeper is not None:
             _attach(backend, record, run, keeper, runs[-1].get("gpus"), streaming=True)
         elif ended is not None:
-            table.run_exited(record, run, ended)
+            record.following(run, accepted=True)
+            table.run_exited(record, RunExited.from_record(ended))
         else:
             # The run's keeper was killed before it could record an exit:
             # everything the trial wrote came before any pause decision.
+            record.following(run, accepted=True)
             table.ingest(record, final=True)
-            record.accepting = False
-            record.alive_runs.discard(run)
+            record.interrupted()
+            record.run_gone(run)
             # Where acceptance ended, so that a second restore still owes
             # what was read here and not yet delivered.
             _log_accept_until(record)
@@ -222,9 +223,8 @@ def _restore_delivery(
     # the decision and not yet delivered, and nothing after it.
     accept_until = saved.get("accept_until")
     if accept_until is not None:
-        record.accepting = True
-        table.ingest(record, limits=accept_until, final=ended is not None)
-    record.accepting = False
+        table.ingest(record, limits=accept_until, final=ended is not None, owed=True)
+    record.interrupted()
     if keeper is not None:
         # Still ending after the decision (detach mode). Its later output is
         # counted, not delivered, when its end is noticed (run_exited).
@@ -247,19 +247,26 @@ def _what_is_known(entry: dict[str, Any], run_file: dict[str, Any] | None) -> di
     return {}
 
 
-def _live_keeper(known: dict[str, Any]) -> _Keeper | None:
-    """The run's keeper, if it is still the process it was."""
-    pid, created = known.get("keeper"), known.get("keeper_create_time")
-    if not pid or not process_matches(int(pid), float(created or 0.0)):
+def _live_keeper(
+    launcher: Launcher, trial_id: int, run: int, known: dict[str, Any]
+) -> RunHandle | None:
+    """The run, if what supervises it is still the process it was."""
+    if not known.get("keeper"):
         return None
-    return int(pid), float(created or 0.0)
+    handle = RunHandle(
+        trial_id, run, pid=int(known.get("pid") or 0),
+        create_time=float(known.get("create_time") or 0.0), keeper=int(known["keeper"]),
+        keeper_create_time=float(known.get("keeper_create_time") or 0.0),
+        host=str(known.get("host") or ""),
+    )
+    return handle if launcher.is_alive(handle) else None
 
 
 def _attach(
     backend: LocalBackend,
     record: TrialRecord,
     run: int,
-    keeper: _Keeper,
+    handle: RunHandle,
     gpus: list[str] | None,
     *,
     streaming: bool,
@@ -272,40 +279,20 @@ def _attach(
     the old driver died before the request reached its supervisor, so that a
     resume waiting for it waits at most the grace period.
     """
-    record.alive_runs.add(run)
-    record.attached[run] = keeper
+    record.following(run, accepted=streaming, attached=True)
+    backend._launcher.attach(handle, record.paths)
     if gpus:
         # Taken until the run ends: run_gone releases them.
         backend._allocator().hold(record.trial_id, gpus)
         record.gpus = list(gpus)
     if streaming:
-        watcher = backend._file_watcher()
-        watcher.watch(record.paths.results)
-        watcher.watch(record.paths.stdout)
+        if backend._launcher.capabilities.local_files:
+            watcher = backend._file_watcher()
+            watcher.watch(record.paths.results)
+            watcher.watch(record.paths.stdout)
     else:
-        _ask_to_end(keeper)
-
-
-def _ask_to_end(keeper: _Keeper) -> None:
-    """SIGTERM a keeper of an earlier driver: it ends its tree within the grace period.
-
-    A keeper already ending its tree keeps its first deadline.
-    """
-    if process_matches(*keeper):
-        try:
-            os.kill(keeper[0], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-
-
-def _wait_for_exit(pid: int, created: float, grace: float) -> None:
-    """Wait for a dead driver's supervisor or keeper to finish ending trial trees."""
-    deadline = time.monotonic() + grace + _ORPHAN_WAIT_MARGIN
-    while process_matches(pid, created) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if process_matches(pid, created):
-        # Its keepers get SIGUSR2 from the kernel and end their trees.
-        os.kill(pid, signal.SIGKILL)
+        # A keeper already ending its tree keeps its first deadline.
+        backend._launcher.terminate(record.trial_id, run)
 
 
 def _log_accept_until(record: TrialRecord) -> None:

@@ -1,10 +1,10 @@
-"""The trial table at run time: apply process events, read and deliver results.
+"""The trial table at run time: apply run events, read and deliver results.
 
 ``LocalBackend`` validates calls and launches runs; this module owns what
-happens afterwards. It applies the supervisor's events (a run started,
-exited, could not start), reads new results of running trials from their
-byte offsets, and hands each result out exactly once, recording in the
-journal how far delivery has gone.
+happens afterwards. It applies the launcher's typed run events (a run
+started, exited, could not start, was lost), reads new results of running
+trials from their byte offsets, and hands each result out exactly once,
+recording in the journal how far delivery has gone.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from typing import Any
 from .. import _protocol as proto
 from .._files import count_lines, read_json_object
 from .._types import Status, Trial
-from ..launchers.local._client import SupervisorClient
+from ..launchers._base import (
+    Launcher,
+    RunEvent,
+    RunExited,
+    RunLost,
+    RunNotStarted,
+    RunStarted,
+)
 from ._gpus import GpuAllocator
 from ._notify import FileWatcher
 from ._storage import delete_checkpoint_folder
@@ -30,7 +37,7 @@ class TrialTable:
 
     def __init__(
         self,
-        supervisor: SupervisorClient,
+        launcher: Launcher,
         allocator: Callable[[], GpuAllocator],
         watcher: Callable[[], FileWatcher],
     ) -> None:
@@ -40,7 +47,7 @@ class TrialTable:
         # looked at on every wait(), so its cost does not grow with the
         # number of finished trials.
         self.live: set[int] = set()
-        self.supervisor = supervisor
+        self.launcher = launcher
         self.allocator = allocator
         self.watcher = watcher
         self.delete_checkpoints = False
@@ -60,72 +67,53 @@ class TrialTable:
 
     def pump(self) -> None:
         """Apply every event that has arrived, without blocking."""
-        for event in self.supervisor.read_events():
+        for event in self.launcher.events():
             self.apply_event(event)
-        for record in self.live_records():
-            if record.attached:
-                self._poll_attached(record)
 
-    def apply_event(self, event: Mapping[str, Any]) -> None:
-        kind = event["ev"]
-        trial_id = int(event["trial"])
+    def apply_event(self, event: RunEvent) -> None:
+        trial_id = event.trial_id
         if not 0 <= trial_id < len(self.records):
             return
         record = self.records[trial_id]
-        run = int(event["run"])
+        run = event.run
         if run not in record.alive_runs:
             return  # its end was already taken in from exit.json (see take_in_exit)
-        if kind == "started":
-            fields = {k: event[k] for k in ("pid", "create_time", "keeper", "keeper_create_time")
-                      if k in event}
-            record.log("started", run=run, **fields)
+        if isinstance(event, RunStarted):
+            handle = event.handle
+            record.log(
+                "started", run=run, pid=handle.pid, create_time=handle.create_time,
+                keeper=handle.keeper, keeper_create_time=handle.keeper_create_time,
+                host=handle.host,
+            )
             if run == record.runs - 1:
-                record.pid = int(event["pid"])
-        elif kind == "exited":
-            self.run_exited(record, run, event)
-        elif kind == "spawn_failed":
-            self.run_failed(
-                record, run, f"the process could not be started: {event.get('error')}", None
-            )
-        elif kind == "keeper_died":
-            self.run_failed(record, run, "the process supervising this trial died", "SIGKILL")
-        elif kind == "run_lost":
-            self.run_failed(
-                record, run, "the supervisor process ended unexpectedly", "SIGKILL"
-            )
-        elif kind == "cancelled":
-            self.run_gone(record, run)
+                record.pid = handle.pid
+        elif isinstance(event, RunExited):
+            self.run_exited(record, event)
+        elif isinstance(event, RunNotStarted):
+            if event.cancelled:
+                self.run_gone(record, run)
+            else:
+                self.run_failed(record, run, event.reason, None)
+        elif isinstance(event, RunLost):
+            self.run_failed(record, run, event.reason, event.signal)
 
     def take_in_exit(self, record: TrialRecord) -> None:
         """Apply the end of the current run if its keeper has recorded it, without waiting.
 
         The keeper writes ``exit.json`` once the whole tree is reaped, before
-        it reports on the event pipe; a decision that depends on whether the
-        run has ended (a pause, a checkpoint deletion) reads it here rather
-        than trust an event that may still be on its way.
+        it reports the end; a decision that depends on whether the run has
+        ended (a pause, a checkpoint deletion) reads it here rather than trust
+        an event that may still be on its way.
         """
         run = record.runs - 1
         if run not in record.alive_runs or run in record.attached:
             return
         exit_status = read_json_object(record.paths.exit_status)
         if exit_status is not None and exit_status.get("run") == run:
-            self.run_exited(record, run, exit_status)
-
-    def _poll_attached(self, record: TrialRecord) -> None:
-        """Notice the end of a run whose keeper belongs to an earlier driver."""
-        for run, (keeper, keeper_created) in list(record.attached.items()):
-            exit_status = read_json_object(record.paths.exit_status)
-            if exit_status is not None and exit_status.get("run") == run:
-                del record.attached[run]
-                self.run_exited(record, run, exit_status)
-            elif not process_matches(keeper, keeper_created):
-                del record.attached[run]
-                self.run_failed(record, run, "the process supervising this trial died", "SIGKILL")
+            self.run_exited(record, RunExited.from_record(exit_status))
 
     def run_gone(self, record: TrialRecord, run: int) -> None:
-        record.alive_runs.discard(run)
-        record.attached.pop(run, None)
-        if record.alive_runs:
+        if not record.run_gone(run):
             return
         self.allocator().release(record.trial_id)
         if record.status != Status.in_progress:
@@ -135,41 +123,19 @@ class TrialTable:
             record.delete_checkpoint_on_exit = False
             delete_checkpoint_folder(record.paths)
 
-    def run_exited(self, record: TrialRecord, run: int, event: Mapping[str, Any]) -> None:
-        offsets = event.get("offsets", {})
+    def run_exited(self, record: TrialRecord, event: RunExited) -> None:
+        run, offsets = event.run, event.offsets
         record.log(
-            "exited", run=run, returncode=event.get("returncode"), signal=event.get("signal"),
-            terminated_by=event.get("terminated_by"), offsets=offsets,
-            time=event.get("time", time.time()),
+            "exited", run=run, returncode=event.returncode, signal=event.signal,
+            terminated_by=event.terminated_by, offsets=dict(offsets), time=event.time,
         )
         current = run == record.runs - 1
+        ended_at = datetime.datetime.fromtimestamp(event.time) if event.time else None
         if current and record.accepting and record.status == Status.in_progress:
             self.ingest(record, limits=offsets, final=True)
-            code = event.get("returncode")
-            signal_name = event.get("signal")
-            record.exit_code = code
-            record.exit_signal = signal_name
-            record.training_end_time = datetime.datetime.now()
-            record.accepting = False
+            record.exited(event.returncode, event.signal, ended_at)
             self._accept_until(record)
-            if event.get("terminated_by") == "driver_lost":
-                record.set_status(Status.paused, reason="the driver ended while the trial ran",
-                                  news=True)
-            elif event.get("terminated_by") == "supervisor_lost":
-                reason = "the supervisor process ended unexpectedly"
-                record.stderr_tail = record.read_stderr_tail() or reason
-                record.set_status(
-                    Status.failed, reason=reason, news=True, returncode=code, signal=signal_name
-                )
-            elif code == 0:
-                record.set_status(Status.completed, reason="exited", news=True, returncode=0)
-                if self.delete_checkpoints:
-                    record.delete_checkpoint_on_exit = True
-            else:
-                record.stderr_tail = record.read_stderr_tail()
-                record.set_status(
-                    Status.failed, reason="exited", news=True, returncode=code, signal=signal_name
-                )
+            self._conclude(record, event)
         else:
             # Output of a paused or stopped run, or of a run a resume has
             # superseded: it stays on disk, but is never delivered.
@@ -177,23 +143,41 @@ class TrialTable:
                 record.paths.results, record.results_reader.offset, offsets.get("results", 0)
             )
             if current:
-                record.exit_code = event.get("returncode")
-                record.exit_signal = event.get("signal")
-                record.training_end_time = datetime.datetime.now()
+                record.exited(event.returncode, event.signal, ended_at)
         record.results_reader.skip_to(int(offsets.get("results", 0)))
         record.stdout_reader.skip_to(int(offsets.get("stdout", 0)))
         if not record.has_news:
             self.mark_delivered(record)
         self.run_gone(record, run)
 
+    def _conclude(self, record: TrialRecord, event: RunExited) -> None:
+        """The status of a trial whose accepted run has ended."""
+        code, signal_name = event.returncode, event.signal
+        if event.terminated_by == "driver_lost":
+            record.set_status(Status.paused, reason="the driver ended while the trial ran",
+                              news=True)
+        elif event.terminated_by == "supervisor_lost":
+            reason = "the supervisor process ended unexpectedly"
+            record.stderr_tail = record.read_stderr_tail() or reason
+            record.set_status(
+                Status.failed, reason=reason, news=True, returncode=code, signal=signal_name
+            )
+        elif code == 0:
+            record.set_status(Status.completed, reason="exited", news=True, returncode=0)
+            if self.delete_checkpoints:
+                record.delete_checkpoint_on_exit = True
+        else:
+            record.stderr_tail = record.read_stderr_tail()
+            record.set_status(
+                Status.failed, reason="exited", news=True, returncode=code, signal=signal_name
+            )
+
     def run_failed(
         self, record: TrialRecord, run: int, reason: str, signal_name: str | None
     ) -> None:
         if run == record.runs - 1 and record.status == Status.in_progress:
-            record.accepting = False
+            record.lost(signal_name, datetime.datetime.now())
             self._accept_until(record)
-            record.exit_signal = signal_name
-            record.training_end_time = datetime.datetime.now()
             try:
                 with open(record.paths.stderr, "a", encoding="utf-8") as log:
                     log.write(f"localbackend: {reason}\n")
@@ -209,7 +193,7 @@ class TrialTable:
         """Read what the trial wrote so far, then accept nothing more from this run."""
         if record.status == Status.in_progress:
             self.ingest(record)
-        record.accepting = False
+        record.interrupted()
         self._accept_until(record)
 
     def _accept_until(self, record: TrialRecord) -> None:
@@ -224,9 +208,15 @@ class TrialTable:
         record: TrialRecord,
         limits: Mapping[str, int] | None = None,
         final: bool = False,
+        *,
+        owed: bool = False,
     ) -> None:
-        """Read new results of the current run into the trial's queues."""
-        if not record.accepting:
+        """Read new results of the current run into the trial's queues.
+
+        ``owed``: read even though the run is no longer accepted (a restore
+        taking in what a run wrote before its pause, up to ``limits``).
+        """
+        if not record.accepting and not owed:
             return
         if any(run != record.runs - 1 for run in record.alive_runs):
             return  # an earlier run is still ending; its output is not ours to read
@@ -301,15 +291,3 @@ def fill_worker_fields(
             result[worker_time] = elapsed
         iteration += 1
     return iteration
-
-
-def process_matches(pid: int, create_time: float) -> bool:
-    """True if ``pid`` is alive and is the process that started at ``create_time``."""
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        same = abs(float(process.create_time()) - create_time) < 0.01
-        return same and bool(process.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False

@@ -49,9 +49,9 @@ class TrialRecord:
     training_end_time: Optional[datetime.datetime] = None
     delete_checkpoint_on_exit: bool = False
     gpus: list[str] = field(default_factory=list)
-    # Runs whose keeper outlived an earlier driver (detach mode), by run
-    # number: (keeper pid, keeper start time). They are watched by polling.
-    attached: dict[int, tuple[int, float]] = field(default_factory=dict)
+    # Runs started by an earlier driver that the launcher follows for this one
+    # (detach mode, after a restore).
+    attached: set[int] = field(default_factory=set)
     journal: Optional[Journal] = None
 
     @classmethod
@@ -62,16 +62,66 @@ class TrialRecord:
         paths: TrialPaths,
         journal: Optional[Journal],
         creation_time: Optional[datetime.datetime] = None,
+        *,
+        poll: bool = False,
     ) -> TrialRecord:
+        """A new record; ``poll`` reads results in the mode for shared filesystems."""
         return cls(
             trial_id=trial_id,
             config=config,
             creation_time=creation_time or datetime.datetime.now(),
             paths=paths,
-            results_reader=ResultsReader(trial_id, paths.results),
-            stdout_reader=TuneMetricReader(trial_id, paths.stdout),
+            results_reader=ResultsReader(trial_id, paths.results, poll=poll),
+            stdout_reader=TuneMetricReader(trial_id, paths.stdout, poll=poll),
             journal=journal,
         )
+
+    # -- run transitions: the only places that change whether a run is accepted
+
+    def launched(self, run: int, start_time: float, gpus: list[str]) -> None:
+        """A new run was handed to the launcher; its output is accepted."""
+        self.runs = run + 1
+        self.alive_runs.add(run)
+        self.accepting = True
+        self.run_start_time = start_time
+        self.gpus = gpus
+        self.exit_code = self.exit_signal = None
+        self.stderr_tail = ""
+        self.training_end_time = None
+
+    def following(self, run: int, *, accepted: bool, attached: bool = False) -> None:
+        """A restore found ``run`` still to be followed (ended unheard of, or alive)."""
+        self.alive_runs.add(run)
+        self.accepting = accepted
+        if attached:
+            self.attached.add(run)
+
+    def interrupted(self) -> None:
+        """A pause or a stop: nothing the current run writes from now on is accepted."""
+        self.accepting = False
+
+    def exited(
+        self, returncode: Optional[int], signal_name: Optional[str],
+        ended_at: Optional[datetime.datetime],
+    ) -> None:
+        """The current run's tree is gone."""
+        self.accepting = False
+        self.exit_code = returncode
+        self.exit_signal = signal_name
+        self.training_end_time = ended_at or datetime.datetime.now()
+
+    def lost(self, signal_name: Optional[str], ended_at: datetime.datetime) -> None:
+        """What supervised the current run is gone."""
+        self.accepting = False
+        self.exit_code = None
+        self.exit_signal = signal_name
+        self.training_end_time = ended_at
+
+    def run_gone(self, run: int) -> bool:
+        """Forget a run whose tree is gone; True when no run of the trial is left."""
+        self.alive_runs.discard(run)
+        self.attached.discard(run)
+        return not self.alive_runs
 
     def log(self, op: str, **fields: Any) -> None:
         """Append a change of this trial to the experiment's journal."""

@@ -23,10 +23,12 @@ if TYPE_CHECKING:
         RunSpec,
         RunStarted,
     )
+    from .local import LocalLauncher
 
 __all__ = [
     "Launcher",
     "LauncherCapabilities",
+    "LocalLauncher",
     "RunEvent",
     "RunExited",
     "RunHandle",
@@ -46,6 +48,7 @@ _WHERE = {
     "RunNotStarted": "._base",
     "RunSpec": "._base",
     "RunStarted": "._base",
+    "LocalLauncher": ".local",
 }
 
 

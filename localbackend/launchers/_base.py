@@ -28,7 +28,8 @@ class RunSpec:
     ``argv`` is the template of the command: its first word is a program
     name or path that the launcher resolves on the host that runs it (an
     empty binary makes it the entry point itself). ``env`` holds only what
-    localbackend sets, over the environment the host's launcher inherits.
+    localbackend sets, over the environment the host's launcher inherits;
+    ``env_defaults`` apply only where that environment lacks them.
     ``gpus`` are the device ids the backend chose among ``gpu_devices()``.
     """
 
@@ -40,6 +41,8 @@ class RunSpec:
     paths: TrialPaths
     grace_period: float
     gpus: tuple[str, ...] = ()
+    # Variables set only where the host's environment lacks them.
+    env_defaults: Mapping[str, str] = field(default_factory=dict)
     # The keeper deletes the checkpoints of a run that completes on its own
     # (exit 0, no stop asked for): ``delete_checkpoints=True``.
     delete_checkpoints_on_completion: bool = False
@@ -172,6 +175,14 @@ class Launcher(ABC):
         backend journals so that a restore can wait for it to end.
         """
 
+    def ensure_ready(self) -> None:
+        """Make sure runs can be started now (the local launcher starts its supervisor).
+
+        Called before a trial is recorded, so that a launcher that cannot work
+        fails the ``start_trial`` cleanly. The default does nothing.
+        """
+        return None
+
     @abstractmethod
     def start(self, spec: RunSpec) -> None:
         """Start a run, or queue it behind a run of the same trial still ending.
@@ -207,6 +218,10 @@ class Launcher(ABC):
         Its end is reported by ``events`` like any other, and ``terminate``
         reaches it.
         """
+
+    @abstractmethod
+    def wait_for_run_end(self, handle: RunHandle, timeout: float) -> None:
+        """Wait until an earlier driver's run has ended; end it by force after ``timeout``."""
 
     @abstractmethod
     def wait_for_session_end(self, session: Mapping[str, Any], timeout: float) -> None:

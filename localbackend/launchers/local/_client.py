@@ -24,7 +24,6 @@ from typing import IO, Any
 
 from ..._errors import SupervisorError
 from ..._paths import TrialPaths
-from ...core._command import LaunchSpec
 from ._proctable import boot_time, create_time
 
 _BOOTSTRAP = (
@@ -164,7 +163,8 @@ class SupervisorClient:
             # run is left waiting for an exit that was already sent.
             self._pending.extend(self._drain_until_eof(deadline=time.monotonic() + 5.0))
         read_fd, write_fd = os.pipe()
-        package_parent = str(Path(__file__).resolve().parent.parent)
+        # The folder that holds the localbackend package, for the bootstrap.
+        package_parent = str(Path(__file__).resolve().parents[3])
         try:
             self._process = subprocess.Popen(
                 [
@@ -224,8 +224,9 @@ class SupervisorClient:
                 ) from err
 
     def spawn(
-        self, trial_id: int, run: int, spec: LaunchSpec, executable: str, paths: TrialPaths,
-        grace: float, delete_on_completion: bool = False,
+        self, trial_id: int, run: int, *, executable: str, argv: list[str],
+        env: dict[str, str], cwd: str, paths: TrialPaths, grace: float,
+        delete_on_completion: bool = False,
     ) -> None:
         self._send(
             {
@@ -233,9 +234,9 @@ class SupervisorClient:
                 "trial": trial_id,
                 "run": run,
                 "executable": executable,
-                "argv": list(spec.argv),
-                "env": dict(spec.env),
-                "cwd": str(spec.cwd),
+                "argv": argv,
+                "env": env,
+                "cwd": cwd,
                 "stdout": str(paths.stdout),
                 "stderr": str(paths.stderr),
                 "results": str(paths.results),

@@ -1,0 +1,210 @@
+"""``LocalLauncher``: trials on this machine, through the supervisor and its keepers.
+
+The driver's side of the local launcher. It owns the supervisor process
+(``_client``), turns the supervisor's JSON events into typed run events,
+resolves what belongs to this host (the program to run, the inherited
+environment, the GPUs), and follows the runs that an earlier driver left
+running in detach mode, whose keepers are not this supervisor's children.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
+
+from ..._files import read_json_object
+from ..._paths import TrialPaths
+from .._base import (
+    Launcher,
+    LauncherCapabilities,
+    RunEvent,
+    RunExited,
+    RunHandle,
+    RunLost,
+    RunNotStarted,
+    RunSpec,
+    RunStarted,
+)
+from ._client import SupervisorClient
+from ._gpus import detect_gpus
+
+_CAPABILITIES = LauncherCapabilities(detach=True, local_files=True, host_gpus=True)
+_KEEPER_DIED = "the process supervising this trial died"
+
+
+class LocalLauncher(Launcher):
+    """Runs every trial as a process tree on this machine.
+
+    One supervisor process, started with the first run, forks a keeper for
+    each run; the keeper is a child subreaper that starts the trial in a new
+    session, ends its whole tree on request (SIGTERM, then SIGKILL after the
+    grace period) and reaps every descendant. If the driver dies, every tree
+    ends within about a second, unless the backend runs in detach mode.
+    """
+
+    def __init__(self) -> None:
+        self._client: SupervisorClient | None = None
+        self._host = socket.gethostname()
+        # Runs of an earlier driver that this one follows, by (trial, run).
+        self._attached: dict[tuple[int, int], tuple[RunHandle, TrialPaths]] = {}
+
+    @property
+    def capabilities(self) -> LauncherCapabilities:
+        return _CAPABILITIES
+
+    @property
+    def client(self) -> SupervisorClient:
+        """The supervisor's client (after ``open``)."""
+        if self._client is None:
+            raise RuntimeError("the launcher is not open; LocalBackend opens it")
+        return self._client
+
+    def open(self, *, detach: bool, on_session: Callable[[dict[str, Any]], None]) -> None:
+        def started(pid: int, create_time: float) -> None:
+            on_session({"pid": pid, "create_time": create_time})
+
+        self._client = SupervisorClient(detach=detach, on_start=started)
+
+    def start(self, spec: RunSpec) -> None:
+        env = dict(spec.env_defaults)
+        env.update(os.environ)
+        env.update(spec.env)
+        self.client.spawn(
+            spec.trial_id, spec.run,
+            executable=resolve_program(spec.argv[0]), argv=list(spec.argv), env=env,
+            cwd=str(spec.cwd), paths=spec.paths, grace=spec.grace_period,
+            delete_on_completion=spec.delete_checkpoints_on_completion,
+        )
+
+    def ensure_ready(self) -> None:
+        """Start the supervisor now, so that a failure shows before a trial exists."""
+        self.client.ensure_started()
+
+    def terminate(self, trial_id: int, run: int) -> None:
+        attached = self._attached.get((trial_id, run))
+        if attached is not None:
+            _ask_keeper_to_end(attached[0])
+        elif self._client is not None:
+            self._client.terminate(trial_id, run)
+
+    def events(self) -> list[RunEvent]:
+        events = [] if self._client is None else [
+            _typed(event, self._host) for event in self._client.read_events()
+        ]
+        for (trial_id, run), (handle, paths) in list(self._attached.items()):
+            exit_status = read_json_object(paths.exit_status)
+            if exit_status is not None and exit_status.get("run") == run:
+                del self._attached[(trial_id, run)]
+                events.append(RunExited.from_record(exit_status))
+            elif not self.is_alive(handle):
+                del self._attached[(trial_id, run)]
+                events.append(RunLost(trial_id, run, _KEEPER_DIED))
+        return events
+
+    def fileno(self) -> Optional[int]:
+        if self._client is None or self._client.events_fd < 0:
+            return None
+        return self._client.events_fd
+
+    @property
+    def needs_polling(self) -> bool:
+        """Runs of an earlier driver are followed by polling their files."""
+        return bool(self._attached)
+
+    def is_alive(self, handle: RunHandle) -> bool:
+        return process_matches(handle.keeper, handle.keeper_create_time)
+
+    def attach(self, handle: RunHandle, paths: TrialPaths) -> None:
+        self._attached[(handle.trial_id, handle.run)] = (handle, paths)
+
+    def wait_for_run_end(self, handle: RunHandle, timeout: float) -> None:
+        _wait_for_exit(handle.keeper, handle.keeper_create_time, timeout)
+
+    def wait_for_session_end(self, session: Mapping[str, Any], timeout: float) -> None:
+        # The supervisor ends every trial tree, then exits, once its driver is gone.
+        _wait_for_exit(int(session["pid"]), float(session["create_time"]), timeout)
+
+    def gpu_devices(self, env: Mapping[str, str]) -> list[str]:
+        inherited = dict(os.environ)
+        inherited.update(env)
+        return detect_gpus(inherited)
+
+    def shutdown(self) -> None:
+        if self._client is not None:
+            self._client.shutdown()
+        self._attached.clear()
+
+    def let_go(self) -> None:
+        if self._client is not None:
+            self._client.close_pipes()
+        self._attached.clear()
+
+
+def resolve_program(program: str) -> str:
+    """The absolute path of a program on this host, as ``posix_spawn`` needs it."""
+    if os.sep in program:
+        return os.path.abspath(program)
+    return shutil.which(program) or program
+
+
+def _typed(event: dict[str, Any], host: str) -> RunEvent:
+    """The typed form of one of the supervisor's JSON events."""
+    kind = event["ev"]
+    trial_id, run = int(event["trial"]), int(event["run"])
+    if kind == "started":
+        handle = RunHandle(
+            trial_id, run, pid=int(event["pid"]), create_time=float(event["create_time"]),
+            keeper=int(event["keeper"]), keeper_create_time=float(event["keeper_create_time"]),
+            host=host,
+        )
+        return RunStarted(trial_id, run, handle)
+    if kind == "exited":
+        return RunExited.from_record(event)
+    if kind == "spawn_failed":
+        return RunNotStarted(
+            trial_id, run, f"the process could not be started: {event.get('error')}"
+        )
+    if kind == "cancelled":
+        return RunNotStarted(trial_id, run, "cancelled before it started", cancelled=True)
+    if kind == "keeper_died":
+        return RunLost(trial_id, run, _KEEPER_DIED)
+    return RunLost(trial_id, run, "the supervisor process ended unexpectedly")
+
+
+def process_matches(pid: int, create_time: float) -> bool:
+    """True if ``pid`` is alive and is the process that started at ``create_time``."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        same = abs(float(process.create_time()) - create_time) < 0.01
+        return same and bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _ask_keeper_to_end(handle: RunHandle) -> None:
+    """SIGTERM the keeper of an earlier driver's run: it ends its tree within the grace period.
+
+    A keeper already ending its tree keeps its first deadline.
+    """
+    if process_matches(handle.keeper, handle.keeper_create_time):
+        try:
+            os.kill(handle.keeper, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_for_exit(pid: int, created: float, timeout: float) -> None:
+    """Wait for a dead driver's supervisor or keeper to finish ending its trees."""
+    deadline = time.monotonic() + timeout
+    while process_matches(pid, created) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if process_matches(pid, created):
+        # A supervisor's keepers get SIGUSR2 from the kernel and end their trees.
+        os.kill(pid, signal.SIGKILL)
