@@ -37,10 +37,11 @@ from ._command import (
     parse_binary,
 )
 from ._gpus import GpuAllocator
-from ._journal import Journal, empty_state
+from ._journal import Journal, empty_state, load_state
 from ._lock import ExperimentLock
 from ._notify import FileWatcher
 from ._options import check_env, check_experiment_dir, check_gpu_counts, check_grace_period
+from ._restore import Rebuild, rebuild_table
 from ._results import read_log_text
 from ._storage import (
     atomic_write_json,
@@ -904,9 +905,46 @@ class LocalBackend:
         is where the trials run, as for the constructor (a ``LocalLauncher``
         by default).
         """
-        from ._restore import restore_backend
-
-        return restore_backend(cls, Path(experiment_dir).expanduser().absolute(), launcher)
+        root = Path(experiment_dir).expanduser().absolute()
+        options: dict[str, Any] = load_state(root)["options"]
+        backend = cls.__new__(cls)
+        backend._configure(
+            entry_point=options["entry_point"],
+            binary=options["binary"],
+            pass_args_as_json=bool(options.get("pass_args_as_json")),
+            delete_checkpoints=bool(options.get("delete_checkpoints")),
+            grace_period=options["grace_period"],
+            env=options.get("env"),
+            num_gpus=options.get("num_gpus"),
+            num_gpus_per_trial=int(options.get("num_gpus_per_trial", 1)),
+            gpus_to_use=options.get("gpus_to_use"),
+            detach=bool(options.get("detach")),
+            cwd=Path(options.get("cwd") or os.getcwd()),
+            entry_point_must_exist=False,
+        )
+        backend._paths = ExperimentPaths(root)
+        backend._created = True
+        backend._setup_runtime(launcher)
+        backend._acquire_experiment(take_over=True)
+        try:
+            # Re-read under the lock: the old driver may have written until now,
+            # and may have changed the options it journals (delete_checkpoints,
+            # set_entrypoint) since the first read.
+            state = load_state(root, owner=True)
+            backend.delete_checkpoints = bool(state["options"].get("delete_checkpoints"))
+            backend._entry_point = Path(state["options"]["entry_point"])
+            backend._journal = Journal(backend._paths, state["seq"])
+            backend._journal.open()
+            rebuild_table(Rebuild(
+                paths=backend._paths, table=backend._table, launcher=backend._launcher,
+                allocator=backend._allocator, watcher=backend._file_watcher,
+                journal=backend._journal, detach=backend._detach,
+                grace_period=backend._grace_period,
+            ), state)
+        except BaseException:
+            backend._experiment_lock.release()
+            raise
+        return backend
 
     def __getstate__(self) -> dict[str, Any]:
         # A pickle (Syne Tune's Tuner saves itself with dill) carries only the

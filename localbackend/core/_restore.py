@@ -1,91 +1,70 @@
-"""Rebuild a ``LocalBackend`` from its experiment folder after the driver ended."""
+"""Rebuild the trial table of an experiment from its folder after the driver ended.
+
+The backend restores itself (``LocalBackend.restore``): it takes the
+experiment's lock, re-reads the saved state under it, and hands this module
+its empty table to fill, trial by trial, from the journal and the files the
+keepers wrote.
+"""
 
 from __future__ import annotations
 
 import datetime
 import os
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from .._files import count_lines, file_size, read_json_object
 from .._paths import ExperimentPaths
 from .._types import Status
 from ..launchers._base import Launcher, RunExited, RunHandle
-from ._journal import Journal, load_state, new_trial
+from ._gpus import GpuAllocator
+from ._journal import Journal, new_trial
+from ._notify import FileWatcher
+from ._table import TrialTable
 from ._trials import TrialRecord
-
-if TYPE_CHECKING:
-    from ._backend import LocalBackend
 
 # How long restore waits for the trees of a dead driver's trials to end.
 _ORPHAN_WAIT_MARGIN = 5.0
 
 
-def restore_backend(
-    cls: type[LocalBackend], root: Path, launcher: Launcher | None
-) -> LocalBackend:
-    state = load_state(root)
-    options: dict[str, Any] = state["options"]
-    backend = cls.__new__(cls)
-    backend._configure(
-        entry_point=options["entry_point"],
-        binary=options["binary"],
-        pass_args_as_json=bool(options.get("pass_args_as_json")),
-        delete_checkpoints=bool(options.get("delete_checkpoints")),
-        grace_period=options["grace_period"],
-        env=options.get("env"),
-        num_gpus=options.get("num_gpus"),
-        num_gpus_per_trial=int(options.get("num_gpus_per_trial", 1)),
-        gpus_to_use=options.get("gpus_to_use"),
-        detach=bool(options.get("detach")),
-        cwd=Path(options.get("cwd") or os.getcwd()),
-        entry_point_must_exist=False,
-    )
-    backend._paths = ExperimentPaths(root)
-    backend._created = True
-    backend._setup_runtime(launcher)
-    backend._acquire_experiment(take_over=True)
-    try:
-        # Re-read under the lock: the old driver may have written until now.
-        state = load_state(root, owner=True)
-        _take_changed_options(backend, state["options"])
-        journal = Journal(backend._paths, state["seq"])
-        journal.open()
-        backend._journal = journal
-        supervisor = state.get("supervisor")
-        if supervisor and not backend._detach:
-            # It ends every trial tree and then exits once the driver is gone;
-            # until then a trial may still be writing.
-            backend._launcher.wait_for_session_end(
-                supervisor, backend._grace_period + _ORPHAN_WAIT_MARGIN
-            )
-        for saved in _every_trial(backend, state["trials"]):
-            _restore_trial(backend, saved, journal)
-        backend._table.live.update(r.trial_id for r in backend._table.records)
-        journal.append("restored", time=time.time(), pid=os.getpid())
-    except BaseException:
-        backend._experiment_lock.release()
-        raise
-    return backend
+@dataclass(frozen=True)
+class Rebuild:
+    """What rebuilding the trial table needs from the backend being restored."""
+
+    paths: ExperimentPaths
+    table: TrialTable
+    launcher: Launcher
+    allocator: Callable[[], GpuAllocator]
+    watcher: Callable[[], FileWatcher]
+    journal: Journal
+    detach: bool
+    grace_period: float
 
 
-def _take_changed_options(backend: LocalBackend, options: dict[str, Any]) -> None:
-    """Take the options a driver may change after construction from the read under the lock.
+def rebuild_table(backend: Rebuild, state: dict[str, Any]) -> None:
+    """Fill ``backend.table`` from the experiment's saved state and its trial folders.
 
-    ``delete_checkpoints`` and ``set_entrypoint`` are journaled when changed;
-    the old driver may have changed them between the first read, made
-    without the lock, and its death.
+    Called with the experiment's lock held and ``state`` read under it. In
+    attach mode it first waits for the dead driver's session to end every
+    trial tree, since until then a trial may still be writing.
     """
-    backend._delete_checkpoints = bool(options.get("delete_checkpoints"))
-    backend._table.delete_checkpoints = backend._delete_checkpoints
-    backend._entry_point = Path(options["entry_point"])
+    supervisor = state.get("supervisor")
+    if supervisor and not backend.detach:
+        backend.launcher.wait_for_session_end(
+            supervisor, backend.grace_period + _ORPHAN_WAIT_MARGIN
+        )
+    for saved in _every_trial(backend, state["trials"]):
+        _restore_trial(backend, saved, backend.journal)
+    backend.table.live.update(r.trial_id for r in backend.table.records)
+    backend.journal.append("restored", time=time.time(), pid=os.getpid())
 
 
-def _every_trial(backend: LocalBackend, trials: dict[str, Any]) -> list[dict[str, Any]]:
+def _every_trial(backend: Rebuild, trials: dict[str, Any]) -> list[dict[str, Any]]:
     """The saved trials by id, with a stub for any id whose folder exists but whose
     journal entries were all lost, so that ids stay 0, 1, 2, ... without holes."""
-    paths = backend._paths
+    paths = backend.paths
     on_disk = [
         int(entry.name) for entry in paths.root.iterdir()
         if entry.name.isdigit() and paths.trial(int(entry.name)).config.exists()
@@ -99,20 +78,20 @@ def _every_trial(backend: LocalBackend, trials: dict[str, Any]) -> list[dict[str
 
 
 
-def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journal) -> None:
+def _restore_trial(backend: Rebuild, saved: dict[str, Any], journal: Journal) -> None:
     trial_id = int(saved["trial_id"])
     config = saved["config"]
     if config is None:  # its journal entry was lost; the folder keeps the config
-        config = read_json_object(backend._paths.trial(trial_id).config) or {}
+        config = read_json_object(backend.paths.trial(trial_id).config) or {}
     record = TrialRecord.new(
         trial_id,
         config,
-        backend._paths.trial(trial_id),
+        backend.paths.trial(trial_id),
         journal,
         creation_time=datetime.datetime.fromtimestamp(saved["creation_time"]),
-        poll=not backend._launcher.capabilities.local_files,
+        poll=not backend.launcher.capabilities.local_files,
     )
-    backend._table.records.append(record)
+    backend.table.records.append(record)
     record.status = saved.get("status") or Status.in_progress
     runs: list[dict[str, Any]] = saved["runs"]
     record.runs = len(runs)
@@ -136,9 +115,9 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
     ended = last if last.get("state") == "exited" else None
     keeper = None
     if ended is None:
-        keeper = _live_keeper(backend._launcher, trial_id, run, known)
-        if keeper is not None and not backend._detach:
-            backend._launcher.wait_for_run_end(keeper, backend._grace_period + _ORPHAN_WAIT_MARGIN)
+        keeper = _live_keeper(backend.launcher, trial_id, run, known)
+        if keeper is not None and not backend.detach:
+            backend.launcher.wait_for_run_end(keeper, backend.grace_period + _ORPHAN_WAIT_MARGIN)
             keeper = None
         if keeper is None:
             exit_status = read_json_object(record.paths.exit_status)
@@ -149,10 +128,10 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
     # the driver died (a queued run is never started without a driver).
     ending = [
         (entry, found)
-        for entry in (runs[:-1] if backend._detach else [])
+        for entry in (runs[:-1] if backend.detach else [])
         if entry.get("state") != "exited"
         and (found := _live_keeper(
-            backend._launcher, trial_id, int(entry["run"]), _what_is_known(entry, run_file)
+            backend.launcher, trial_id, int(entry["run"]), _what_is_known(entry, run_file)
         )) is not None
     ]
     _restore_delivery(backend, record, saved, started, ended, keeper)
@@ -166,7 +145,7 @@ def _restore_trial(backend: LocalBackend, saved: dict[str, Any], journal: Journa
 
 
 def _restore_delivery(
-    backend: LocalBackend,
+    backend: Rebuild,
     record: TrialRecord,
     saved: dict[str, Any],
     started: dict[str, Any] | None,
@@ -179,7 +158,7 @@ def _restore_delivery(
     (detach mode): what a run wrote before its pause or stop is delivered
     once, what it wrote after, never.
     """
-    table = backend._table
+    table = backend.table
     runs: list[dict[str, Any]] = saved["runs"]
     run = record.runs - 1
     if record.status == Status.in_progress:
@@ -263,7 +242,7 @@ def _live_keeper(
 
 
 def _attach(
-    backend: LocalBackend,
+    backend: Rebuild,
     record: TrialRecord,
     run: int,
     handle: RunHandle,
@@ -280,19 +259,19 @@ def _attach(
     resume waiting for it waits at most the grace period.
     """
     record.following(run, accepted=streaming, attached=True)
-    backend._launcher.attach(handle, record.paths)
+    backend.launcher.attach(handle, record.paths)
     if gpus:
         # Taken until the run ends: run_gone releases them.
-        backend._allocator().hold(record.trial_id, gpus)
+        backend.allocator().hold(record.trial_id, gpus)
         record.gpus = list(gpus)
     if streaming:
-        if backend._launcher.capabilities.local_files:
-            watcher = backend._file_watcher()
+        if backend.launcher.capabilities.local_files:
+            watcher = backend.watcher()
             watcher.watch(record.paths.results)
             watcher.watch(record.paths.stdout)
     else:
         # A keeper already ending its tree keeps its first deadline.
-        backend._launcher.terminate(record.trial_id, run)
+        backend.launcher.terminate(record.trial_id, run)
 
 
 def _log_accept_until(record: TrialRecord) -> None:
