@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import re
+import select
 import stat
 from typing import Any
 
@@ -208,3 +209,19 @@ def published_checkpoints(root: str | os.PathLike[str]) -> list[tuple[int, str]]
         return []
     found.sort()
     return found
+
+
+def wait_readable(fds: list[int], timeout: float) -> None:
+    """Sleep until one of ``fds`` is readable or ``timeout`` seconds pass.
+
+    ``poll`` rather than ``select``: a driver with more than 1,024 open
+    descriptors (torch data loaders) gets descriptor numbers ``select``
+    cannot take.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    try:
+        poller.poll(max(0.0, timeout) * 1000.0)
+    except InterruptedError:
+        pass

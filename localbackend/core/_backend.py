@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import shutil
 import threading
@@ -16,7 +15,6 @@ from typing import Any, Optional
 
 from .._errors import (
     BackendConfigurationError,
-    CheckpointCopyError,
     ExperimentError,
     ExperimentMovedError,
     InvalidTransitionError,
@@ -28,7 +26,8 @@ from .._errors import (
 from .._paths import ExperimentPaths, TrialPaths, default_experiment_dir
 from .._types import FINISHED_STATUSES, Status, Trial, TrialResult
 from ..launchers._base import Launcher, RunSpec
-from ..launchers.local._client import wait_readable
+from . import _checkpoints as checkpoints
+from . import _waiting as waiting
 from ._command import (
     ENV_DEFAULTS,
     build_launch_spec,
@@ -45,8 +44,6 @@ from ._restore import Rebuild, rebuild_table
 from ._results import read_log_text
 from ._storage import (
     atomic_write_json,
-    copy_checkpoint_folder,
-    delete_checkpoint_folder,
     has_checkpoint,
 )
 from ._table import TrialTable
@@ -54,11 +51,6 @@ from ._trials import TrialRecord
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-# Longest ``wait()`` sleeps between checks even without a notification; it
-# bounds the delay when a file was replaced and lost its inotify watch.
-_MAX_SLEEP_WITH_NOTIFY = 0.5
-_MAX_SLEEP_POLLING = 0.02
 # ``stop_all`` waits this long beyond the grace period for processes to go.
 _STOP_ALL_MARGIN = 10.0
 
@@ -262,7 +254,7 @@ class LocalBackend:
                 # Keepers of running trials were told to delete on completion.
                 for record in self._table.live_records():
                     if record.status == Status.in_progress and not record.delete_checkpoint_on_exit:
-                        self._request_checkpoints(record, "keep")
+                        checkpoints.request(record, "keep")
 
     def _check_entry_point_still_there(self) -> None:
         check_entry_point(self._entry_point, must_be_executable=not self._binary)
@@ -316,7 +308,9 @@ class LocalBackend:
             if checkpoint_trial_id is not None:
                 source = self._record(checkpoint_trial_id)
                 if not has_checkpoint(source.paths):
-                    raise self._no_checkpoint_error(source.trial_id, self.new_trial_id())
+                    raise checkpoints.no_checkpoint_error(
+                        self._paths, source.trial_id, self.new_trial_id()
+                    )
             self._check_entry_point_still_there()
             self._allocator()  # GPU settings are checked before anything changes
             self._ensure_experiment_dir()
@@ -326,7 +320,7 @@ class LocalBackend:
             try:
                 paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
                 if checkpoint_trial_id is not None:
-                    self._copy_checkpoint(int(checkpoint_trial_id), trial_id)
+                    checkpoints.copy(self._paths, int(checkpoint_trial_id), trial_id)
                 atomic_write_json(paths.config, clean)
                 self._prepare_files(paths)
                 self._launcher.ensure_ready()
@@ -512,7 +506,7 @@ class LocalBackend:
             if record.status == Status.in_progress and self.delete_checkpoints:
                 # Its keeper deletes the checkpoints of a run that completes;
                 # this run is being interrupted, and its checkpoint is kept.
-                self._request_checkpoints(
+                checkpoints.request(
                     record, "delete" if record.delete_checkpoint_on_exit else "keep"
                 )
             # A run that has just ended counts as ended, even if its event is
@@ -658,30 +652,10 @@ class LocalBackend:
         pass first, or at once when no trial is running (nothing could
         change).
         """
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or math.isnan(timeout)
-            or timeout < 0
-        ):
-            raise BackendConfigurationError(
-                "timeout", timeout, "must be None or a number of seconds >= 0",
-                "Use for example wait(timeout=1.0).",
-            )
-        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        deadline = waiting.deadline_of(timeout)
         while True:
             with self._lock:
-                self._table.pump()
-                ready = []
-                running = False
-                for record in self._table.live_records():
-                    if record.status == Status.in_progress:
-                        self._table.ingest(record)
-                        running = True
-                    if record.has_news:
-                        ready.append(record.trial_id)
-                    if record.alive_runs:
-                        running = True
+                ready, running = waiting.news(self._table)
             if ready:
                 return ready
             remaining = deadline - time.monotonic()
@@ -690,25 +664,7 @@ class LocalBackend:
             self._sleep_until_event(remaining)
 
     def _sleep_until_event(self, seconds: float) -> None:
-        """Sleep until the launcher or a trial's files have news, or ``seconds`` pass.
-
-        Without a descriptor to wait on (no inotify, a launcher that can only
-        be polled, runs of an earlier driver followed by polling), the sleep
-        is capped so that news is seen within a short interval.
-        """
-        local = self._launcher.capabilities.local_files
-        notify_fd = self._file_watcher().fileno() if local else -1
-        launcher_fd = self._launcher.fileno()
-        fds = [fd for fd in (launcher_fd, notify_fd) if fd is not None and fd >= 0]
-        watched = notify_fd >= 0 and launcher_fd is not None
-        cap = _MAX_SLEEP_WITH_NOTIFY if watched else _MAX_SLEEP_POLLING
-        timeout = max(0.0, min(seconds, cap))
-        if fds:
-            wait_readable(fds, timeout)
-        else:
-            time.sleep(timeout)
-        if self._watcher is not None:
-            self._watcher.drain()
+        waiting.sleep_until_news(self._launcher, self._watcher, seconds)
 
     def stdout(self, trial_id: int) -> list[str]:
         """Every line the trial printed on stdout, across all its runs."""
@@ -752,61 +708,9 @@ class LocalBackend:
             self._table.pump()
             source = self._record(src_trial_id)
             target_id = self._checkpoint_target(tgt_trial_id)
-            if target_id == source.trial_id:
-                raise CheckpointCopyError(
-                    source.trial_id, target_id, "source and target are the same trial",
-                    "Copy to a different trial.",
-                )
-            if target_id < len(self._table.records):
-                target = self._table.records[target_id]
-                if target.status == Status.in_progress or target.alive_runs:
-                    raise InvalidTransitionError(
-                        target_id,
-                        target.status if not target.alive_runs or target.status
-                        == Status.in_progress else f"{target.status} (process still ending)",
-                        "copy a checkpoint onto",
-                        "Pause or stop it and wait until busy_trial_ids() no longer lists it.",
-                    )
-            if not has_checkpoint(source.paths):
-                raise self._no_checkpoint_error(source.trial_id, target_id)
+            checkpoints.check_copy(self._table, self._paths, source, target_id)
             self._ensure_experiment_dir()
-            self._copy_checkpoint(source.trial_id, target_id)
-
-    def _copy_checkpoint(self, src_trial_id: int, tgt_trial_id: int) -> None:
-        # Imported here, not with the other _storage names: these errors matter
-        # only to this method.
-        from ._storage import CheckpointSwapUnsupportedError, SymlinkedCheckpointError
-
-        try:
-            copy_checkpoint_folder(self._paths.trial(src_trial_id), self._paths.trial(tgt_trial_id))
-        except OSError as err:
-            if isinstance(err, SymlinkedCheckpointError):
-                hint = (
-                    f"Nothing was copied. To copy it, replace the link {err.folder} with the "
-                    "folder it points to (move that folder into its place), then copy again."
-                )
-            elif isinstance(err, CheckpointSwapUnsupportedError):
-                hint = (
-                    "The target checkpoint was left as it was. Delete it first with "
-                    f"delete_checkpoint({tgt_trial_id}) and copy again, or have the script save "
-                    "its checkpoints with checkpoint.save(), whose folders can be switched "
-                    "one at a time."
-                )
-            else:
-                hint = (
-                    "The target checkpoint was left as it was; free disk space or fix "
-                    "permissions and try again."
-                )
-            raise CheckpointCopyError(
-                src_trial_id, tgt_trial_id, f"{type(err).__name__}: {err}", hint
-            ) from err
-
-    def _no_checkpoint_error(self, src_trial_id: int, tgt_trial_id: int) -> CheckpointCopyError:
-        folder = self._paths.trial(src_trial_id).checkpoints
-        return CheckpointCopyError(
-            src_trial_id, tgt_trial_id, f"trial {src_trial_id} has no checkpoint in {folder}",
-            "Let the source trial save a checkpoint first (see checkpoint.save()).",
-        )
+            checkpoints.copy(self._paths, source.trial_id, target_id)
 
     def delete_checkpoint(self, trial_id: int) -> None:
         """Delete a trial's checkpoints: now, or as soon as its processes are gone.
@@ -816,36 +720,7 @@ class LocalBackend:
         its tree is gone, whether or not this driver calls anything again.
         """
         with self._lock:
-            target_id = self._checkpoint_target(trial_id)
-            if target_id < len(self._table.records):
-                record = self._table.records[target_id]
-                self._table.pump()
-                if record.alive_runs:
-                    self._request_checkpoints(record, "delete")
-                    # Kept as a fallback should the keeper die before it acts.
-                    record.delete_checkpoint_on_exit = True
-                    self._table.take_in_exit(record)
-                    if record.alive_runs:
-                        return
-            delete_checkpoint_folder(self._paths.trial(target_id))
-
-    def _request_checkpoints(self, record: TrialRecord, action: str) -> None:
-        """Tell the current run's keeper what to do with the checkpoints once its tree is gone.
-
-        Written before ``take_in_exit`` reads ``exit.json``; the keeper reads
-        it after writing ``exit.json`` (see ``Keeper._settle_checkpoints``).
-        """
-        try:
-            atomic_write_json(
-                record.paths.checkpoint_request, {"run": record.runs - 1, "action": action}
-            )
-        except OSError as err:
-            # The driver still deletes when it hears that the run ended.
-            logger.warning(
-                "trial %d: could not write %s (%s); its checkpoints are handled when the "
-                "driver hears that the run ended", record.trial_id,
-                record.paths.checkpoint_request, err,
-            )
+            checkpoints.delete(self._table, self._paths, self._checkpoint_target(trial_id))
 
     def _checkpoint_target(self, trial_id: int) -> int:
         if (

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..._errors import SupervisorError
+from ..._files import wait_readable
 from ..._paths import TrialPaths
 from ._proctable import boot_time, create_time
 
@@ -71,22 +71,6 @@ def _forget_in_child(client_ref: weakref.ref[SupervisorClient]) -> None:
 # How long a dropped backend waits for its supervisor to end its trees before
 # it kills the supervisor (whose keepers then end them on PR_SET_PDEATHSIG).
 _RELEASE_WAIT_SECONDS = 10.0
-
-
-def wait_readable(fds: list[int], timeout: float) -> None:
-    """Sleep until one of ``fds`` is readable or ``timeout`` seconds pass.
-
-    ``poll`` rather than ``select``: a driver with more than 1,024 open
-    descriptors (torch data loaders) gets descriptor numbers ``select``
-    cannot take.
-    """
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLIN)
-    try:
-        poller.poll(max(0.0, timeout) * 1000.0)
-    except InterruptedError:
-        pass
 
 
 def _release_supervisor(
