@@ -365,16 +365,15 @@ def test_pause_and_stop_with_a_dead_supervisor_start_nothing(tmp_path: Path) -> 
 
 
 def _fail_command_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    import localbackend.core._backend as backend_module
+    """A full disk just when command.json is published."""
+    real = os.replace
 
-    real = backend_module.atomic_write_json
-
-    def failing(path: Path, obj: Any, *, durable: bool = False) -> None:
-        if path.name == "command.json":
+    def failing(src: Any, dst: Any, **kwargs: Any) -> None:
+        if os.path.basename(os.fspath(dst)) == "command.json":
             raise OSError(errno.ENOSPC, "No space left on device (injected)")
-        real(path, obj, durable=durable)
+        real(src, dst, **kwargs)
 
-    monkeypatch.setattr(backend_module, "atomic_write_json", failing)
+    monkeypatch.setattr(os, "replace", failing)
 
 
 def test_a_start_that_fails_after_the_record_exists_leaves_nothing(

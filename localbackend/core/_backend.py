@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
@@ -23,14 +22,13 @@ from .._errors import (
     TrialLaunchError,
     TrialNotFoundError,
 )
-from .._paths import ExperimentPaths, TrialPaths, default_experiment_dir
+from .._paths import ExperimentPaths, default_experiment_dir
 from .._types import FINISHED_STATUSES, Status, Trial, TrialResult
-from ..launchers._base import Launcher, RunSpec
+from ..launchers._base import Launcher
 from . import _checkpoints as checkpoints
+from . import _launching as launching
 from . import _waiting as waiting
 from ._command import (
-    ENV_DEFAULTS,
-    build_launch_spec,
     check_entry_point,
     normalize_config,
     parse_binary,
@@ -322,12 +320,12 @@ class LocalBackend:
                 if checkpoint_trial_id is not None:
                     checkpoints.copy(self._paths, int(checkpoint_trial_id), trial_id)
                 atomic_write_json(paths.config, clean)
-                self._prepare_files(paths)
+                launching.prepare_files(paths)
                 self._launcher.ensure_ready()
             except (OSError, LocalBackendError) as err:
                 # Leave no half-made trial behind: the id is not used.
                 if not existed:
-                    _remove_unstarted(paths)
+                    launching.remove_unstarted(paths)
                 if isinstance(err, LocalBackendError) and not isinstance(err, SupervisorError):
                     raise
                 raise self._launch_error(trial_id, err) from err
@@ -349,7 +347,7 @@ class LocalBackend:
                 self._table.live.discard(trial_id)
                 record.log("forget")
                 if not existed:
-                    _remove_unstarted(paths)
+                    launching.remove_unstarted(paths)
                 raise
             return self._trial_result(record)
 
@@ -375,7 +373,7 @@ class LocalBackend:
             try:
                 if clean is not None:
                     atomic_write_json(record.paths.config, clean)
-                self._prepare_files(record.paths)
+                launching.prepare_files(record.paths)
                 if clean is not None:
                     record.config = clean
                 self._launch(record, reason="resume_trial")
@@ -400,85 +398,25 @@ class LocalBackend:
             self._sleep_until_event(deadline - time.monotonic())
             self._table.pump()
 
-    @staticmethod
-    def _prepare_files(paths: TrialPaths) -> None:
-        """Create the trial folder and its files, so they can be watched before the trial runs."""
-        paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for path in (paths.results, paths.stdout, paths.stderr):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            os.close(fd)
-
     def _launch(self, record: TrialRecord, *, reason: str) -> None:
         """Start the next run of ``record``; on failure, raise ``TrialLaunchError``."""
         if record.attached:
-            # A run that outlived the previous driver is not the supervisor's
+            # A run that outlived the previous driver is not the launcher's
             # to queue behind; wait here until its tree is gone.
             self._wait_for_runs_to_end(record)
-        paths = record.paths
-        allocator = self._allocator()
-        held_before = allocator.holders.get(record.trial_id)
-        run = record.runs
-        logged = False
-        try:
-            if record.runs:  # start_trial prepared the first run's files already
-                self._prepare_files(paths)
-            gpus = allocator.allocate(record.trial_id)
-            run_start = time.time()
-            spec = build_launch_spec(
-                trial_id=record.trial_id,
-                paths=paths,
-                binary=self._binary,
-                entry_point=self._entry_point,
-                config=record.config,
-                pass_args_as_json=self.pass_args_as_json,
-                inherited_env={},  # the launcher's host environment goes under it
-                env_overrides=self._env,
-                gpus=gpus,
-                iteration_start=record.iterations,
-                run_start_time=run_start,
-                cwd=self._cwd,
-            )
-            overrides = {
-                key: value for key, value in spec.env.items()
-                if key not in ENV_DEFAULTS or key in self._env
-            }
-            atomic_write_json(
-                paths.command,
-                {"run": run, "argv": list(spec.argv), "cwd": str(spec.cwd), "env": overrides},
-            )
-            record.log("launch", run=run, time=run_start, gpus=gpus)
-            logged = True
-            self._launcher.start(RunSpec(
-                trial_id=record.trial_id, run=run, argv=spec.argv, env=overrides,
-                cwd=spec.cwd, paths=paths, grace_period=self._grace_period, gpus=tuple(gpus),
-                env_defaults=ENV_DEFAULTS,
-                delete_checkpoints_on_completion=self.delete_checkpoints,
-            ))
-        except (OSError, LocalBackendError) as err:
-            if held_before is None:
-                allocator.release(record.trial_id)
-            else:
-                allocator.holders[record.trial_id] = held_before
-            if logged:
-                record.log("launch_failed", run=run)
-            raise self._launch_error(record.trial_id, err) from err
-        record.launched(run, run_start, gpus)
-        self._table.live.add(record.trial_id)
-        if self._launcher.capabilities.local_files:
-            watcher = self._file_watcher()
-            watcher.watch(paths.results)
-            watcher.watch(paths.stdout)
+        launching.launch(
+            record, launching.RunTemplate(
+                binary=self._binary, entry_point=self._entry_point,
+                pass_args_as_json=self.pass_args_as_json, env=self._env, cwd=self._cwd,
+                grace_period=self._grace_period, delete_checkpoints=self.delete_checkpoints,
+            ),
+            launcher=self._launcher, allocator=self._allocator(), table=self._table,
+            watcher=self._file_watcher,
+        )
         record.set_status(Status.in_progress, reason=reason)
 
     def _launch_error(self, trial_id: int, err: BaseException) -> TrialLaunchError:
-        if isinstance(err, TrialLaunchError):
-            return err
-        if isinstance(err, OSError):
-            problem, hint = f"{type(err).__name__}: {err}", _launch_hint(err)
-        else:
-            problem = str(err)
-            hint = "Create a new backend, or restore this experiment, and start the trial again."
-        return TrialLaunchError(trial_id, [*self._binary, str(self._entry_point)], problem, hint)
+        return launching.launch_error(trial_id, [*self._binary, str(self._entry_point)], err)
 
     # -- pausing and stopping -----------------------------------------------
 
@@ -894,29 +832,3 @@ class _BackendLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self._lock.release()
-
-
-def _remove_unstarted(paths: TrialPaths) -> None:
-    """Remove the folder of a trial that failed to start, even with no descriptor to spare."""
-    shutil.rmtree(paths.root, ignore_errors=True)
-    if not paths.root.exists():
-        return
-    # rmtree needs file descriptors, which may be what ran out; the files
-    # start_trial creates are known by name, and unlink needs none.
-    for path in (paths.config, paths.results, paths.stdout, paths.stderr):
-        try:
-            path.unlink()
-        except OSError:
-            pass
-    try:
-        paths.root.rmdir()
-    except OSError:
-        pass
-
-
-def _launch_hint(err: OSError) -> str:
-    if err.errno == errno.EMFILE or err.errno == errno.ENFILE:
-        return "Too many files are open: close some, or raise the limit (ulimit -n)."
-    if err.errno == errno.ENOSPC:
-        return "The disk is full: free some space and start the trial again."
-    return "Check that the experiment folder is writable and start the trial again."

@@ -1,0 +1,151 @@
+"""Launching a run of a trial: from its record to a ``RunSpec`` handed to the launcher.
+
+A launch either happens whole or changes nothing: the GPUs it took are given
+back, a journaled launch is marked failed, and the error is a
+``TrialLaunchError`` with the cause chained.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._errors import LocalBackendError, TrialLaunchError
+from .._paths import TrialPaths
+from ..launchers._base import Launcher, RunSpec
+from ._command import ENV_DEFAULTS, build_launch_spec
+from ._gpus import GpuAllocator
+from ._notify import FileWatcher
+from ._storage import atomic_write_json
+from ._table import TrialTable
+from ._trials import TrialRecord
+
+
+@dataclass(frozen=True)
+class RunTemplate:
+    """What every run of the experiment shares, as the backend holds it at launch time."""
+
+    binary: tuple[str, ...]
+    entry_point: Path
+    pass_args_as_json: bool
+    env: Mapping[str, str]
+    cwd: Path
+    grace_period: float
+    delete_checkpoints: bool
+
+
+def launch(
+    record: TrialRecord,
+    template: RunTemplate,
+    *,
+    launcher: Launcher,
+    allocator: GpuAllocator,
+    table: TrialTable,
+    watcher: Callable[[], FileWatcher],
+) -> None:
+    """Start the next run of ``record``; on failure, raise ``TrialLaunchError``."""
+    paths = record.paths
+    held_before = allocator.holders.get(record.trial_id)
+    run = record.runs
+    logged = False
+    try:
+        if record.runs:  # start_trial prepared the first run's files already
+            prepare_files(paths)
+        gpus = allocator.allocate(record.trial_id)
+        run_start = time.time()
+        spec = build_launch_spec(
+            trial_id=record.trial_id,
+            paths=paths,
+            binary=template.binary,
+            entry_point=template.entry_point,
+            config=record.config,
+            pass_args_as_json=template.pass_args_as_json,
+            inherited_env={},  # the launcher's host environment goes under it
+            env_overrides=template.env,
+            gpus=gpus,
+            iteration_start=record.iterations,
+            run_start_time=run_start,
+            cwd=template.cwd,
+        )
+        overrides = {
+            key: value for key, value in spec.env.items()
+            if key not in ENV_DEFAULTS or key in template.env
+        }
+        atomic_write_json(
+            paths.command,
+            {"run": run, "argv": list(spec.argv), "cwd": str(spec.cwd), "env": overrides},
+        )
+        record.log("launch", run=run, time=run_start, gpus=gpus)
+        logged = True
+        launcher.start(RunSpec(
+            trial_id=record.trial_id, run=run, argv=spec.argv, env=overrides,
+            cwd=spec.cwd, paths=paths, grace_period=template.grace_period, gpus=tuple(gpus),
+            env_defaults=ENV_DEFAULTS,
+            delete_checkpoints_on_completion=template.delete_checkpoints,
+        ))
+    except (OSError, LocalBackendError) as err:
+        if held_before is None:
+            allocator.release(record.trial_id)
+        else:
+            allocator.hold(record.trial_id, held_before)
+        if logged:
+            record.log("launch_failed", run=run)
+        raise launch_error(record.trial_id, [*template.binary, str(template.entry_point)],
+                           err) from err
+    record.launched(run, run_start, gpus)
+    table.live.add(record.trial_id)
+    if launcher.capabilities.local_files:
+        files = watcher()
+        files.watch(paths.results)
+        files.watch(paths.stdout)
+
+
+def launch_error(trial_id: int, argv: Sequence[str], err: BaseException) -> TrialLaunchError:
+    """Our error for a launch that failed, naming the trial, the command and what to do."""
+    if isinstance(err, TrialLaunchError):
+        return err
+    if isinstance(err, OSError):
+        problem, hint = f"{type(err).__name__}: {err}", _launch_hint(err)
+    else:
+        problem = str(err)
+        hint = "Create a new backend, or restore this experiment, and start the trial again."
+    return TrialLaunchError(trial_id, list(argv), problem, hint)
+
+
+def prepare_files(paths: TrialPaths) -> None:
+    """Create the trial folder and its files, so they can be watched before the trial runs."""
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in (paths.results, paths.stdout, paths.stderr):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+
+
+def remove_unstarted(paths: TrialPaths) -> None:
+    """Remove the folder of a trial that failed to start, even with no descriptor to spare."""
+    shutil.rmtree(paths.root, ignore_errors=True)
+    if not paths.root.exists():
+        return
+    # rmtree needs file descriptors, which may be what ran out; the files
+    # start_trial creates are known by name, and unlink needs none.
+    for path in (paths.config, paths.results, paths.stdout, paths.stderr):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    try:
+        paths.root.rmdir()
+    except OSError:
+        pass
+
+
+def _launch_hint(err: OSError) -> str:
+    if err.errno == errno.EMFILE or err.errno == errno.ENFILE:
+        return "Too many files are open: close some, or raise the limit (ulimit -n)."
+    if err.errno == errno.ENOSPC:
+        return "The disk is full: free some space and start the trial again."
+    return "Check that the experiment folder is writable and start the trial again."
