@@ -31,13 +31,12 @@ from . import _waiting as waiting
 from ._command import (
     check_entry_point,
     normalize_config,
-    parse_binary,
 )
 from ._gpus import GpuAllocator
 from ._journal import Journal, empty_state, load_state
 from ._lock import ExperimentLock
 from ._notify import FileWatcher
-from ._options import check_env, check_experiment_dir, check_gpu_counts, check_grace_period
+from ._options import BackendOptions, check_experiment_dir
 from ._restore import Rebuild, rebuild_table
 from ._results import read_log_text
 from ._storage import (
@@ -101,12 +100,12 @@ class LocalBackend:
         detach: bool = False,
         launcher: Launcher | None = None,
     ) -> None:
-        self._configure(
+        self._configure(BackendOptions.check(
             entry_point=entry_point, binary=binary, pass_args_as_json=pass_args_as_json,
             delete_checkpoints=delete_checkpoints, grace_period=grace_period, env=env,
             num_gpus=num_gpus, num_gpus_per_trial=num_gpus_per_trial, gpus_to_use=gpus_to_use,
             detach=detach, cwd=Path.cwd(),
-        )
+        ))
         if experiment_dir is not None:
             root = Path(experiment_dir).expanduser().absolute()
             check_experiment_dir(root)
@@ -116,43 +115,12 @@ class LocalBackend:
         self._created = False
         self._setup_runtime(launcher)
 
-    def _configure(
-        self,
-        *,
-        entry_point: str | os.PathLike[str],
-        binary: str | Sequence[str] | None,
-        pass_args_as_json: bool,
-        delete_checkpoints: bool,
-        grace_period: float,
-        env: Mapping[str, str] | None,
-        num_gpus: int | None,
-        num_gpus_per_trial: int,
-        gpus_to_use: Sequence[int] | None,
-        detach: bool,
-        cwd: Path,
-        entry_point_must_exist: bool = True,
-    ) -> None:
-        """Check and store the constructor's arguments (``restore`` uses the stored ones)."""
-        self._binary = parse_binary(binary)
-        if entry_point_must_exist:
-            self._entry_point = check_entry_point(
-                entry_point, must_be_executable=not self._binary
-            )
-        else:  # it may be gone after a crash; start and resume check it again
-            self._entry_point = Path(entry_point)
-        self._grace_period = check_grace_period(grace_period)
-        self._env = check_env(env)
-        check_gpu_counts(num_gpus, num_gpus_per_trial)
-        self._num_gpus = num_gpus
-        self._num_gpus_per_trial = num_gpus_per_trial
-        self._gpus_to_use = list(gpus_to_use) if gpus_to_use is not None else None
+    def _configure(self, options: BackendOptions) -> None:
+        """Take checked options (``restore`` passes the stored ones)."""
+        self._o = options
         self._gpus: GpuAllocator | None = None
-        if num_gpus is not None:
+        if options.num_gpus is not None:
             self._gpus = self._make_allocator()
-        self.pass_args_as_json = bool(pass_args_as_json)
-        self._delete_checkpoints = bool(delete_checkpoints)  # the property's value
-        self._detach = bool(detach)
-        self._cwd = cwd
 
     def _setup_runtime(self, launcher: Launcher | None) -> None:
         """The parts that live only as long as this driver process."""
@@ -160,13 +128,13 @@ class LocalBackend:
             from ..launchers.local._launcher import LocalLauncher
 
             launcher = LocalLauncher()
-        if self._detach and not launcher.capabilities.detach:
+        if self._o.detach and not launcher.capabilities.detach:
             raise BackendConfigurationError(
                 "detach", True, f"is not supported by {type(launcher).__name__}",
                 "Use detach=False with this launcher.",
             )
         self._launcher = launcher
-        launcher.open(detach=self._detach, on_session=self._session_started)
+        launcher.open(detach=self._o.detach, on_session=self._session_started)
         self._watcher: FileWatcher | None = None
         self._table = TrialTable(launcher, self._allocator, self._file_watcher)
         self._table.delete_checkpoints = self.delete_checkpoints
@@ -186,19 +154,16 @@ class LocalBackend:
 
     def _options(self) -> dict[str, Any]:
         """Constructor arguments, as stored in the experiment folder for ``restore``."""
-        return {
-            "entry_point": str(self._entry_point),
-            "binary": list(self._binary),
-            "pass_args_as_json": self.pass_args_as_json,
-            "delete_checkpoints": self.delete_checkpoints,
-            "grace_period": self._grace_period,
-            "env": self._env,
-            "num_gpus": self._num_gpus,
-            "num_gpus_per_trial": self._num_gpus_per_trial,
-            "gpus_to_use": self._gpus_to_use,
-            "detach": self._detach,
-            "cwd": str(self._cwd),
-        }
+        return self._o.saved()
+
+    @property
+    def pass_args_as_json(self) -> bool:
+        """Pass the config as ``--st_config_json_filename`` (Syne Tune's adapter may set it)."""
+        return self._o.pass_args_as_json
+
+    @pass_args_as_json.setter
+    def pass_args_as_json(self, value: bool) -> None:
+        self._o.pass_args_as_json = bool(value)
 
     # -- properties and paths ------------------------------------------------
 
@@ -209,14 +174,14 @@ class LocalBackend:
 
     @property
     def grace_period(self) -> float:
-        return self._grace_period
+        return self._o.grace_period
 
     def trial_dir(self, trial_id: int) -> Path:
         """The folder of one trial (see the README for its files)."""
         return self._paths.trial(self._record(trial_id).trial_id).root
 
     def entrypoint_path(self) -> Path:
-        return self._entry_point
+        return self._o.entry_point
 
     def set_entrypoint(self, entry_point: str | os.PathLike[str]) -> None:
         """Run ``entry_point`` for the runs launched from now on.
@@ -224,9 +189,9 @@ class LocalBackend:
         The change is recorded in the experiment folder, so that ``restore``
         and unpickling keep it.
         """
-        checked = check_entry_point(entry_point, must_be_executable=not self._binary)
+        checked = check_entry_point(entry_point, must_be_executable=not self._o.binary)
         with self._lock:
-            self._entry_point = checked
+            self._o.entry_point = checked
             if self._journal is not None:
                 self._journal.append("options", options=self._options())
 
@@ -238,24 +203,24 @@ class LocalBackend:
         construction; the change is recorded in the experiment folder, so that
         ``restore`` and unpickling keep it.
         """
-        return self._delete_checkpoints
+        return self._o.delete_checkpoints
 
     @delete_checkpoints.setter
     def delete_checkpoints(self, value: bool) -> None:
         with self._lock:
-            changed = bool(value) != self._delete_checkpoints
-            self._delete_checkpoints = bool(value)
-            self._table.delete_checkpoints = self._delete_checkpoints
+            changed = bool(value) != self._o.delete_checkpoints
+            self._o.delete_checkpoints = bool(value)
+            self._table.delete_checkpoints = self._o.delete_checkpoints
             if changed and self._journal is not None:
                 self._journal.append("options", options=self._options())
-            if changed and not self._delete_checkpoints:
+            if changed and not self._o.delete_checkpoints:
                 # Keepers of running trials were told to delete on completion.
                 for record in self._table.live_records():
                     if record.status == Status.in_progress and not record.delete_checkpoint_on_exit:
                         checkpoints.request(record, "keep")
 
     def _check_entry_point_still_there(self) -> None:
-        check_entry_point(self._entry_point, must_be_executable=not self._binary)
+        check_entry_point(self._o.entry_point, must_be_executable=not self._o.binary)
 
     def set_path(self, results_root: str | None = None, tuner_name: str | None = None) -> None:
         """Move the experiment to ``results_root``; only before a trial has started."""
@@ -393,7 +358,7 @@ class LocalBackend:
             return self._trial_result(record)
 
     def _wait_for_runs_to_end(self, record: TrialRecord) -> None:
-        deadline = time.monotonic() + self._grace_period + _STOP_ALL_MARGIN
+        deadline = time.monotonic() + self._o.grace_period + _STOP_ALL_MARGIN
         while record.alive_runs and time.monotonic() < deadline:
             self._sleep_until_event(deadline - time.monotonic())
             self._table.pump()
@@ -406,9 +371,9 @@ class LocalBackend:
             self._wait_for_runs_to_end(record)
         launching.launch(
             record, launching.RunTemplate(
-                binary=self._binary, entry_point=self._entry_point,
-                pass_args_as_json=self.pass_args_as_json, env=self._env, cwd=self._cwd,
-                grace_period=self._grace_period, delete_checkpoints=self.delete_checkpoints,
+                binary=self._o.binary, entry_point=self._o.entry_point,
+                pass_args_as_json=self.pass_args_as_json, env=self._o.env, cwd=self._o.cwd,
+                grace_period=self._o.grace_period, delete_checkpoints=self.delete_checkpoints,
             ),
             launcher=self._launcher, allocator=self._allocator(), table=self._table,
             watcher=self._file_watcher,
@@ -416,7 +381,7 @@ class LocalBackend:
         record.set_status(Status.in_progress, reason=reason)
 
     def _launch_error(self, trial_id: int, err: BaseException) -> TrialLaunchError:
-        return launching.launch_error(trial_id, [*self._binary, str(self._entry_point)], err)
+        return launching.launch_error(trial_id, [*self._o.binary, str(self._o.entry_point)], err)
 
     # -- pausing and stopping -----------------------------------------------
 
@@ -476,7 +441,7 @@ class LocalBackend:
 
     def _wait_for_every_run(self) -> None:
         """Wait (grace period plus a margin at most) until no trial process is left."""
-        deadline = time.monotonic() + self._grace_period + _STOP_ALL_MARGIN
+        deadline = time.monotonic() + self._o.grace_period + _STOP_ALL_MARGIN
         while (
             any(r.alive_runs for r in self._table.live_records())
             and time.monotonic() < deadline
@@ -529,7 +494,7 @@ class LocalBackend:
         and every later call on this backend raises ``ExperimentMovedError``.
         """
         with self._lock:
-            if not self._detach:
+            if not self._o.detach:
                 for record in self._table.records:
                     if record.status == Status.in_progress:
                         self._interrupt(
@@ -721,20 +686,7 @@ class LocalBackend:
         root = Path(experiment_dir).expanduser().absolute()
         options: dict[str, Any] = load_state(root)["options"]
         backend = cls.__new__(cls)
-        backend._configure(
-            entry_point=options["entry_point"],
-            binary=options["binary"],
-            pass_args_as_json=bool(options.get("pass_args_as_json")),
-            delete_checkpoints=bool(options.get("delete_checkpoints")),
-            grace_period=options["grace_period"],
-            env=options.get("env"),
-            num_gpus=options.get("num_gpus"),
-            num_gpus_per_trial=int(options.get("num_gpus_per_trial", 1)),
-            gpus_to_use=options.get("gpus_to_use"),
-            detach=bool(options.get("detach")),
-            cwd=Path(options.get("cwd") or os.getcwd()),
-            entry_point_must_exist=False,
-        )
+        backend._configure(BackendOptions.from_saved(options))
         backend._paths = ExperimentPaths(root)
         backend._created = True
         backend._setup_runtime(launcher)
@@ -745,14 +697,14 @@ class LocalBackend:
             # set_entrypoint) since the first read.
             state = load_state(root, owner=True)
             backend.delete_checkpoints = bool(state["options"].get("delete_checkpoints"))
-            backend._entry_point = Path(state["options"]["entry_point"])
+            backend._o.entry_point = Path(state["options"]["entry_point"])
             backend._journal = Journal(backend._paths, state["seq"])
             backend._journal.open()
             rebuild_table(Rebuild(
                 paths=backend._paths, table=backend._table, launcher=backend._launcher,
                 allocator=backend._allocator, watcher=backend._file_watcher,
-                journal=backend._journal, detach=backend._detach,
-                grace_period=backend._grace_period,
+                journal=backend._journal, detach=backend._o.detach,
+                grace_period=backend._o.grace_period,
             ), state)
         except BaseException:
             backend._experiment_lock.release()
@@ -777,7 +729,7 @@ class LocalBackend:
         if cwd is not None:
             # Trials run in the working folder of the driver that made the
             # backend, as they do after a restore, not in the unpickler's.
-            fresh._cwd = Path(cwd)
+            fresh._o.cwd = Path(cwd)
         self.__dict__.update(fresh.__dict__)
 
     # -- internals ---------------------------------------------------------
@@ -796,11 +748,11 @@ class LocalBackend:
         return record.as_trial().add_results([], record.status, record.training_end_time)
 
     def _make_allocator(self) -> GpuAllocator:
-        if self._num_gpus is not None:
-            devices = [str(index) for index in range(self._num_gpus)]
+        if self._o.num_gpus is not None:
+            devices = [str(index) for index in range(self._o.num_gpus)]
         else:
-            devices = self._launcher.gpu_devices(self._env)
-        return GpuAllocator(devices, self._gpus_to_use, self._num_gpus_per_trial)
+            devices = self._launcher.gpu_devices(self._o.env)
+        return GpuAllocator(devices, self._o.gpus_to_use, self._o.num_gpus_per_trial)
 
     def _allocator(self) -> GpuAllocator:
         if self._gpus is None:

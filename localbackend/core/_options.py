@@ -1,13 +1,16 @@
-"""Checks of the backend's constructor arguments, shared by ``__init__`` and ``restore``."""
+"""The backend's options: each argument checked, and the whole as stored for ``restore``."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .._errors import BackendConfigurationError
+from ._command import check_entry_point, parse_binary
 
 
 def check_grace_period(grace_period: object) -> float:
@@ -81,3 +84,91 @@ def check_experiment_dir(root: Path) -> None:
             "experiment_dir", str(root), f"cannot be written ({probe} is not writable)",
             "Choose a folder you can write to.",
         )
+
+
+@dataclass
+class BackendOptions:
+    """The backend's settings, checked; as stored in the experiment folder for ``restore``.
+
+    ``delete_checkpoints`` and ``entry_point`` may change after construction
+    (Syne Tune's ``TrialBackend`` allows it); the backend journals each change.
+    """
+
+    entry_point: Path
+    binary: tuple[str, ...]
+    pass_args_as_json: bool
+    delete_checkpoints: bool
+    grace_period: float
+    env: dict[str, str]
+    num_gpus: int | None
+    num_gpus_per_trial: int
+    gpus_to_use: list[int] | None
+    detach: bool
+    cwd: Path
+
+    @classmethod
+    def check(
+        cls,
+        *,
+        entry_point: str | os.PathLike[str],
+        binary: str | Sequence[str] | None,
+        pass_args_as_json: bool,
+        delete_checkpoints: bool,
+        grace_period: float,
+        env: Mapping[str, str] | None,
+        num_gpus: int | None,
+        num_gpus_per_trial: int,
+        gpus_to_use: Sequence[int] | None,
+        detach: bool,
+        cwd: Path,
+        entry_point_must_exist: bool = True,
+    ) -> BackendOptions:
+        """The options, or our error naming the first bad value."""
+        words = parse_binary(binary)
+        if entry_point_must_exist:
+            script = check_entry_point(entry_point, must_be_executable=not words)
+        else:  # it may be gone after a crash; start and resume check it again
+            script = Path(entry_point)
+        check_gpu_counts(num_gpus, num_gpus_per_trial)
+        return cls(
+            entry_point=script, binary=words, pass_args_as_json=bool(pass_args_as_json),
+            delete_checkpoints=bool(delete_checkpoints),
+            grace_period=check_grace_period(grace_period), env=check_env(env),
+            num_gpus=num_gpus, num_gpus_per_trial=num_gpus_per_trial,
+            gpus_to_use=list(gpus_to_use) if gpus_to_use is not None else None,
+            detach=bool(detach), cwd=cwd,
+        )
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> BackendOptions:
+        """The options an experiment folder stored (its entry point may be gone)."""
+        return cls.check(
+            entry_point=saved["entry_point"],
+            binary=saved["binary"],
+            pass_args_as_json=bool(saved.get("pass_args_as_json")),
+            delete_checkpoints=bool(saved.get("delete_checkpoints")),
+            grace_period=saved["grace_period"],
+            env=saved.get("env"),
+            num_gpus=saved.get("num_gpus"),
+            num_gpus_per_trial=int(saved.get("num_gpus_per_trial", 1)),
+            gpus_to_use=saved.get("gpus_to_use"),
+            detach=bool(saved.get("detach")),
+            cwd=Path(saved.get("cwd") or os.getcwd()),
+            entry_point_must_exist=False,
+        )
+
+    def saved(self) -> dict[str, Any]:
+        """The form stored in the experiment folder."""
+        return {
+            "entry_point": str(self.entry_point),
+            "binary": list(self.binary),
+            "pass_args_as_json": self.pass_args_as_json,
+            "delete_checkpoints": self.delete_checkpoints,
+            "grace_period": self.grace_period,
+            "env": self.env,
+            "num_gpus": self.num_gpus,
+            "num_gpus_per_trial": self.num_gpus_per_trial,
+            "gpus_to_use": self.gpus_to_use,
+            "detach": self.detach,
+            "cwd": str(self.cwd),
+        }

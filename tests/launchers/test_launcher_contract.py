@@ -655,12 +655,6 @@ def test_wait_for_run_end_returns_once_an_ending_run_has_ended(
     assert f.kit.alive([handles[0].pid]) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LocalLauncher.wait_for_run_end SIGKILLs the keeper after the timeout, and the "
-    "trial's tree lives on, orphaned: nothing ends it (the detached supervisor only reaps "
-    "keepers, and trial processes have no parent-death signal)",
-)
 def test_wait_for_run_end_ends_a_run_by_force_after_the_timeout(
     launcher_factory: LauncherFactory,
 ) -> None:

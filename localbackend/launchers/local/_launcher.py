@@ -123,7 +123,7 @@ class LocalLauncher(Launcher):
         self._attached[(handle.trial_id, handle.run)] = (handle, paths)
 
     def wait_for_run_end(self, handle: RunHandle, timeout: float) -> None:
-        _wait_for_exit(handle.keeper, handle.keeper_create_time, timeout)
+        _wait_for_exit(handle.keeper, handle.keeper_create_time, timeout, whole_tree=True)
 
     def wait_for_session_end(self, session: Mapping[str, Any], timeout: float) -> None:
         # The supervisor ends every trial tree, then exits, once its driver is gone.
@@ -200,11 +200,40 @@ def _ask_keeper_to_end(handle: RunHandle) -> None:
             pass
 
 
-def _wait_for_exit(pid: int, created: float, timeout: float) -> None:
-    """Wait for a dead driver's supervisor or keeper to finish ending its trees."""
+def _wait_for_exit(pid: int, created: float, timeout: float, *, whole_tree: bool = False) -> None:
+    """Wait for a dead driver's supervisor or keeper to finish ending its trees.
+
+    After ``timeout`` it is killed: a supervisor's keepers then get SIGUSR2
+    from the kernel and end their trees, but a keeper's own tree would be
+    orphaned, so with ``whole_tree`` every descendant is killed first.
+    """
+    import psutil
+
     deadline = time.monotonic() + timeout
     while process_matches(pid, created) and time.monotonic() < deadline:
         time.sleep(0.02)
-    if process_matches(pid, created):
-        # A supervisor's keepers get SIGUSR2 from the kernel and end their trees.
+    if not process_matches(pid, created):
+        return
+    victims = []
+    if whole_tree:
+        try:
+            victims = psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            victims = []
+    try:
+        os.kill(pid, signal.SIGSTOP if whole_tree else signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if whole_tree:
+        # Stopped, the keeper reaps nothing, so no PID below it can be reused
+        # while its tree is killed; then the keeper goes too.
+        try:
+            victims = psutil.Process(pid).children(recursive=True) or victims
+        except psutil.Error:
+            pass
+        for victim in victims:
+            try:
+                victim.kill()
+            except psutil.Error:
+                pass
         os.kill(pid, signal.SIGKILL)
