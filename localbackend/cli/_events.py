@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._common import format_value
-
-if TYPE_CHECKING:
-    from ._tuner import TuneOptions
+from ._tune_options import TuneOptions
 
 
 def describe_event(event: dict[str, Any], options: TuneOptions) -> str:

@@ -21,7 +21,8 @@ from ._live import make_view
 from ._schedulers import Asha, Pbt, RandomSearch, Scheduler, Settings
 from ._search_space import SearchSpace, build_search_space
 from ._state import load_state
-from ._tuner import TuneOptions, Tuner
+from ._tune_loop import Tuner
+from ._tune_options import TuneOptions
 
 SCHEDULERS = ("asha", "pbt", "random")
 DEFAULT_MAX_TRIALS = 20
