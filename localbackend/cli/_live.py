@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
+from ._common import format_duration, format_value
+
 # A plain-mode progress line at most this often, so CI logs stay readable.
 PROGRESS_EVERY_SECONDS = 10.0
 # The live table shows at most this many trials: running and paused first, then the best.
@@ -103,8 +105,6 @@ def render_table(snapshot: Snapshot) -> Any:
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
-
-    from ._common import format_duration, format_value
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("trial", justify="right")
