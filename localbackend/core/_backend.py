@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from .._errors import (
     BackendConfigurationError,
-    ExperimentError,
     ExperimentMovedError,
     InvalidTransitionError,
     LocalBackendError,
@@ -32,8 +30,9 @@ from ._command import (
     check_entry_point,
     normalize_config,
 )
+from ._experiment import ExperimentFolder
 from ._gpus import GpuAllocator
-from ._journal import Journal, empty_state, load_state
+from ._journal import Journal, load_state
 from ._lock import ExperimentLock
 from ._notify import FileWatcher
 from ._options import BackendOptions, check_experiment_dir
@@ -111,8 +110,7 @@ class LocalBackend:
             check_experiment_dir(root)
         else:
             root = default_experiment_dir()
-        self._paths = ExperimentPaths(root)
-        self._created = False
+        self._folder = ExperimentFolder(root, created=False)
         self._setup_runtime(launcher)
 
     def _configure(self, options: BackendOptions) -> None:
@@ -138,14 +136,28 @@ class LocalBackend:
         self._watcher: FileWatcher | None = None
         self._table = TrialTable(launcher, self._allocator, self._file_watcher)
         self._table.delete_checkpoints = self.delete_checkpoints
-        self._journal: Journal | None = None
-        self._experiment_lock = ExperimentLock(self._paths)
-        self._lock = _BackendLock(self._paths.root)
+        self._lock = _BackendLock(self._folder)
 
     def _session_started(self, session: dict[str, Any]) -> None:
         # A restore waits for this session to end before it trusts the folder.
-        if self._journal is not None:
-            self._journal.append("supervisor", **session)
+        self._folder.append("supervisor", **session)
+
+    @property
+    def _paths(self) -> ExperimentPaths:
+        return self._folder.paths
+
+    @property
+    def _journal(self) -> Journal | None:
+        return self._folder.journal
+
+    @property
+    def _experiment_lock(self) -> ExperimentLock:
+        return self._folder.lock
+
+    def _journal_or_fail(self) -> Journal:
+        if self._folder.journal is None:
+            raise RuntimeError("the experiment's journal is not open")
+        return self._folder.journal
 
     @property
     def _supervisor(self) -> Any:
@@ -192,8 +204,7 @@ class LocalBackend:
         checked = check_entry_point(entry_point, must_be_executable=not self._o.binary)
         with self._lock:
             self._o.entry_point = checked
-            if self._journal is not None:
-                self._journal.append("options", options=self._options())
+            self._folder.append("options", options=self._options())
 
     @property
     def delete_checkpoints(self) -> bool:
@@ -211,8 +222,8 @@ class LocalBackend:
             changed = bool(value) != self._o.delete_checkpoints
             self._o.delete_checkpoints = bool(value)
             self._table.delete_checkpoints = self._o.delete_checkpoints
-            if changed and self._journal is not None:
-                self._journal.append("options", options=self._options())
+            if changed:
+                self._folder.append("options", options=self._options())
             if changed and not self._o.delete_checkpoints:
                 # Keepers of running trials were told to delete on completion.
                 for record in self._table.live_records():
@@ -234,23 +245,7 @@ class LocalBackend:
                     "Call set_path before the first start_trial."
                 )
             new_root = Path(results_root).expanduser().absolute()
-            check_experiment_dir(new_root)
-            if self._created and new_root != self._paths.root:
-                # Only copied checkpoints of trials not yet started can be
-                # here; carry them over and start the bookkeeping afresh.
-                if self._journal is not None:
-                    self._journal.close()
-                self._experiment_lock.release()
-                new_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-                for entry in self._paths.root.iterdir():
-                    if entry.name not in (
-                        self._paths.metadata.name, self._paths.journal.name, self._paths.lock.name
-                    ):
-                        shutil.move(str(entry), str(new_root / entry.name))
-                shutil.rmtree(self._paths.root, ignore_errors=True)
-                self._created = False
-            self._paths = ExperimentPaths(new_root)
-            self._experiment_lock = ExperimentLock(self._paths)
+            self._folder.move_to(new_root)
             if self._table.records or (new_root.exists() and any(
                 entry.is_dir() for entry in new_root.iterdir()
             )):
@@ -468,15 +463,10 @@ class LocalBackend:
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
-        try:
-            if self._journal is not None:
-                self._journal.compact()
-                self._journal.close()
-        finally:
-            self._experiment_lock.release()
+        self._folder.close(compact=True)
 
-    def _acquire_experiment(self, *, take_over: bool = False) -> None:
-        """Take the experiment's lock; ``take_over`` makes a backend of this process let go."""
+    def _take_over_callback(self) -> Callable[[], None]:
+        """What a backend restored in this process calls to make this one let go (weakly)."""
         let_go = weakref.WeakMethod(self._let_go)
 
         def on_take_over() -> None:
@@ -484,7 +474,7 @@ class LocalBackend:
             if method is not None:
                 method()
 
-        self._experiment_lock.acquire(on_take_over, take_over=take_over)
+        return on_take_over
 
     def _let_go(self) -> None:
         """Hand the experiment to a backend being restored from it in this process.
@@ -508,10 +498,7 @@ class LocalBackend:
                 if self._watcher is not None:
                     self._watcher.close()
                     self._watcher = None
-                if self._journal is not None:
-                    self._journal.compact()
-                    self._journal.close()
-                self._experiment_lock.release()
+                self._folder.close(compact=True)
             self._lock.moved = True
 
     def __enter__(self) -> LocalBackend:
@@ -639,32 +626,11 @@ class LocalBackend:
     def on_tuner_save(self) -> None:
         """Write the trial table snapshot (called by Syne Tune's Tuner on save)."""
         with self._lock:
-            if self._journal is not None:
-                self._journal.compact()
+            self._folder.compact()
 
     def _ensure_experiment_dir(self) -> None:
-        if self._created:
-            return
-        root = self._paths.root
-        check_experiment_dir(root)
-        if self._paths.metadata.exists():
-            raise ExperimentError(
-                str(root), "already holds an experiment",
-                "Use LocalBackend.restore(experiment_dir) to carry it on, or choose a new folder.",
-            )
-        try:
-            root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as err:
-            raise BackendConfigurationError(
-                "experiment_dir", str(root), f"cannot be created ({err.strerror})",
-                "Choose a folder you can write to.",
-            ) from err
-        self._acquire_experiment()
-        state = empty_state(self._options())
-        atomic_write_json(self._paths.metadata, state, durable=True)
-        self._journal = Journal(self._paths, state["seq"])
-        self._journal.open()
-        self._created = True
+        if not self._folder.created:
+            self._folder.create(self._options(), self._take_over_callback())
 
     # -- restore and pickling ------------------------------------------------
 
@@ -687,10 +653,9 @@ class LocalBackend:
         options: dict[str, Any] = load_state(root)["options"]
         backend = cls.__new__(cls)
         backend._configure(BackendOptions.from_saved(options))
-        backend._paths = ExperimentPaths(root)
-        backend._created = True
+        backend._folder = ExperimentFolder(root, created=True)
         backend._setup_runtime(launcher)
-        backend._acquire_experiment(take_over=True)
+        backend._folder.lock.acquire(backend._take_over_callback(), take_over=True)
         try:
             # Re-read under the lock: the old driver may have written until now,
             # and may have changed the options it journals (delete_checkpoints,
@@ -698,16 +663,15 @@ class LocalBackend:
             state = load_state(root, owner=True)
             backend.delete_checkpoints = bool(state["options"].get("delete_checkpoints"))
             backend._o.entry_point = Path(state["options"]["entry_point"])
-            backend._journal = Journal(backend._paths, state["seq"])
-            backend._journal.open()
+            backend._folder.open_journal(state["seq"])
             rebuild_table(Rebuild(
                 paths=backend._paths, table=backend._table, launcher=backend._launcher,
                 allocator=backend._allocator, watcher=backend._file_watcher,
-                journal=backend._journal, detach=backend._o.detach,
+                journal=backend._journal_or_fail(), detach=backend._o.detach,
                 grace_period=backend._o.grace_period,
             ), state)
         except BaseException:
-            backend._experiment_lock.release()
+            backend._folder.close()
             raise
         return backend
 
@@ -715,7 +679,7 @@ class LocalBackend:
         # A pickle (Syne Tune's Tuner saves itself with dill) carries only the
         # folder; unpickling restores the experiment from it.
         self.on_tuner_save()
-        return {"experiment_dir": str(self._paths.root), "created": self._created,
+        return {"experiment_dir": str(self._paths.root), "created": self._folder.created,
                 "options": self._options()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -771,16 +735,16 @@ class _BackendLock:
     over by a restore in the same process raises on any later call.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, folder: ExperimentFolder) -> None:
         self._lock = threading.RLock()
-        self._root = root
+        self._folder = folder
         self.moved = False
 
     def __enter__(self) -> None:
         self._lock.acquire()
         if self.moved:
             self._lock.release()
-            raise ExperimentMovedError(str(self._root))
+            raise ExperimentMovedError(str(self._folder.paths.root))
 
     def __exit__(self, *exc_info: object) -> None:
         self._lock.release()
