@@ -255,7 +255,7 @@ def _trial_over(files: TunerPaths, trial_id: int) -> bool:
 
 
 def _keeper_alive(run_record: Path) -> bool:
-    from ..core._table import process_matches
+    from ..launchers.local._launcher import process_matches
 
     run = read_json(run_record)
     if not isinstance(run, dict) or not run.get("keeper"):
