@@ -448,11 +448,27 @@ def test_resume_after_a_kill_carries_on_from_the_last_batch(tmp_path: Path) -> N
         paused = {e["trial"] for e in seen if e["event"] == "pause"}
         return paused - {e["trial"] for e in seen if e["event"] == "promote"}
 
-    wait_until(lambda: len(waiting(events())) >= 2, 60, "two trials paused at a rung", proc)
+    def recorded_paused() -> set[int]:
+        """Trials the tuner's own state (snapshot plus journal) has as paused at a rung."""
+        from localbackend._paths import TunerPaths
+        from localbackend.cli._state import load_state
+
+        state = load_state(TunerPaths(experiment)) or {}
+        return {int(t) for t, v in state.get("trials", {}).items() if v.get("phase") == "paused"}
+
+    # The kill comes once a batch's decisions are in events.jsonl and in the
+    # tuner's journal: a kill between the two writes of one batch is a crash
+    # inside a batch, which resumes the trial as interrupted, by design.
+    wait_until(
+        lambda: len(at := waiting(events())) >= 2 and at <= recorded_paused(), 60,
+        "two trials paused at a rung, in events.jsonl and the tuner's journal", proc,
+    )
     proc.kill()
     proc.communicate(timeout=30)
     before = events()
-    at_rung = waiting(before)
+    # Paused at a rung by a batch that was written whole before the kill.
+    at_rung = waiting(before) & recorded_paused()
+    assert len(at_rung) >= 2, (before, recorded_paused())
     saved = json.loads((experiment / "tuner.json").read_text())
     assert saved["state"] == "running"
     # Written before any pause: only the journal knows of them.
