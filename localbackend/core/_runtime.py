@@ -1,0 +1,390 @@
+"""The machinery behind ``LocalBackend``: its state, and the operations its methods share.
+
+``LocalBackend`` (in ``_backend``) is the public surface: each method checks
+its arguments and takes the backend's lock. What those methods have in
+common lives here: the options, the experiment folder, the launcher, the
+trial table, GPUs and file watching, launching and interrupting a run,
+waiting for runs to end, and letting go of the experiment, on ``close()`` or
+when a restore in this process takes it over.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .._errors import (
+    BackendConfigurationError,
+    ExperimentMovedError,
+    LocalBackendError,
+    SupervisorError,
+    TrialLaunchError,
+    TrialNotFoundError,
+)
+from .._paths import ExperimentPaths
+from .._types import FINISHED_STATUSES, Status, TrialResult
+from ..launchers._base import Launcher
+from . import _checkpoints as checkpoints
+from . import _launching as launching
+from . import _waiting as waiting
+from ._command import check_entry_point
+from ._experiment import ExperimentFolder
+from ._gpus import GpuAllocator
+from ._journal import Journal, load_state
+from ._lock import ExperimentLock
+from ._notify import FileWatcher
+from ._options import BackendOptions
+from ._restore import Rebuild, rebuild_table
+from ._storage import atomic_write_json
+from ._table import TrialTable
+from ._trials import TrialRecord
+
+# Runs are waited for this long beyond the grace period before giving up.
+WAIT_MARGIN = 10.0
+
+
+class BackendCore:
+    """The state of one backend and its private operations (see the module docstring)."""
+
+    _o: BackendOptions
+    _folder: ExperimentFolder
+    _launcher: Launcher
+    _table: TrialTable
+    _watcher: FileWatcher | None
+    _gpus: GpuAllocator | None
+    _lock: BackendLock
+
+    def _configure(self, options: BackendOptions) -> None:
+        """Take checked options (``restore`` passes the stored ones)."""
+        self._o = options
+        self._gpus: GpuAllocator | None = None
+        if options.num_gpus is not None:
+            self._gpus = self._make_allocator()
+
+    def _reopen(self, root: Path, launcher: Launcher | None) -> None:
+        """Set up a new instance on an existing experiment folder (``LocalBackend.restore``)."""
+        self._configure(BackendOptions.from_saved(load_state(root)["options"]))
+        self._folder = ExperimentFolder(root, created=True)
+        self._setup_runtime(launcher)
+        self._folder.lock.acquire(self._take_over_callback(), take_over=True)
+        try:
+            # Re-read under the lock: the old driver may have written until now,
+            # and may have changed the options it journals (delete_checkpoints,
+            # set_entrypoint) since the first read.
+            state = load_state(root, owner=True)
+            self._o.delete_checkpoints = bool(state["options"].get("delete_checkpoints"))
+            self._table.delete_checkpoints = self._o.delete_checkpoints
+            self._o.entry_point = Path(state["options"]["entry_point"])
+            self._folder.open_journal(state["seq"])
+            rebuild_table(Rebuild(
+                paths=self._paths, table=self._table, launcher=self._launcher,
+                allocator=self._allocator, watcher=self._file_watcher,
+                journal=self._journal_or_fail(), detach=self._o.detach,
+                grace_period=self._o.grace_period,
+            ), state)
+        except BaseException:
+            self._folder.close()
+            raise
+
+    def _setup_runtime(self, launcher: Launcher | None) -> None:
+        """The parts that live only as long as this driver process."""
+        if launcher is None:
+            from ..launchers.local._launcher import LocalLauncher
+
+            launcher = LocalLauncher()
+        if self._o.detach and not launcher.capabilities.detach:
+            raise BackendConfigurationError(
+                "detach", True, f"is not supported by {type(launcher).__name__}",
+                "Use detach=False with this launcher.",
+            )
+        self._launcher = launcher
+        launcher.open(detach=self._o.detach, on_session=self._session_started)
+        self._watcher = None
+        self._table = TrialTable(launcher, self._allocator, self._file_watcher)
+        self._table.delete_checkpoints = self._o.delete_checkpoints
+        self._lock = BackendLock(self._folder)
+
+    def _session_started(self, session: dict[str, Any]) -> None:
+        # A restore waits for this session to end before it trusts the folder.
+        self._folder.append("supervisor", **session)
+
+    @property
+    def _paths(self) -> ExperimentPaths:
+        return self._folder.paths
+
+    @property
+    def _journal(self) -> Journal | None:
+        return self._folder.journal
+
+    @property
+    def _experiment_lock(self) -> ExperimentLock:
+        return self._folder.lock
+
+    def _journal_or_fail(self) -> Journal:
+        if self._folder.journal is None:
+            raise RuntimeError("the experiment's journal is not open")
+        return self._folder.journal
+
+    @property
+    def _supervisor(self) -> Any:
+        """The local launcher's supervisor client, for debugging; None for other launchers."""
+        return getattr(self._launcher, "client", None)
+
+    def _options(self) -> dict[str, Any]:
+        """Constructor arguments, as stored in the experiment folder for ``restore``."""
+        return self._o.saved()
+
+    def _check_entry_point_still_there(self) -> None:
+        check_entry_point(self._o.entry_point, must_be_executable=not self._o.binary)
+
+    def _wait_for_runs_to_end(self, record: TrialRecord) -> None:
+        deadline = time.monotonic() + self._o.grace_period + WAIT_MARGIN
+        while record.alive_runs and time.monotonic() < deadline:
+            self._sleep_until_event(deadline - time.monotonic())
+            self._table.pump()
+
+    def _new_record(
+        self, clean: dict[str, Any], checkpoint_trial_id: int | None
+    ) -> TrialRecord:
+        """Create, journal and launch a new trial; a failure leaves no trace of it."""
+        trial_id = len(self._table.records)
+        paths = self._paths.trial(trial_id)
+        existed = paths.root.exists()
+        try:
+            paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if checkpoint_trial_id is not None:
+                checkpoints.copy(self._paths, int(checkpoint_trial_id), trial_id)
+            atomic_write_json(paths.config, clean)
+            launching.prepare_files(paths)
+            self._launcher.ensure_ready()
+        except (OSError, LocalBackendError) as err:
+            # Leave no half-made trial behind: the id is not used.
+            if not existed:
+                launching.remove_unstarted(paths)
+            if isinstance(err, LocalBackendError) and not isinstance(err, SupervisorError):
+                raise
+            raise self._launch_error(trial_id, err) from err
+        record = TrialRecord.new(
+            trial_id, clean, paths, self._journal,
+            poll=not self._launcher.capabilities.local_files,
+        )
+        self._table.records.append(record)
+        record.log(
+            "trial", config=clean, time=record.creation_time.timestamp(),
+            checkpoint_trial_id=checkpoint_trial_id,
+        )
+        try:
+            self._launch(record, reason="start_trial")
+        except TrialLaunchError:
+            # A failed call changes nothing: the record, its journal entry
+            # and its folder go, and the id is used by the next start.
+            self._table.records.pop()
+            self._table.live.discard(trial_id)
+            record.log("forget")
+            if not existed:
+                launching.remove_unstarted(paths)
+            raise
+        return record
+
+    def _relaunch(self, record: TrialRecord, clean: dict[str, Any] | None) -> None:
+        """Launch the next run of a paused trial; a failure leaves it paused, as it was."""
+        previous_config = record.config
+        try:
+            if clean is not None:
+                atomic_write_json(record.paths.config, clean)
+            launching.prepare_files(record.paths)
+            if clean is not None:
+                record.config = clean
+            self._launch(record, reason="resume_trial")
+        except (OSError, TrialLaunchError) as err:
+            # The trial stays Paused, with its config as it was.
+            record.config = previous_config
+            if clean is not None:
+                try:
+                    atomic_write_json(record.paths.config, previous_config)
+                except OSError:
+                    pass
+            if isinstance(err, TrialLaunchError):
+                raise
+            raise self._launch_error(record.trial_id, err) from err
+
+    def _launch(self, record: TrialRecord, *, reason: str) -> None:
+        """Start the next run of ``record``; on failure, raise ``TrialLaunchError``."""
+        if record.attached:
+            # A run that outlived the previous driver is not the launcher's
+            # to queue behind; wait here until its tree is gone.
+            self._wait_for_runs_to_end(record)
+        launching.launch(
+            record, launching.RunTemplate(
+                binary=self._o.binary, entry_point=self._o.entry_point,
+                pass_args_as_json=self._o.pass_args_as_json, env=self._o.env, cwd=self._o.cwd,
+                grace_period=self._o.grace_period, delete_checkpoints=self._o.delete_checkpoints,
+            ),
+            launcher=self._launcher, allocator=self._allocator(), table=self._table,
+            watcher=self._file_watcher,
+        )
+        record.set_status(Status.in_progress, reason=reason)
+
+    def _launch_error(self, trial_id: int, err: BaseException) -> TrialLaunchError:
+        return launching.launch_error(trial_id, [*self._o.binary, str(self._o.entry_point)], err)
+
+    def _interrupt(self, trial_id: int, status: str, reason: str) -> None:
+        with self._lock:
+            record = self._record(trial_id)
+            self._table.pump()
+            if record.status == Status.in_progress and self._o.delete_checkpoints:
+                # Its keeper deletes the checkpoints of a run that completes;
+                # this run is being interrupted, and its checkpoint is kept.
+                checkpoints.request(
+                    record, "delete" if record.delete_checkpoint_on_exit else "keep"
+                )
+            # A run that has just ended counts as ended, even if its event is
+            # still on its way: a pause of a finished trial does nothing.
+            self._table.take_in_exit(record)
+            if record.status in FINISHED_STATUSES:
+                return
+            if record.status == Status.paused and status == Status.stopped:
+                record.set_status(status, reason=reason)
+                return
+            if record.status == status:
+                return
+            self._table.stop_accepting(record)
+            record.set_status(status, reason=reason)
+            current = record.runs - 1
+            if current in record.alive_runs:
+                self._launcher.terminate(record.trial_id, current)
+
+    def _wait_for_every_run(self) -> None:
+        """Wait (grace period plus a margin at most) until no trial process is left."""
+        deadline = time.monotonic() + self._o.grace_period + WAIT_MARGIN
+        while (
+            any(r.alive_runs for r in self._table.live_records())
+            and time.monotonic() < deadline
+        ):
+            self._sleep_until_event(deadline - time.monotonic())
+            self._table.pump()
+
+    def _release_runtime(self) -> None:
+        """End the supervisor, then fold the journal into the snapshot and free the folder."""
+        self._launcher.shutdown()
+        self._table.pump()
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        self._folder.close(compact=True)
+
+    def _take_over_callback(self) -> Callable[[], None]:
+        """What a backend restored in this process calls to make this one let go (weakly)."""
+        let_go = weakref.WeakMethod(self._let_go)
+
+        def on_take_over() -> None:
+            method = let_go()
+            if method is not None:
+                method()
+
+        return on_take_over
+
+    def _let_go(self) -> None:
+        """Hand the experiment to a backend being restored from it in this process.
+
+        Running trials are paused (in detach mode they keep running, for the
+        restored backend to re-attach to), their processes are waited for,
+        and every later call on this backend raises ``ExperimentMovedError``.
+        """
+        with self._lock:
+            if not self._o.detach:
+                for record in self._table.records:
+                    if record.status == Status.in_progress:
+                        self._interrupt(
+                            record.trial_id, Status.paused, "the experiment moved to a "
+                            "backend restored from it in this process",
+                        )
+                self._wait_for_every_run()
+                self._release_runtime()
+            else:
+                self._launcher.let_go()
+                if self._watcher is not None:
+                    self._watcher.close()
+                    self._watcher = None
+                self._folder.close(compact=True)
+            self._lock.moved = True
+
+    def _sleep_until_event(self, seconds: float) -> None:
+        waiting.sleep_until_news(self._launcher, self._watcher, seconds)
+
+    def _log_lines(self, trial_id: int, stream: str) -> list[str]:
+        paths = self._record(trial_id).paths
+        try:
+            with open(paths.log(stream), encoding="utf-8", errors="replace") as log:
+                return log.readlines()
+        except FileNotFoundError:
+            return []
+
+    def _checkpoint_target(self, trial_id: int) -> int:
+        if (
+            isinstance(trial_id, int)
+            and not isinstance(trial_id, bool)
+            and trial_id == len(self._table.records)
+        ):
+            return trial_id
+        return self._record(trial_id).trial_id
+
+    def _ensure_experiment_dir(self) -> None:
+        if not self._folder.created:
+            self._folder.create(self._options(), self._take_over_callback())
+
+    def _record(self, trial_id: object) -> TrialRecord:
+        records = self._table.records
+        if (
+            isinstance(trial_id, bool)
+            or not isinstance(trial_id, int)
+            or not 0 <= trial_id < len(records)
+        ):
+            raise TrialNotFoundError(trial_id, len(records))
+        return records[trial_id]
+
+    def _trial_result(self, record: TrialRecord) -> TrialResult:
+        return record.as_trial().add_results([], record.status, record.training_end_time)
+
+    def _make_allocator(self) -> GpuAllocator:
+        if self._o.num_gpus is not None:
+            devices = [str(index) for index in range(self._o.num_gpus)]
+        else:
+            devices = self._launcher.gpu_devices(self._o.env)
+        return GpuAllocator(devices, self._o.gpus_to_use, self._o.num_gpus_per_trial)
+
+    def _allocator(self) -> GpuAllocator:
+        if self._gpus is None:
+            self._gpus = self._make_allocator()
+        return self._gpus
+
+    def _file_watcher(self) -> FileWatcher:
+        if self._watcher is None:
+            self._watcher = FileWatcher()
+        return self._watcher
+
+
+class BackendLock:
+    """The backend's re-entrant lock, which refuses entry once the experiment has moved.
+
+    Every public method takes it, so a backend whose experiment was taken
+    over by a restore in the same process raises on any later call.
+    """
+
+    def __init__(self, folder: ExperimentFolder) -> None:
+        self._lock = threading.RLock()
+        self._folder = folder
+        self.moved = False
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        if self.moved:
+            self._lock.release()
+            raise ExperimentMovedError(str(self._folder.paths.root))
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
