@@ -94,3 +94,16 @@ def test_there_is_no_import_cycle_in_the_package() -> None:
         if node not in state:
             visit(node)
     assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+# "One module, one idea": a module that grows past this is holding two.
+MAX_MODULE_LINES = 450
+
+
+def test_no_module_holds_more_than_one_idea_by_size() -> None:
+    long = {
+        path.relative_to(PACKAGE).as_posix(): count
+        for path in PACKAGE.rglob("*.py")
+        if (count := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}, f"modules longer than {MAX_MODULE_LINES} lines: {long}"
