@@ -81,13 +81,6 @@ def parse_binary(binary: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(words)
 
 
-def resolve_program(program: str) -> str:
-    """The absolute path of a program, as ``posix_spawn`` needs it."""
-    if os.sep in program:
-        return os.path.abspath(program)
-    return shutil.which(program) or program
-
-
 def check_entry_point(
     entry_point: str | os.PathLike[str], *, must_be_executable: bool = False
 ) -> Path:
