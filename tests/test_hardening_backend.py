@@ -467,3 +467,24 @@ def test_turning_delete_checkpoints_off_keeps_a_running_trials_checkpoint(
         statuses, _ = drain(backend, [0])
         assert statuses[0][1] == Status.completed
         assert (backend.trial_dir(0) / "checkpoints").exists()
+
+
+def test_an_unpickled_backend_hands_the_experiment_over_to_a_later_restore(
+    tmp_path: Path,
+) -> None:
+    import pickle
+
+    script = _script(tmp_path, "slow.py", SLOW_TO_STOP)
+    first = LocalBackend(script, experiment_dir=tmp_path / "exp", grace_period=5)
+    first.start_trial({})
+    _first_result(first, 0)
+    unpickled = pickle.loads(pickle.dumps(first))  # takes the experiment over from first
+    with pytest.raises(ExperimentMovedError):
+        first.busy_trial_ids()
+    unpickled.resume_trial(0)
+    _first_result(unpickled, 0)
+    with LocalBackend.restore(tmp_path / "exp") as restored:  # and over from the unpickled
+        with pytest.raises(ExperimentMovedError):
+            unpickled.fetch_status_results([0])
+        statuses, _ = restored.fetch_status_results([0])
+        assert statuses[0][1] == Status.paused

@@ -215,6 +215,9 @@ class LocalBackend(BackendCore):
                 # A delete waits for the paused run to end; the resumed run
                 # must not start from the checkpoint that was asked away.
                 self._wait_for_runs_to_end(record)
+                # If it is still ending, its keeper deletes them, and the new run
+                # is queued behind that keeper: the flag must not outlive the run.
+                record.delete_checkpoint_on_exit = False
             self._relaunch(record, clean)
             if clean is not None:
                 record.log("config", config=clean)
@@ -398,17 +401,17 @@ class LocalBackend(BackendCore):
                 "options": self._options()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Set up this very object: callbacks handed out during set-up (the
+        # launcher's, the table's, the take-over's) must reach it, not a copy.
         if state.get("created"):
-            restored = type(self).restore(state["experiment_dir"])
-            self.__dict__.update(restored.__dict__)
+            self._reopen(Path(state["experiment_dir"]).expanduser().absolute(), None)
             return
         options = dict(state["options"])
         cwd = options.pop("cwd", None)
-        fresh = type(self)(experiment_dir=state["experiment_dir"], **options)
+        self.__init__(experiment_dir=state["experiment_dir"], **options)  # type: ignore[misc]
         if cwd is not None:
             # Trials run in the working folder of the driver that made the
             # backend, as they do after a restore, not in the unpickler's.
-            fresh._o.cwd = Path(cwd)
-        self.__dict__.update(fresh.__dict__)
+            self._o.cwd = Path(cwd)
 
     # -- internals ---------------------------------------------------------

@@ -196,7 +196,6 @@ class BackendCore:
         try:
             if clean is not None:
                 atomic_write_json(record.paths.config, clean)
-            launching.prepare_files(record.paths)
             if clean is not None:
                 record.config = clean
             self._launch(record, reason="resume_trial")

@@ -58,6 +58,8 @@ def _forget_in_child(client_ref: weakref.ref[SupervisorClient]) -> None:
             numbers.append(client._stdin.fileno())
         except ValueError:
             pass
+    if client._finalizer is not None:
+        client._finalizer.detach()  # the supervisor is the parent's to end, not ours
     null = os.open(os.devnull, os.O_RDWR)
     try:
         for fd in numbers:
@@ -92,8 +94,12 @@ def _release_supervisor(
         # Keepers that still report get EPIPE, which they ignore.
         os.close(events_fd)
     if detach:
-        # Its trials may run for hours: reap it whenever it ends, off this thread.
-        threading.Thread(target=process.wait, name="localbackend-reaper", daemon=True).start()
+        # Its trials may run for hours: reap it whenever it ends, off this
+        # thread. At interpreter exit no thread can start, and none is needed.
+        try:
+            threading.Thread(target=process.wait, name="localbackend-reaper", daemon=True).start()
+        except RuntimeError:
+            pass
         return
     try:
         process.wait(timeout=_RELEASE_WAIT_SECONDS)

@@ -253,12 +253,21 @@ class Keeper:
         if not folder:
             return
         request = read_json_object(spec.get("checkpoint_request", ""))
-        action = request.get("action") if request and request.get("run") == spec["run"] else None
+        asked_for = request.get("run") if request else None
+        action = request.get("action") if request and asked_for == spec["run"] else None
+        if isinstance(asked_for, int) and asked_for > int(spec["run"]):
+            # A later run was launched, so this one was paused, not completed.
+            action = "keep"
         if action is None and spec.get("delete_on_completion"):
             ended_alone = self.terminated_by in (None, "leftovers")
             action = "delete" if code == 0 and ended_alone else None
         if action == "delete":
-            delete_folder(folder)
+            try:
+                delete_folder(folder)
+            except OSError as err:
+                # The run's end must still be reported; the driver deletes
+                # again when it hears of it.
+                _stderr_note(f"localbackend keeper: could not delete {folder}: {err}")
 
     def _spawn(self) -> int:
         spec = self.spec
@@ -319,3 +328,11 @@ class Keeper:
                     self.begin_termination(self.grace, "leftovers")
         signal.setitimer(signal.ITIMER_REAL, 0)
         return leader_status
+
+
+def _stderr_note(text: str) -> None:
+    """A line on the keeper's stderr (the supervisor's, which is the driver's)."""
+    try:
+        os.write(2, (text + "\n").encode(errors="replace"))
+    except OSError:
+        pass

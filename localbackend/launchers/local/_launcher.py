@@ -97,12 +97,15 @@ class LocalLauncher(Launcher):
             _typed(event, self._host) for event in self._client.read_events()
         ]
         for (trial_id, run), (handle, paths) in list(self._attached.items()):
+            # Only once the keeper is gone: after exit.json it still settles the
+            # checkpoints, and a resumed run must not start before that.
+            if self.is_alive(handle):
+                continue
+            del self._attached[(trial_id, run)]
             exit_status = read_json_object(paths.exit_status)
             if exit_status is not None and exit_status.get("run") == run:
-                del self._attached[(trial_id, run)]
                 events.append(RunExited.from_record(exit_status))
-            elif not self.is_alive(handle):
-                del self._attached[(trial_id, run)]
+            else:
                 events.append(RunLost(trial_id, run, _KEEPER_DIED))
         return events
 
@@ -226,14 +229,22 @@ def _wait_for_exit(pid: int, created: float, timeout: float, *, whole_tree: bool
         return
     if whole_tree:
         # Stopped, the keeper reaps nothing, so no PID below it can be reused
-        # while its tree is killed; then the keeper goes too.
-        try:
-            victims = psutil.Process(pid).children(recursive=True) or victims
-        except psutil.Error:
-            pass
-        for victim in victims:
+        # while its tree is killed; a few rounds catch what was forking. Then
+        # the keeper goes too.
+        for _ in range(5):
             try:
-                victim.kill()
+                victims = psutil.Process(pid).children(recursive=True) or victims
             except psutil.Error:
                 pass
-        os.kill(pid, signal.SIGKILL)
+            if not victims:
+                break
+            for victim in victims:
+                try:
+                    victim.kill()
+                except psutil.Error:
+                    pass
+            victims = []
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
