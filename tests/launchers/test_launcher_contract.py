@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-import psutil
 import pytest
 
 from localbackend import LocalBackend, LocalBackendError
@@ -41,6 +40,7 @@ from localbackend.launchers import (
     RunSpec,
     RunStarted,
 )
+from tests.crash_helpers import alive
 from tests.helpers import drain, wait_for
 
 SHARED_SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -85,14 +85,7 @@ class LauncherKit:
 
 
 def _alive_here(pids: Iterable[int]) -> list[int]:
-    living = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                living.append(pid)
-        except psutil.Error:
-            pass
-    return living
+    return alive(list(pids))
 
 
 def _kill_here(pids: Iterable[int]) -> None:
