@@ -227,24 +227,38 @@ def _wait_for_exit(pid: int, created: float, timeout: float, *, whole_tree: bool
         os.kill(pid, signal.SIGSTOP if whole_tree else signal.SIGKILL)
     except ProcessLookupError:
         return
-    if whole_tree:
-        # Stopped, the keeper reaps nothing, so no PID below it can be reused
-        # while its tree is killed; a few rounds catch what was forking. Then
-        # the keeper goes too.
-        for _ in range(5):
+    if not whole_tree:
+        _wait_until_dead(pid, created)
+        return
+    # Stopped, the keeper reaps nothing, so no PID below it can be reused
+    # while its tree is killed; a few rounds catch what was forking. Then
+    # the keeper goes too.
+    for _ in range(5):
+        try:
+            victims = psutil.Process(pid).children(recursive=True) or victims
+        except psutil.Error:
+            pass
+        if not victims:
+            break
+        for victim in victims:
             try:
-                victims = psutil.Process(pid).children(recursive=True) or victims
+                victim.kill()
             except psutil.Error:
                 pass
-            if not victims:
-                break
-            for victim in victims:
-                try:
-                    victim.kill()
-                except psutil.Error:
-                    pass
-            victims = []
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        victims = []
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    _wait_until_dead(pid, created)
+
+
+# A SIGKILLed process is gone within moments; this bounds the wait for it.
+_DEATH_WAIT_SECONDS = 5.0
+
+
+def _wait_until_dead(pid: int, created: float) -> None:
+    """Wait until a process just sent SIGKILL is gone or a zombie: callers rely on it."""
+    deadline = time.monotonic() + _DEATH_WAIT_SECONDS
+    while process_matches(pid, created) and time.monotonic() < deadline:
+        time.sleep(0.005)
