@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,15 @@ class Status:
 
 FINISHED_STATUSES = frozenset({Status.completed, Status.failed, Status.stopped})
 
+# Why a trial failed, as ``Trial.failure_kind``: its process exited with an
+# error ("exit") or was killed by a signal ("signal"); the keeper ended it at
+# a limit ("time_limit", "memory_limit") or because it wrote nothing for too
+# long ("hang"); what ran it was lost ("lost", for example a Dask worker);
+# its process could not be started ("launch").
+FAILURE_KINDS = frozenset(
+    {"exit", "signal", "time_limit", "memory_limit", "hang", "lost", "launch"}
+)
+
 
 @dataclass
 class Trial:
@@ -32,6 +42,11 @@ class Trial:
     lines of stderr of a failed run), ``trial_dir``, and
     ``training_end_time`` (when the last run ended; None while it runs), which
     a Syne Tune adapter copies into the ``TrialResult`` it keeps.
+
+    ``failure_reason`` says why a ``Failed`` trial failed, in words (for
+    example ``"time limit (60 s)"`` or ``"exit code 1"``), and
+    ``failure_kind`` the same as one word a tuner can act on: one of
+    ``FAILURE_KINDS``. Both are None unless the trial failed.
     """
 
     trial_id: int
@@ -42,6 +57,8 @@ class Trial:
     stderr_tail: str = ""
     trial_dir: Optional[Path] = None
     training_end_time: Optional[datetime.datetime] = None
+    failure_reason: Optional[str] = None
+    failure_kind: Optional[str] = None
 
     def add_results(
         self,
@@ -49,18 +66,9 @@ class Trial:
         status: str,
         training_end_time: Optional[datetime.datetime],
     ) -> TrialResult:
-        return TrialResult(
-            trial_id=self.trial_id,
-            config=self.config,
-            creation_time=self.creation_time,
-            exit_code=self.exit_code,
-            exit_signal=self.exit_signal,
-            stderr_tail=self.stderr_tail,
-            trial_dir=self.trial_dir,
-            metrics=metrics,
-            status=status,
-            training_end_time=training_end_time,
-        )
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(Trial)}
+        fields["training_end_time"] = training_end_time
+        return TrialResult(**fields, metrics=metrics, status=status)
 
 
 @dataclass

@@ -73,8 +73,10 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
     elif op == "status":
         trial["status"] = entry["status"]
         trial["history"].append(
-            {k: entry[k] for k in ("time", "status", "run", "reason", "returncode", "signal")
-             if k in entry}
+            {k: entry[k] for k in (
+                "time", "status", "run", "reason", "returncode", "signal", "failure",
+                "failure_kind",
+            ) if k in entry}
         )
     elif op == "launch":
         # The GPUs go with the run: a restore that re-attaches to it counts them as taken.

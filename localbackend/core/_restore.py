@@ -93,6 +93,10 @@ def _restore_trial(backend: Rebuild, saved: dict[str, Any], journal: Journal) ->
     )
     backend.table.records.append(record)
     record.status = saved.get("status") or Status.in_progress
+    last = saved["history"][-1] if saved.get("history") else {}
+    if record.status == Status.failed and last.get("failure"):
+        record.failure_reason = str(last["failure"])
+        record.failure_kind = str(last.get("failure_kind") or "exit")
     runs: list[dict[str, Any]] = saved["runs"]
     record.runs = len(runs)
     delivered = saved["delivered"]

@@ -93,9 +93,9 @@ class TrialTable:
             if event.cancelled:
                 self.run_gone(record, run)
             else:
-                self.run_failed(record, run, event.reason, None)
+                self.run_failed(record, run, event.reason, None, kind="launch")
         elif isinstance(event, RunLost):
-            self.run_failed(record, run, event.reason, event.signal)
+            self.run_failed(record, run, event.reason, event.signal, kind="lost")
 
     def take_in_exit(self, record: TrialRecord) -> None:
         """Apply the end of the current run if its keeper has recorded it, without waiting.
@@ -160,7 +160,8 @@ class TrialTable:
             reason = "the supervisor process ended unexpectedly"
             record.stderr_tail = record.read_stderr_tail() or reason
             record.set_status(
-                Status.failed, reason=reason, news=True, returncode=code, signal=signal_name
+                Status.failed, reason=reason, news=True, returncode=code, signal=signal_name,
+                failure=("lost", reason),
             )
         elif code == 0:
             record.set_status(Status.completed, reason="exited", news=True, returncode=0)
@@ -169,11 +170,13 @@ class TrialTable:
         else:
             record.stderr_tail = record.read_stderr_tail()
             record.set_status(
-                Status.failed, reason="exited", news=True, returncode=code, signal=signal_name
+                Status.failed, reason="exited", news=True, returncode=code, signal=signal_name,
+                failure=exit_failure(code, signal_name),
             )
 
     def run_failed(
-        self, record: TrialRecord, run: int, reason: str, signal_name: str | None
+        self, record: TrialRecord, run: int, reason: str, signal_name: str | None,
+        *, kind: str = "lost",
     ) -> None:
         if run == record.runs - 1 and record.status == Status.in_progress:
             record.lost(signal_name, datetime.datetime.now())
@@ -184,7 +187,8 @@ class TrialTable:
             except OSError:
                 pass
             record.stderr_tail = record.read_stderr_tail() or reason
-            record.set_status(Status.failed, reason=reason, news=True, signal=signal_name)
+            record.set_status(Status.failed, reason=reason, news=True, signal=signal_name,
+                              failure=(kind, reason))
         self.run_gone(record, run)
 
     # -- results -------------------------------------------------------------
@@ -265,6 +269,13 @@ class TrialTable:
             stdout=record.stdout_reader.offset,
             iterations=record.iterations,
         )
+
+
+def exit_failure(code: int | None, signal_name: str | None) -> tuple[str, str]:
+    """The failure kind and reason of a run that ended on its own with an error."""
+    if signal_name:
+        return "signal", f"killed by {signal_name}"
+    return "exit", f"exit code {code}"
 
 
 def _timestamp_key(item: tuple[int, dict[str, Any]]) -> float:

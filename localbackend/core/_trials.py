@@ -47,6 +47,9 @@ class TrialRecord:
     exit_signal: Optional[str] = None
     stderr_tail: str = ""
     training_end_time: Optional[datetime.datetime] = None
+    # Why the trial failed (see ``Trial.failure_reason``); None unless it did.
+    failure_reason: Optional[str] = None
+    failure_kind: Optional[str] = None
     delete_checkpoint_on_exit: bool = False
     gpus: list[str] = field(default_factory=list)
     # Runs started by an earlier driver that the launcher follows for this one
@@ -88,6 +91,7 @@ class TrialRecord:
         self.exit_code = self.exit_signal = None
         self.stderr_tail = ""
         self.training_end_time = None
+        self.failure_reason = self.failure_kind = None
 
     def following(self, run: int, *, accepted: bool, attached: bool = False) -> None:
         """A restore found ``run`` still to be followed (ended unheard of, or alive)."""
@@ -142,11 +146,23 @@ class TrialRecord:
             stderr_tail=self.stderr_tail,
             trial_dir=self.paths.root,
             training_end_time=self.training_end_time,
+            failure_reason=self.failure_reason,
+            failure_kind=self.failure_kind,
         )
 
-    def set_status(self, status: str, *, reason: str, news: bool = False, **details: Any) -> None:
-        """Change the status and append the change, with its time, to the history file."""
+    def set_status(
+        self, status: str, *, reason: str, news: bool = False,
+        failure: Optional[tuple[str, str]] = None, **details: Any,
+    ) -> None:
+        """Change the status and append the change, with its time, to the history file.
+
+        ``failure`` is the ``(kind, reason)`` of a ``Failed`` status (see
+        ``Trial.failure_kind``); it is kept in the history as ``failure``.
+        """
         self.status = status
+        if failure is not None:
+            self.failure_kind, self.failure_reason = failure
+            details = dict(details, failure=failure[1], failure_kind=failure[0])
         if news:
             self.status_unfetched = True
         entry = {"time": time.time(), "status": status, "run": self.runs - 1, "reason": reason}

@@ -22,6 +22,34 @@ from .._paths import TrialPaths
 
 
 @dataclass(frozen=True)
+class RunLimits:
+    """What the keeper enforces on one run's whole tree (``None``: no limit).
+
+    ``time_limit`` is the running time this run may still use, in seconds
+    (the trial's limit less what its earlier runs used). ``memory_limit`` is
+    in bytes, for every process of the tree together. ``heartbeat_timeout``
+    is how long the tree may write nothing to its results, stdout or stderr
+    before it counts as hung. ``cpus`` are the cores the trial is pinned to
+    (empty: not pinned); ``cpus_per_trial`` is the count asked for, for a
+    launcher that picks the cores on its own host.
+    """
+
+    time_limit: Optional[float] = None
+    memory_limit: Optional[int] = None
+    heartbeat_timeout: Optional[float] = None
+    cpus: tuple[int, ...] = ()
+    cpus_per_trial: Optional[int] = None
+
+    def as_record(self) -> dict[str, Any]:
+        """The form the keeper reads from its spawn command."""
+        return {
+            "time_limit": self.time_limit, "memory_limit": self.memory_limit,
+            "heartbeat_timeout": self.heartbeat_timeout, "cpus": list(self.cpus),
+            "cpus_per_trial": self.cpus_per_trial,
+        }
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """One run of a trial, as data.
 
@@ -46,6 +74,7 @@ class RunSpec:
     # The keeper deletes the checkpoints of a run that completes on its own
     # (exit 0, no stop asked for): ``delete_checkpoints=True``.
     delete_checkpoints_on_completion: bool = False
+    limits: RunLimits = field(default_factory=RunLimits)
 
 
 @dataclass(frozen=True)
@@ -249,6 +278,7 @@ __all__ = [
     "RunEvent",
     "RunExited",
     "RunHandle",
+    "RunLimits",
     "RunLost",
     "RunNotStarted",
     "RunSpec",

@@ -17,13 +17,13 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from ..._errors import SupervisorError
 from ..._files import wait_readable
-from ..._paths import TrialPaths
+from .._base import RunSpec
 from ._proctable import boot_time, create_time
 
 _BOOTSTRAP = (
@@ -213,32 +213,10 @@ class SupervisorClient:
                     "Create a new backend or restore this experiment."
                 ) from err
 
-    def spawn(
-        self, trial_id: int, run: int, *, executable: str, argv: list[str],
-        env: dict[str, str], cwd: str, paths: TrialPaths, grace: float,
-        delete_on_completion: bool = False,
-    ) -> None:
-        self._send(
-            {
-                "op": "spawn",
-                "trial": trial_id,
-                "run": run,
-                "executable": executable,
-                "argv": argv,
-                "env": env,
-                "cwd": cwd,
-                "stdout": str(paths.stdout),
-                "stderr": str(paths.stderr),
-                "results": str(paths.results),
-                "exit_file": str(paths.exit_status),
-                "run_file": str(paths.run_record),
-                "checkpoints": str(paths.checkpoints),
-                "checkpoint_request": str(paths.checkpoint_request),
-                "delete_on_completion": delete_on_completion,
-                "grace": grace,
-            }
-        )
-        self._spawned.add((trial_id, run))
+    def spawn(self, command: dict[str, Any]) -> None:
+        """Hand one ``spawn_command`` to the supervisor."""
+        self._send(command)
+        self._spawned.add((int(command["trial"]), int(command["run"])))
 
     def terminate(self, trial_id: int, run: int) -> None:
         """Ask for the end of a run's tree; at once, and never by starting a supervisor.
@@ -339,3 +317,32 @@ class SupervisorClient:
                 stdin.close()
             if events_fd >= 0:
                 os.close(events_fd)
+
+
+def spawn_command(spec: RunSpec, *, executable: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The supervisor's ``spawn`` command for one run: what its keeper reads.
+
+    ``executable`` is the program resolved on the host that runs the trial,
+    and ``env`` the whole environment of the trial there. Every launcher
+    that runs the keeper builds its command here.
+    """
+    paths = spec.paths
+    return {
+        "op": "spawn",
+        "trial": spec.trial_id,
+        "run": spec.run,
+        "executable": executable,
+        "argv": list(spec.argv),
+        "env": dict(env),
+        "cwd": str(spec.cwd),
+        "stdout": str(paths.stdout),
+        "stderr": str(paths.stderr),
+        "results": str(paths.results),
+        "exit_file": str(paths.exit_status),
+        "run_file": str(paths.run_record),
+        "checkpoints": str(paths.checkpoints),
+        "checkpoint_request": str(paths.checkpoint_request),
+        "delete_on_completion": spec.delete_checkpoints_on_completion,
+        "grace": spec.grace_period,
+        "limits": spec.limits.as_record(),
+    }

@@ -30,7 +30,7 @@ from .._base import (
     RunSpec,
     RunStarted,
 )
-from ._client import SupervisorClient
+from ._client import SupervisorClient, spawn_command
 from ._gpus import detect_gpus
 
 _CAPABILITIES = LauncherCapabilities(detach=True, local_files=True, host_gpus=True)
@@ -75,10 +75,7 @@ class LocalLauncher(Launcher):
         env.update(os.environ)
         env.update(spec.env)
         self.client.spawn(
-            spec.trial_id, spec.run,
-            executable=resolve_program(spec.argv[0]), argv=list(spec.argv), env=env,
-            cwd=str(spec.cwd), paths=spec.paths, grace=spec.grace_period,
-            delete_on_completion=spec.delete_checkpoints_on_completion,
+            spawn_command(spec, executable=resolve_program(spec.argv[0]), env=env)
         )
 
     def ensure_ready(self) -> None:
