@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         TrialLaunchError,
         TrialNotFoundError,
     )
+    from ._function import FunctionBackend
     from ._report import ReportError, report
     from ._types import Status, Trial, TrialResult
     from .checkpoint import CheckpointError
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 
 _WHERE = {
     "LocalBackend": ".core._backend",
+    "FunctionBackend": "._function",
     "BackendConfigurationError": "._errors",
     "CheckpointCopyError": "._errors",
     "CheckpointError": ".checkpoint",
@@ -69,6 +71,7 @@ __all__ = [
     "ExperimentError",
     "ExperimentLockedError",
     "ExperimentMovedError",
+    "FunctionBackend",
     "IntegrationError",
     "InvalidTransitionError",
     "LocalBackend",

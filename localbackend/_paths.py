@@ -78,6 +78,15 @@ class TrialPaths:
     def log(self, stream: str) -> Path:
         return self.stdout if stream == "stdout" else self.stderr
 
+    @property
+    def function(self) -> Path:
+        """The pickled function a ``FunctionBackend`` trial runs."""
+        return self.root / "function.pkl"
+
+    def syne_tune_log(self, stream: str) -> Path:
+        """Syne Tune's name for a log (``std.out``, ``std.err``): a link to ours."""
+        return self.root / ("std.out" if stream == "stdout" else "std.err")
+
 
 @dataclass(frozen=True)
 class ExperimentPaths:

@@ -59,7 +59,8 @@ def test_a_finished_trial_gives_its_gpu_back(experiment_dir: Path) -> None:
         wait_not_busy(backend, [0])
         start_holding(backend)
         start_holding(backend)
-        assert [visible_devices(backend, t) for t in (0, 1, 2)] == ["0", "0", "1"]
+        # Both GPUs are free again; as in Syne Tune, the one assigned less often wins.
+        assert [visible_devices(backend, t) for t in (0, 1, 2)] == ["0", "1", "0"]
         backend.stop_all()
 
 

@@ -56,6 +56,9 @@ class LocalBackend(BackendCore):
         num_gpus: GPU count; None detects it.
         num_gpus_per_trial: GPUs given to each trial.
         gpus_to_use: Indices of the GPUs the trials may use.
+        rotate_gpus: As in Syne Tune: give each trial its own GPUs, free ones
+            first, then those assigned least often. False lets every trial
+            see every GPU.
         detach: Let trials keep running when the driver dies (by default
             every trial's process tree ends within about a second of the
             driver's death); ``restore`` re-attaches to them.
@@ -76,6 +79,7 @@ class LocalBackend(BackendCore):
         num_gpus: int | None = None,
         num_gpus_per_trial: int = 1,
         gpus_to_use: Sequence[int] | None = None,
+        rotate_gpus: bool = True,
         detach: bool = False,
         launcher: Launcher | None = None,
     ) -> None:
@@ -83,7 +87,7 @@ class LocalBackend(BackendCore):
             entry_point=entry_point, binary=binary, pass_args_as_json=pass_args_as_json,
             delete_checkpoints=delete_checkpoints, grace_period=grace_period, env=env,
             num_gpus=num_gpus, num_gpus_per_trial=num_gpus_per_trial, gpus_to_use=gpus_to_use,
-            detach=detach, cwd=Path.cwd(),
+            detach=detach, cwd=Path.cwd(), rotate_gpus=rotate_gpus,
         ))
         if experiment_dir is not None:
             root = Path(experiment_dir).expanduser().absolute()
@@ -198,13 +202,21 @@ class LocalBackend(BackendCore):
             return self._trial_result(record)
 
     def resume_trial(
-        self, trial_id: int, new_config: Optional[Mapping[str, Any]] = None
+        self, trial_id: int, new_config: Optional[Mapping[str, Any]] = None,
+        *, completed: bool = False,
     ) -> TrialResult:
-        """Start a paused trial again, in its folder, from its latest checkpoint."""
+        """Start a paused trial again, in its folder, from its latest checkpoint.
+
+        With ``completed=True`` a Completed trial is run again the same way
+        (Syne Tune's adapter does so for a trial paused after its script
+        ended, as promotion schedulers expect).
+        """
         with self._lock:
             record = self._record(trial_id)
             self._table.pump()
-            if record.status != Status.paused:
+            if record.status != Status.paused and not (
+                completed and record.status == Status.completed
+            ):
                 raise InvalidTransitionError(
                     record.trial_id, record.status, "resume",
                     "Only a Paused trial can be resumed; start a new trial instead.",
@@ -408,7 +420,8 @@ class LocalBackend(BackendCore):
             return
         options = dict(state["options"])
         cwd = options.pop("cwd", None)
-        self.__init__(experiment_dir=state["experiment_dir"], **options)  # type: ignore[misc]
+        # The base class's own: a subclass may take other constructor arguments.
+        LocalBackend.__init__(self, experiment_dir=state["experiment_dir"], **options)
         if cwd is not None:
             # Trials run in the working folder of the driver that made the
             # backend, as they do after a restore, not in the unpickler's.

@@ -8,10 +8,17 @@ from .._errors import BackendConfigurationError
 
 
 class GpuAllocator:
-    """Hands out the least-used GPUs among those the backend may use."""
+    """Hands out GPUs as Syne Tune's ``LocalBackend`` does (``rotate_gpus``).
+
+    A new trial gets free GPUs first; among free ones, and among all of them
+    when every GPU is busy, those assigned least often so far, lowest index
+    first on ties. With ``rotate=False`` no GPU is assigned: every trial sees
+    all of them.
+    """
 
     def __init__(
-        self, devices: Sequence[str], gpus_to_use: Sequence[int] | None, per_trial: int
+        self, devices: Sequence[str], gpus_to_use: Sequence[int] | None, per_trial: int,
+        *, rotate: bool = True,
     ) -> None:
         if gpus_to_use is not None:
             bad = [g for g in gpus_to_use if isinstance(g, bool) or not isinstance(g, int)
@@ -33,18 +40,21 @@ class GpuAllocator:
                 "Lower num_gpus_per_trial or make more GPUs available.",
             )
         self.per_trial = per_trial
+        self.rotate = rotate
         self.holders: dict[int, list[str]] = {}
+        self.times_assigned = {device: 0 for device in self.devices}
 
     def allocate(self, trial_id: int) -> list[str]:
-        """Give ``trial_id`` the least-used GPUs (lowest index first on ties)."""
-        if not self.devices:
+        """Give ``trial_id`` its GPUs: free ones first, then the least often assigned."""
+        if not self.devices or not self.rotate:
             return []
-        usage = {device: 0 for device in self.devices}
-        for held in self.holders.values():
-            for device in held:
-                usage[device] = usage.get(device, 0) + 1
-        order = sorted(self.devices, key=lambda d: (usage[d], self.devices.index(d)))
+        busy = {device for held in self.holders.values() for device in held}
+        order = sorted(self.devices, key=lambda d: (
+            d in busy, self.times_assigned.get(d, 0), self.devices.index(d)
+        ))
         chosen = sorted(order[: self.per_trial], key=self.devices.index)
+        for device in chosen:
+            self.times_assigned[device] = self.times_assigned.get(device, 0) + 1
         self.holders[trial_id] = chosen
         return chosen
 

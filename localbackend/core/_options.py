@@ -105,6 +105,7 @@ class BackendOptions:
     gpus_to_use: list[int] | None
     detach: bool
     cwd: Path
+    rotate_gpus: bool = True
 
     @classmethod
     def check(
@@ -122,6 +123,7 @@ class BackendOptions:
         detach: bool,
         cwd: Path,
         entry_point_must_exist: bool = True,
+        rotate_gpus: bool = True,
     ) -> BackendOptions:
         """The options, or our error naming the first bad value."""
         words = parse_binary(binary)
@@ -136,7 +138,7 @@ class BackendOptions:
             grace_period=check_grace_period(grace_period), env=check_env(env),
             num_gpus=num_gpus, num_gpus_per_trial=num_gpus_per_trial,
             gpus_to_use=list(gpus_to_use) if gpus_to_use is not None else None,
-            detach=bool(detach), cwd=cwd,
+            detach=bool(detach), cwd=cwd, rotate_gpus=bool(rotate_gpus),
         )
 
     @classmethod
@@ -155,6 +157,7 @@ class BackendOptions:
             detach=bool(saved.get("detach")),
             cwd=Path(saved.get("cwd") or os.getcwd()),
             entry_point_must_exist=False,
+            rotate_gpus=bool(saved.get("rotate_gpus", True)),
         )
 
     def saved(self) -> dict[str, Any]:
@@ -171,4 +174,5 @@ class BackendOptions:
             "gpus_to_use": self.gpus_to_use,
             "detach": self.detach,
             "cwd": str(self.cwd),
+            "rotate_gpus": self.rotate_gpus,
         }

@@ -354,7 +354,8 @@ class BackendCore:
             devices = [str(index) for index in range(self._o.num_gpus)]
         else:
             devices = self._launcher.gpu_devices(self._o.env)
-        return GpuAllocator(devices, self._o.gpus_to_use, self._o.num_gpus_per_trial)
+        return GpuAllocator(devices, self._o.gpus_to_use, self._o.num_gpus_per_trial,
+                            rotate=self._o.rotate_gpus)
 
     def _allocator(self) -> GpuAllocator:
         if self._gpus is None:

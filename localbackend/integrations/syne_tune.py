@@ -27,17 +27,39 @@ Beyond what Syne Tune's own ``LocalBackend`` does:
   so a resumed trial never delivers a stale result of its earlier run;
 * a checkpoint copy (PBT) replaces the target atomically;
 * results are read incrementally, never by re-parsing the whole log.
+
+What Syne Tune's ``LocalBackend`` offers its users is here too:
+``trial_path``, ``checkpoint_trial_path``, ``local_path``, ``entry_point``,
+``binary`` (also as the second positional argument), ``rotate_gpus``, and
+``std.out``/``std.err`` in each trial folder (links to ``stdout.log`` and
+``stderr.log``). A trial the Tuner paused whose script had already ended
+(it stopped at the rung, say) is reported ``Paused``, and ``resume_trial``
+runs it again from its checkpoint with the new config, as Syne Tune does;
+``LocalBackend`` itself only does so when asked (``completed=True``). Results
+of trials that ``stop_all`` ended are hidden, as Syne Tune hides the results
+of stopped trials, so the adapter and the Tuner agree on what was delivered.
+A failed trial's reason is in ``trial.metadata`` (``failure_reason``,
+``failure_kind``, ``exit_code``, ``exit_signal``, ``trial_dir``) of the
+``Trial`` that ``fetch_status_results`` returns.
+
+``SyneTunePythonBackend(fn, config_space)`` stands in for Syne Tune's
+``PythonBackend``: the function runs as a :class:`localbackend.FunctionBackend`
+trial.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from .. import _types
-from .._types import FINISHED_STATUSES
+from .._paths import ExperimentPaths, TrialPaths
+from .._types import Status
 from ..core._backend import LocalBackend
 from ._common import missing_library
 
@@ -47,22 +69,47 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise missing_library("syne-tune", "syne-tune", err) from err
 
-__all__ = ["SyneTuneBackend"]
+__all__ = ["LocalTrial", "LocalTrialResult", "SyneTuneBackend", "SyneTunePythonBackend"]
 
 logger = logging.getLogger(__name__)
+
+_LOG_STREAMS = ("stdout", "stderr")
+
+
+@dataclass
+class LocalTrial(Trial):  # type: ignore[misc]
+    """Syne Tune's ``Trial``, with how its last run ended in ``metadata``."""
+
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LocalTrialResult(TrialResult):  # type: ignore[misc]
+    """Syne Tune's ``TrialResult``, with how its last run ended in ``metadata``."""
+
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class SyneTuneBackend(TrialBackend):
     """A Syne Tune ``TrialBackend`` whose trials are LocalBackend processes.
 
+    The positional arguments are those of Syne Tune's ``LocalBackend``.
+
     Args:
         entry_point: The trial script.
+        binary: Program that runs it, e.g. ``"torchrun --nproc_per_node=2"``
+            (default: this Python).
         delete_checkpoints: As in Syne Tune: delete a trial's checkpoints once
             it is stopped or completed, and all of them in ``stop_all``.
         pass_args_as_json: As in Syne Tune: pass the config as a JSON file.
+        rotate_gpus: As in Syne Tune: each trial gets its own GPUs, free ones
+            first, then those assigned least often; False shows every trial
+            every GPU.
+        num_gpus_per_trial: GPUs given to each trial.
+        gpus_to_use: Indices of the GPUs the trials may use.
         **backend_options: Any other keyword argument of
             :class:`localbackend.LocalBackend` (``experiment_dir``,
-            ``binary``, ``grace_period``, ``env``, GPU settings).
+            ``grace_period``, ``env``, limits, ``launcher``).
 
     ``Tuner.save`` pickles this backend with the Tuner: the pickle holds the
     trial table and the experiment folder, and loading it restores the
@@ -79,19 +126,28 @@ class SyneTuneBackend(TrialBackend):
     def __init__(
         self,
         entry_point: str | os.PathLike[str],
-        *,
+        binary: str | Sequence[str] | None = None,
         delete_checkpoints: bool = False,
         pass_args_as_json: bool = False,
+        rotate_gpus: bool = True,
+        num_gpus_per_trial: int = 1,
+        gpus_to_use: Sequence[int] | None = None,
         **backend_options: Any,
     ) -> None:
-        # Created first: the base class sets the two flags, which live on it.
-        self._local = LocalBackend(
-            entry_point,
-            delete_checkpoints=delete_checkpoints,
-            pass_args_as_json=pass_args_as_json,
-            **backend_options,
-        )
-        super().__init__(delete_checkpoints=delete_checkpoints, pass_args_as_json=pass_args_as_json)
+        self._attach(LocalBackend(
+            entry_point, binary=binary, delete_checkpoints=delete_checkpoints,
+            pass_args_as_json=pass_args_as_json, rotate_gpus=rotate_gpus,
+            num_gpus_per_trial=num_gpus_per_trial, gpus_to_use=gpus_to_use, **backend_options,
+        ), binary)
+
+    def _attach(self, local: LocalBackend, binary: str | Sequence[str] | None) -> None:
+        # Set first: the base class sets the two flags, which live on it.
+        self._local = local
+        self._binary = binary
+        # Trials the Tuner paused; one whose script had ended is still Paused to it.
+        self._paused: set[int] = set()
+        super().__init__(delete_checkpoints=local.delete_checkpoints,
+                         pass_args_as_json=local.pass_args_as_json)
 
     # The two flags live on the LocalBackend, so that setting them on this
     # object (as Syne Tune code may) changes what the trials get.
@@ -121,6 +177,31 @@ class SyneTuneBackend(TrialBackend):
         """The folder holding one sub-folder per trial."""
         return self._local.experiment_dir
 
+    # -- Syne Tune's LocalBackend surface ------------------------------------
+
+    @property
+    def local_path(self) -> Path:
+        """As in Syne Tune: the experiment folder (``experiment_dir``)."""
+        return self.experiment_dir
+
+    @property
+    def entry_point(self) -> str:
+        """As in Syne Tune: the trial script, as a string."""
+        return str(self.entrypoint_path())
+
+    @property
+    def binary(self) -> str | Sequence[str]:
+        """As in Syne Tune: the program that runs the script (default: this Python)."""
+        return sys.executable if self._binary is None else self._binary
+
+    def trial_path(self, trial_id: int) -> Path:
+        """As in Syne Tune: the folder of a trial (it may not exist yet)."""
+        return ExperimentPaths(self.experiment_dir).trial(trial_id).root
+
+    def checkpoint_trial_path(self, trial_id: int) -> Path:
+        """As in Syne Tune: the folder a trial's ``--st_checkpoint_dir`` names."""
+        return ExperimentPaths(self.experiment_dir).trial(trial_id).checkpoints
+
     # -- starting, pausing, resuming and stopping ---------------------------
 
     def new_trial_id(self) -> int:
@@ -130,6 +211,7 @@ class SyneTuneBackend(TrialBackend):
         self, config: dict[str, Any], checkpoint_trial_id: Optional[int] = None
     ) -> TrialResult:
         started = self.local.start_trial(config, checkpoint_trial_id=checkpoint_trial_id)
+        _link_syne_tune_logs(ExperimentPaths(self.experiment_dir).trial(started.trial_id))
         trial_result = _syne_result(started, started.status)
         self.trial_ids.append(started.trial_id)
         self._trial_dict[started.trial_id] = trial_result
@@ -140,46 +222,57 @@ class SyneTuneBackend(TrialBackend):
     ) -> TrialResult:
         """Resume a paused trial from its latest checkpoint.
 
-        A trial whose process finished on its own before the pause reached it
-        keeps its final status; it is returned as it is, so that the Tuner
-        records it as completed (or failed) at its next fetch.
+        A trial whose script completed before the pause reached it is run
+        again the same way, with ``new_config`` (Syne Tune's promotion). One
+        that failed or was stopped keeps its status and is returned as it is.
         """
         statuses, _ = self.local.fetch_status_results([trial_id])
         trial, status = statuses[trial_id]
-        if status in FINISHED_STATUSES:
-            logger.info(
-                "trial %d ended (%s) before it could be paused; it is not resumed",
-                trial_id, status,
+        paused_by_tuner = trial_id in self._paused
+        self._paused.discard(trial_id)
+        if status == Status.paused or (status == Status.completed and paused_by_tuner):
+            resumed = self.local.resume_trial(
+                trial_id, new_config=new_config, completed=status == Status.completed
             )
-            trial_result = _syne_result(trial, status)
-        else:
-            resumed = self.local.resume_trial(trial_id, new_config=new_config)
             trial_result = _syne_result(resumed, resumed.status)
+        else:
+            logger.info("trial %d ended (%s) before it could be paused; it is not resumed",
+                        trial_id, status)
+            trial_result = _syne_result(trial, status)
         self._trial_dict[trial_id] = trial_result
         return trial_result
 
     def pause_trial(self, trial_id: int, result: Optional[dict[str, Any]] = None) -> None:
         """Pause a trial; results it wrote after the scheduler's decision are dropped."""
         self.local.pause_trial(trial_id, result)
+        self._paused.add(trial_id)
         self._discard_undelivered(trial_id)
 
     def stop_trial(self, trial_id: int, result: Optional[dict[str, Any]] = None) -> None:
         self.local.stop_trial(trial_id, result)
+        self._paused.discard(trial_id)
         self._discard_undelivered(trial_id)
 
-    def _discard_undelivered(self, trial_id: int) -> None:
-        statuses, dropped = self.local.fetch_status_results([trial_id])
-        trial, status = statuses[trial_id]
-        self._trial_dict[trial_id] = _syne_result(trial, status)
+    def _discard_undelivered(self, *trial_ids: int) -> None:
+        statuses, dropped = self.local.fetch_status_results(list(trial_ids))
+        for trial_id, (trial, status) in statuses.items():
+            status = self._status_for_tuner(trial_id, status)
+            self._trial_dict[trial_id] = _syne_result(trial, status)
         if dropped:
-            logger.debug(
-                "trial %d: %d result(s) reported after the scheduler's decision were dropped",
-                trial_id, len(dropped),
-            )
+            logger.debug("%d result(s) reported after the scheduler's decision were dropped",
+                         len(dropped))
 
     def stop_all(self) -> None:
-        """Stop every running trial and wait until their processes are gone."""
+        """Stop every running trial and wait until their processes are gone.
+
+        Results the stopped trials wrote and the Tuner had not fetched are
+        dropped, as Syne Tune hides the results of stopped trials.
+        """
+        running = [trial_id for trial_id, status in self.local.busy_trial_ids()
+                   if status == Status.in_progress]
         self.local.stop_all()
+        if running:
+            self._discard_undelivered(*running)
 
     def close(self) -> None:
         """Stop every trial and release the LocalBackend's supervisor process."""
@@ -199,13 +292,21 @@ class SyneTuneBackend(TrialBackend):
         statuses, results = self.local.fetch_status_results(trial_ids)
         converted: dict[int, tuple[Trial, str]] = {}
         for trial_id, (trial, status) in statuses.items():
-            trial_result = _syne_result(trial, status)
-            self._trial_dict[trial_id] = trial_result
+            status = self._status_for_tuner(trial_id, status)
+            self._trial_dict[trial_id] = _syne_result(trial, status)
             converted[trial_id] = (
-                Trial(trial_id=trial_id, config=trial.config, creation_time=trial.creation_time),
+                LocalTrial(trial_id=trial_id, config=trial.config,
+                           creation_time=trial.creation_time, metadata=_metadata(trial)),
                 status,
             )
         return converted, results
+
+    def _status_for_tuner(self, trial_id: int, status: str) -> str:
+        # A trial the Tuner paused stays Paused to it until it is resumed or
+        # stopped, even if its script had already completed.
+        if trial_id in self._paused and status == Status.completed:
+            return Status.paused
+        return status
 
     def busy_trial_ids(self) -> list[tuple[int, str]]:
         return self.local.busy_trial_ids()
@@ -240,13 +341,62 @@ class SyneTuneBackend(TrialBackend):
         return f"localbackend entry_point {self.entrypoint_path().name}"
 
 
+class SyneTunePythonBackend(SyneTuneBackend):
+    """Syne Tune's ``PythonBackend``, with each trial a :class:`localbackend.FunctionBackend` trial.
+
+    ``tune_function`` is called with the config keys it takes as keyword
+    arguments and reports with Syne Tune's ``Reporter`` or
+    ``localbackend.report``. Unlike Syne Tune's, it may use its module's
+    globals and imports: it is pickled by reference, so it must be defined
+    at the top level of a module or of the main script. ``config_space`` is
+    accepted for compatibility and not needed.
+    """
+
+    def __init__(
+        self,
+        tune_function: Callable[..., Any],
+        config_space: Optional[dict[str, Any]] = None,
+        rotate_gpus: bool = True,
+        delete_checkpoints: bool = False,
+        **backend_options: Any,
+    ) -> None:
+        from .._function import FunctionBackend
+
+        self.config_space = config_space
+        self._attach(FunctionBackend(
+            tune_function, rotate_gpus=rotate_gpus, delete_checkpoints=delete_checkpoints,
+            **backend_options,
+        ), None)
+
+
+def _link_syne_tune_logs(paths: TrialPaths) -> None:
+    """``std.out`` and ``std.err``, Syne Tune's names, as links to our logs."""
+    for stream in _LOG_STREAMS:
+        link = paths.syne_tune_log(stream)
+        try:
+            if not link.is_symlink():
+                link.symlink_to(paths.log(stream).name)
+        except OSError as err:  # a filesystem without links: our names still work
+            logger.debug("no %s link in %s: %s", link.name, paths.root, err)
+
+
+def _metadata(trial: _types.Trial) -> dict[str, Any]:
+    return {
+        "failure_reason": trial.failure_reason,
+        "failure_kind": trial.failure_kind,
+        "exit_code": trial.exit_code,
+        "exit_signal": trial.exit_signal,
+        "trial_dir": None if trial.trial_dir is None else str(trial.trial_dir),
+    }
+
+
 def _syne_result(trial: _types.Trial, status: str) -> TrialResult:
-    end_time = getattr(trial, "training_end_time", None)
-    return TrialResult(
+    return LocalTrialResult(
         trial_id=trial.trial_id,
         config=trial.config,
         creation_time=trial.creation_time,
         metrics=[],
         status=status,
-        training_end_time=end_time,
+        training_end_time=trial.training_end_time,
+        metadata=_metadata(trial),
     )

@@ -27,6 +27,7 @@ from syne_tune.optimizer.schedulers.pbt import PopulationBasedTraining
 from syne_tune.results_callback import StoreResultsCallback
 from syne_tune.tuner_callback import TunerCallback
 
+from localbackend import InvalidTransitionError
 from localbackend.integrations.syne_tune import SyneTuneBackend
 from tests.helpers import format_logs, wait_for
 from tests.integrations.conftest import EXAMPLES, SCRIPTS
@@ -200,17 +201,71 @@ def test_a_pausing_scheduler_pauses_and_resumes_from_the_checkpoint(
     assert after_resume and all(result["run"] == 2 for result in after_resume), logs
 
 
-def test_resume_of_a_trial_that_finished_before_its_pause_reports_its_end(
+def test_a_trial_paused_after_its_script_ended_is_paused_and_resumes_with_its_new_config(
     backend: SyneTuneBackend,
 ) -> None:
-    trial = backend.start_trial({"epochs": 1})
-    wait_for(lambda: not backend.busy_trial_ids(), what="the trial to end",
-             on_fail=lambda: format_logs(backend.local))
+    # A promotion scheduler's script stops at the rung (epochs=2); the Tuner
+    # pauses it there and later promotes it with epochs=4.
+    trial = backend.start_trial({"epochs": 2})
+    first = fetch_until(backend, trial.trial_id, lambda status, _: status == "Completed")
+    assert [r["epoch"] for r in first] == [1, 2]
     backend.pause_trial(trial.trial_id)
-    resumed = backend.resume_trial(trial.trial_id)
-    assert resumed.status == "Completed"
     statuses, _ = backend.fetch_status_results([trial.trial_id])
-    assert statuses[trial.trial_id][1] == "Completed"
+    assert statuses[trial.trial_id][1] == "Paused"
+    resumed = backend.resume_trial(trial.trial_id, new_config={"epochs": 4})
+    assert resumed.status == "InProgress"
+    again = fetch_until(backend, trial.trial_id, lambda status, _: status == "Completed")
+    assert [(r["epoch"], r["run"]) for r in again] == [(3, 2), (4, 2)], format_logs(backend.local)
+    # LocalBackend itself runs a Completed trial again only when asked to.
+    with pytest.raises(InvalidTransitionError, match="Completed"):
+        backend.local.resume_trial(trial.trial_id)
+
+
+def test_a_failed_trial_keeps_its_status_on_resume_and_its_reason_in_metadata(
+    backend: SyneTuneBackend,
+) -> None:
+    trial = backend.start_trial({"epochs": "not-a-number"})  # argparse exits 2
+    fetch_until(backend, trial.trial_id, lambda status, _: status == "Failed")
+    backend.pause_trial(trial.trial_id)
+    assert backend.resume_trial(trial.trial_id).status == "Failed"
+    statuses, _ = backend.fetch_status_results([trial.trial_id])
+    found, status = statuses[trial.trial_id]
+    assert status == "Failed"
+    assert found.metadata["failure_kind"] == "exit", found.metadata
+    assert "2" in found.metadata["failure_reason"], found.metadata
+    assert found.metadata["exit_code"] == 2
+    assert backend._trial_dict[trial.trial_id].metadata["failure_kind"] == "exit"
+
+
+def test_syne_tune_local_backend_surface(tmp_path: Path) -> None:
+    with SyneTuneBackend(str(EPOCHS_SCRIPT), f"{sys.executable} -u", False, False, True,
+                         experiment_dir=tmp_path / "exp", grace_period=5.0) as ours:
+        assert ours.binary == f"{sys.executable} -u"
+        assert ours.entry_point == str(EPOCHS_SCRIPT)
+        assert ours.local_path == ours.experiment_dir == tmp_path / "exp"
+        trial = ours.start_trial({"epochs": 1, "name": "x"})
+        assert ours.trial_path(trial.trial_id) == ours.local.trial_dir(trial.trial_id)
+        assert ours.checkpoint_trial_path(trial.trial_id) == (
+            ours.trial_path(trial.trial_id) / "checkpoints")
+        fetch_until(ours, trial.trial_id, lambda status, _: status == "Completed")
+        assert ours.checkpoint_trial_path(trial.trial_id).is_dir()
+        # Syne Tune's names for the logs, and its readers of them.
+        folder = ours.trial_path(trial.trial_id)
+        assert (folder / "std.out").read_text() == (folder / "stdout.log").read_text()
+        assert "[tune-metric]" in (folder / "std.out").read_text()
+        assert (folder / "std.err").exists()
+    with SyneTuneBackend(EPOCHS_SCRIPT, experiment_dir=tmp_path / "e2") as default:
+        assert default.binary == sys.executable
+
+
+def test_stop_all_hides_results_the_tuner_never_fetched(backend: SyneTuneBackend) -> None:
+    trial = backend.start_trial({"epochs": 1000, "epoch_seconds": 0.001})
+    wait_for(lambda: sum("[tune-metric]" in line for line in backend.stdout(trial.trial_id)) > 5,
+             what="results to be written", on_fail=lambda: format_logs(backend.local))
+    backend.stop_all()
+    statuses, results = backend.fetch_status_results([trial.trial_id])
+    assert statuses[trial.trial_id][1] == "Stopped"
+    assert results == []
 
 
 def fetch_until(backend: Any, trial_id: int, done: Any, timeout: float = 30.0
