@@ -64,7 +64,10 @@ def serialize_function(fn: Callable[..., Any]) -> bytes:
             "fn", name, "does not pickle back to itself (its name points at another object)",
             "Pass the function under the name it was defined with.",
         )
-    return pickle.dumps({"main": main_script, "name": name}) + pickled
+    # As multiprocessing's spawn does: the trial imports from the driver's path.
+    search_path = [os.path.abspath(entry or os.curdir) for entry in sys.path]
+    header = {"main": main_script, "name": name, "sys_path": search_path}
+    return pickle.dumps(header) + pickled
 
 
 class FunctionBackend(LocalBackend):
@@ -103,8 +106,10 @@ class FunctionBackend(LocalBackend):
                          pass_args_as_json=True, **options)
 
     def start_trial(
-        self, config: Mapping[str, Any], checkpoint_trial_id: Optional[int] = None
+        self, config: Mapping[str, Any], checkpoint_trial_id: Optional[int] = None,
+        **options: Any,
     ) -> TrialResult:
+        """As :meth:`LocalBackend.start_trial`, with the function pickled into the trial folder."""
         with self._lock:
             normalize_config(config)  # a bad config leaves no trial folder behind
             payload = self._payload()
@@ -112,7 +117,7 @@ class FunctionBackend(LocalBackend):
             paths = self._paths.trial(self.new_trial_id())
             paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             atomic_write_bytes(paths.function, payload)
-            return super().start_trial(config, checkpoint_trial_id)
+            return super().start_trial(config, checkpoint_trial_id, **options)
 
     def _payload(self) -> bytes:
         """The pickled function; after ``restore``, read back from a trial folder."""

@@ -10,8 +10,9 @@ returns is reported as its last result. An exception ends the process with a
 traceback on stderr and a non-zero exit, so the trial is ``Failed`` like a
 script that raised.
 
-A function defined in the driver's main script is found again as
-``multiprocessing``'s spawn start method finds it: the script is run under
+The function is imported with the driver's ``sys.path`` in front of the
+trial's own, and one defined in the driver's main script is found again, as
+``multiprocessing``'s spawn start method finds them: the script is run under
 the name ``__mp_main__``, so code under ``if __name__ == "__main__":`` does
 not run again.
 """
@@ -37,6 +38,8 @@ def load_function(path: Path) -> Callable[..., Any]:
     """The function in ``path``: a header (the main script, if any), then the pickle."""
     with open(path, "rb") as file:
         header = pickle.load(file)
+        driver_path = [entry for entry in header.get("sys_path", []) if entry not in sys.path]
+        sys.path[:0] = driver_path
         main_script = header.get("main")
         if main_script is not None:
             _import_main_script(main_script)
