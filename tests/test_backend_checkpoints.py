@@ -134,7 +134,9 @@ def test_copy_is_independent_of_the_source(experiment_dir: Path) -> None:
         backend.copy_checkpoint(0, target)
         target_folder = experiment_dir / str(target) / "checkpoints"
         assert tree_digest(target_folder) == before
-        for relative in before:
+        # Files of published checkpoints are shared read-only by hard link
+        # (tests/test_checkpoint_copy_links.py); every other file is copied.
+        for relative in [name for name in before if not name.startswith("ckpt-")]:
             copied = target_folder / relative
             original = source_folder / relative
             assert os.stat(copied).st_ino != os.stat(original).st_ino, relative

@@ -8,9 +8,13 @@ timed copy, ``os.sync()`` (untimed) writes back what the previous copy left
 dirty, so every copy starts from the same clean page cache.
 
 * floor: ``shutil.copytree``; also ``copytree`` plus an fsync of every file
-  and folder (what a copy that survives a power cut costs), and a tree of
-  hard links (what a copy of immutable files could cost).
-* localbackend: ``copy_checkpoint(0, new_trial_id())``.
+  and folder, or plus one ``syncfs`` of the filesystem (what a copy that
+  survives a power cut costs, two ways), and a tree of hard links (what a
+  copy of immutable files could cost).
+* localbackend: ``copy_checkpoint(0, new_trial_id())``, twice: of the
+  checkpoint as a published ``checkpoint.save()`` folder (linked), and of
+  the same files written loose into the checkpoint folder, Syne Tune style
+  (copied).
 * Syne Tune: ``copy_checkpoint(0, 1)``.
 """
 
@@ -56,13 +60,30 @@ def _link_tree(source: str, target: str) -> None:
     shutil.copytree(source, target, copy_function=os.link)
 
 
-class _Adopted:
-    """Moves the prepared checkpoint into ``folder`` and back, by rename."""
+def _syncfs(folder: str) -> None:
+    import ctypes
 
-    def __init__(self, source: str, folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), "syncfs failed", folder)
+    finally:
+        os.close(fd)
+
+
+class _Adopted:
+    """Moves the prepared checkpoint into ``folder`` and back, by rename.
+
+    ``loose`` makes its files the checkpoint folder's own, as a Syne Tune
+    script writes them, instead of a published ``checkpoint.save()`` folder.
+    """
+
+    def __init__(self, source: str, folder: str, loose: bool = False) -> None:
         self.source = os.path.join(source, CHECKPOINT)
-        self.inside = os.path.join(folder, CHECKPOINT)
-        os.makedirs(folder, exist_ok=True)
+        self.inside = folder if loose else os.path.join(folder, CHECKPOINT)
+        if loose and os.path.isdir(folder):
+            os.rmdir(folder)  # the finished trial's empty checkpoint folder
+        os.makedirs(os.path.dirname(self.inside), exist_ok=True)
 
     def __enter__(self) -> _Adopted:
         os.rename(self.source, self.inside)
@@ -89,9 +110,14 @@ def run_floor(params: dict[str, Any]) -> dict[str, Any]:
         finally:
             os.close(fd)
 
+    def copy_and_syncfs() -> None:
+        shutil.copytree(source, target)
+        _syncfs(target)
+
     return {
         "copytree": _timed(lambda: shutil.copytree(source, target), remove, rounds),
         "copytree_fsync": _timed(copy_and_fsync, remove, rounds),
+        "copytree_syncfs": _timed(copy_and_syncfs, remove, rounds),
         "hardlinks": _timed(lambda: _link_tree(source, target), remove, rounds),
     }
 
@@ -109,16 +135,16 @@ def run_localbackend(params: dict[str, Any]) -> dict[str, Any]:
     try:
         source_id = _finished_trial(backend)
         folder = os.path.join(str(backend.trial_dir(source_id)), "checkpoints")
-        with _Adopted(params["source"], folder):
-            target = backend.new_trial_id()
-            def copy() -> None:
-                backend.copy_checkpoint(source_id, target)
-
-            samples = _timed(copy,
-                             lambda: backend.delete_checkpoint(target), int(params["rounds"]))
+        target = backend.new_trial_id()
+        samples: dict[str, list[float]] = {}
+        for key, loose in (("copy", False), ("copy_loose", True)):
+            with _Adopted(params["source"], folder, loose=loose):
+                samples[key] = _timed(lambda: backend.copy_checkpoint(source_id, target),
+                                      lambda: backend.delete_checkpoint(target),
+                                      int(params["rounds"]))
     finally:
         backend.close()
-    return {"copy": samples}
+    return samples
 
 
 def run_syne(params: dict[str, Any]) -> dict[str, Any]:

@@ -15,11 +15,11 @@ from .._files import (
     checkpoint_folder_name,
     delete_folder_atomically,
     fsync_directory,
-    fsync_tree,
     published_checkpoints,
     temporary_checkpoint_name,
 )
 from .._paths import TrialPaths
+from ._copying import TreeCopier, make_durable
 
 
 class CheckpointFolderError(OSError):
@@ -65,7 +65,7 @@ def _ignore_unpublished(folder: str, names: list[str]) -> set[str]:
 def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
     """Copy ``src``'s checkpoint folder over ``tgt``'s, all or nothing.
 
-    The copy is assembled (and fsynced) under a staging name first; until
+    The copy is assembled (and made durable) under a staging name first; until
     then the target is untouched, and on any error the staging folder is
     removed. Then the target holds its old checkpoint or the new one at every
     moment, whatever fails or is killed when:
@@ -81,9 +81,11 @@ def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
       switched all at once this way, so a copy that involves them is
       refused with ``CheckpointSwapUnsupportedError``, the target unchanged.
 
-    Symlinks inside are copied as links, never followed, and files are copied
-    (not linked), so a trial rewriting a copied file in place cannot change
-    the source. A checkpoint folder that is itself a symlink is refused with
+    Files of published ``checkpoint.save()`` folders, which are never written
+    again, are hard-linked and made read-only; every other file is copied, so
+    a trial rewriting one in place cannot change the source (see
+    ``_copying``). Symlinks inside are copied as links, never followed. A
+    checkpoint folder that is itself a symlink is refused with
     ``SymlinkedCheckpointError``.
     """
     if src.checkpoints.is_symlink():
@@ -94,16 +96,18 @@ def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
         # A published checkpoint may be pruned by the running source trial
         # while we copy; try again from the newer state.
         for attempt in range(3):
+            copier = TreeCopier(src.checkpoints)
             try:
                 shutil.copytree(
-                    src.checkpoints, staging, symlinks=True, ignore=_ignore_unpublished
+                    src.checkpoints, staging, symlinks=True, ignore=_ignore_unpublished,
+                    copy_function=copier.copy_file,
                 )
                 break
             except (FileNotFoundError, shutil.Error):
                 shutil.rmtree(staging, ignore_errors=True)
                 if attempt == 2:
                     raise
-        fsync_tree(staging)
+        make_durable(staging, copier)
         if not (tgt.checkpoints.exists() or tgt.checkpoints.is_symlink()):
             os.replace(staging, tgt.checkpoints)
         elif _exchange(staging, tgt.checkpoints):

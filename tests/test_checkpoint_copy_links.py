@@ -1,0 +1,194 @@
+"""copy_checkpoint shares published checkpoints by hard link, and copies everything else.
+
+Real files and real writer processes: a trial that rewrites a copied file in
+place (truncating ``open("w")``, append, ``r+b``) never changes the other
+trial's checkpoint, in either direction. A published file is shared and made
+read-only, so such a rewrite fails loudly instead of writing through; as root
+(which ignores file modes) the writer runs as an unprivileged user that owns
+the files, as a trial of that user would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localbackend import LocalBackend, Status, checkpoint
+from localbackend._paths import TrialPaths
+from localbackend.core import _storage
+from tests.helpers import collect, format_logs, script, until_status, wait_not_busy
+
+NOBODY = 65534
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """Relative path -> content hash of every file under ``folder``."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture
+def open_root() -> Iterator[Path]:
+    """A folder that an unprivileged writer can reach (pytest's own are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="lb-copy-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def make_source(root: Path) -> TrialPaths:
+    """A trial folder with one published checkpoint (two files, one nested) and a loose file."""
+    paths = TrialPaths(root / "0")
+    paths.root.mkdir(mode=0o755)
+    with checkpoint.save(directory=paths.checkpoints) as folder:
+        (folder / "weights.bin").write_bytes(b"w" * 5000)
+        (folder / "optimizer").mkdir()
+        (folder / "optimizer" / "state.bin").write_bytes(b"s" * 300)
+    (paths.checkpoints / "model.pt").write_bytes(b"loose weights")  # Syne Tune style
+    return paths
+
+
+def target_of(root: Path) -> TrialPaths:
+    paths = TrialPaths(root / "1")
+    paths.root.mkdir(mode=0o755)
+    return paths
+
+
+def published_files(paths: TrialPaths) -> list[Path]:
+    latest = checkpoint.latest(directory=paths.checkpoints)
+    assert latest is not None
+    return sorted(p for p in latest.rglob("*") if p.is_file())
+
+
+def writer_python() -> str:
+    """An interpreter the writer's user can run; the project's venv may sit in /root."""
+    if os.geteuid() != 0:
+        return sys.executable
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(candidate):
+            return candidate
+    pytest.skip("no system python3 for an unprivileged writer process")
+
+
+def rewrite(path: Path, how: str, *, unprivileged: bool = False) -> str:
+    """Rewrite ``path`` in place from a separate process; returns "ok" or the error's name."""
+    modes = {"truncate": "w", "append": "a", "overwrite": "r+b"}
+    code = textwrap.dedent(f"""
+        import sys
+        try:
+            with open(sys.argv[1], {modes[how]!r}) as f:
+                f.write({'b' if how == 'overwrite' else ''}"XXXX")
+        except OSError as err:
+            print(type(err).__name__)
+        else:
+            print("ok")
+    """)
+    as_user: dict[str, object] = {}
+    if unprivileged and os.geteuid() == 0:
+        as_user = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+    done = subprocess.run(
+        [writer_python(), "-c", code, str(path)], capture_output=True, text=True,
+        timeout=60, check=False, **as_user,  # type: ignore[call-overload]
+    )
+    assert done.returncode == 0, done.stderr
+    return str(done.stdout.strip())
+
+
+def test_published_files_are_shared_read_only_and_loose_files_are_copied(
+    open_root: Path,
+) -> None:
+    source = make_source(open_root)
+    before = digest(source.checkpoints)
+    target = target_of(open_root)
+    _storage.copy_checkpoint_folder(source, target)
+    assert digest(target.checkpoints) == before
+    for copied in published_files(target):
+        original = source.checkpoints / copied.relative_to(target.checkpoints)
+        assert os.stat(copied).st_ino == os.stat(original).st_ino, copied
+        assert stat.S_IMODE(os.stat(copied).st_mode) & 0o222 == 0, oct(os.stat(copied).st_mode)
+    loose = target.checkpoints / "model.pt"
+    assert os.stat(loose).st_ino != os.stat(source.checkpoints / "model.pt").st_ino
+    assert stat.S_IMODE(os.stat(loose).st_mode) == stat.S_IMODE(
+        os.stat(source.checkpoints / "model.pt").st_mode
+    )
+
+
+@pytest.mark.parametrize("how", ["truncate", "append", "overwrite"])
+@pytest.mark.parametrize("writer", ["target", "source"])
+def test_rewriting_a_shared_file_in_place_fails_loudly_and_changes_neither(
+    how: str, writer: str, open_root: Path
+) -> None:
+    source = make_source(open_root)
+    if os.geteuid() == 0:
+        # The files belong to the trial's user, as they would if it had saved them.
+        for path in (open_root, *open_root.rglob("*")):
+            os.chown(path, NOBODY, NOBODY)
+    before = digest(source.checkpoints)
+    target = target_of(open_root)
+    _storage.copy_checkpoint_folder(source, target)
+    side = target if writer == "target" else source
+    for path in published_files(side):
+        assert rewrite(path, how, unprivileged=True) == "PermissionError", path
+    assert digest(source.checkpoints) == before
+    assert digest(target.checkpoints) == before
+
+
+@pytest.mark.parametrize("how", ["truncate", "append", "overwrite"])
+@pytest.mark.parametrize("writer", ["target", "source"])
+def test_rewriting_a_copied_loose_file_in_place_never_reaches_the_other_trial(
+    how: str, writer: str, open_root: Path
+) -> None:
+    source = make_source(open_root)
+    before = digest(source.checkpoints)
+    target = target_of(open_root)
+    _storage.copy_checkpoint_folder(source, target)
+    side, other = (target, source) if writer == "target" else (source, target)
+    assert rewrite(side.checkpoints / "model.pt", how) == "ok"
+    assert digest(other.checkpoints) == before
+    assert digest(side.checkpoints)["model.pt"] != before["model.pt"]
+
+
+def test_a_checkpoint_saved_in_the_target_is_a_new_folder_and_the_source_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    with LocalBackend(script("checkpointing.py"), experiment_dir=tmp_path / "exp",
+                      grace_period=0.5) as backend:
+        source_id = backend.start_trial({"epochs": 2}).trial_id
+        statuses, _ = collect(backend, [source_id], until_status(Status.completed, Status.failed))
+        assert statuses[source_id][1] == Status.completed, format_logs(backend, [source_id])
+        wait_not_busy(backend, [source_id])
+        source = backend.trial_dir(source_id) / "checkpoints"
+        before = digest(source)
+        inodes = {p: os.stat(p).st_ino for p in source.rglob("*") if p.is_file()}
+        target_id = backend.new_trial_id()
+        backend.copy_checkpoint(source_id, target_id)
+        # The target trial resumes from the shared checkpoint and saves three more:
+        # each is a new folder, and the old shared ones are unlinked on its side only.
+        trial = backend.start_trial({"epochs": 5})
+        assert trial.trial_id == target_id
+        statuses, results = collect(backend, [trial.trial_id],
+                                    until_status(Status.completed, Status.failed))
+        assert statuses[trial.trial_id][1] == Status.completed, format_logs(backend)
+        assert [r["epoch"] for _, r in results] == [2, 3, 4]
+        wait_not_busy(backend, [trial.trial_id])
+        assert digest(source) == before
+        assert {p: os.stat(p).st_ino for p in inodes} == inodes
+        target = backend.trial_dir(trial.trial_id) / "checkpoints"
+        assert checkpoint.load_json(directory=target) == {"epoch": 4}
+        shared = {os.stat(p).st_ino for p in target.rglob("*") if p.is_file()}
+        assert shared.isdisjoint(inodes.values())
