@@ -21,6 +21,9 @@ ENV_CONFIG_FILE: Final = "LOCALBACKEND_CONFIG_FILE"
 ENV_ITERATION_START: Final = "LOCALBACKEND_ITERATION_START"
 # Unix time at which the backend launched this run of the trial.
 ENV_RUN_START_TIME: Final = "LOCALBACKEND_RUN_START_TIME"
+# How many checkpoints ``checkpoint.save()`` keeps at most: the backend's
+# ``keep_checkpoints`` policy.
+ENV_KEEP_CHECKPOINTS: Final = "LOCALBACKEND_KEEP_CHECKPOINTS"
 
 # Result fields, named as Syne Tune names them so its schedulers read them.
 ST_WORKER_TIMESTAMP: Final = "st_worker_timestamp"

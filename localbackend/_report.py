@@ -8,8 +8,10 @@ Syne Tune's own ``Reporter`` prints, so one script works everywhere.
 
 from __future__ import annotations
 
+import faulthandler
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -172,7 +174,31 @@ def report(**metrics: Any) -> None:
         with _reporter_lock:
             if _reporter is None:
                 _reporter = Reporter.from_environment()
+                enable_stack_dumps()
     _reporter.report(**metrics)
+
+
+_stack_dumps_enabled = False
+
+
+def enable_stack_dumps() -> None:
+    """Let the keeper ask a hung trial for its stacks: ``faulthandler`` on SIGUSR1.
+
+    Only in a trial that localbackend runs, and only if nothing else has
+    claimed SIGUSR1. On ``heartbeat_timeout`` the keeper sends SIGUSR1 to
+    the processes of a hung tree that catch it, and the stacks of every
+    thread land in the trial's stderr before it is stopped.
+    """
+    global _stack_dumps_enabled
+    if _stack_dumps_enabled or not os.environ.get(ENV_RESULTS_FILE):
+        return
+    _stack_dumps_enabled = True
+    try:
+        if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
+            return
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    except (ValueError, OSError, RuntimeError):
+        pass  # no stderr to write to, or not allowed here: the trial simply is not asked
 
 
 def _dumps(record: dict[str, Any], metrics: Mapping[str, Any]) -> bytes:

@@ -44,7 +44,12 @@ from localbackend._files import (
     published_checkpoints,
     temporary_checkpoint_name,
 )
-from localbackend._protocol import CHECKPOINT_TMP_PREFIX, ENV_CHECKPOINT_DIR, ST_CHECKPOINT_DIR_ARG
+from localbackend._protocol import (
+    CHECKPOINT_TMP_PREFIX,
+    ENV_CHECKPOINT_DIR,
+    ENV_KEEP_CHECKPOINTS,
+    ST_CHECKPOINT_DIR_ARG,
+)
 
 __all__ = ["CheckpointError", "directory", "latest", "load_json", "save", "save_json"]
 
@@ -98,7 +103,9 @@ def latest(directory: str | os.PathLike[str] | None = None) -> Path | None:
     return newest[-1][1] if newest else None
 
 
-def save(directory: str | os.PathLike[str] | None = None, keep: int = 2) -> CheckpointSave:
+def save(
+    directory: str | os.PathLike[str] | None = None, keep: int | None = None
+) -> CheckpointSave:
     """Write a new checkpoint: ``with checkpoint.save() as folder: ...``.
 
     Write the checkpoint's files into ``folder``, a fresh temporary folder.
@@ -107,13 +114,25 @@ def save(directory: str | os.PathLike[str] | None = None, keep: int = 2) -> Chec
     newest ``keep`` checkpoints are deleted, along with temporary folders left
     by saves that were killed. If the block raises, the temporary folder is
     removed and the exception propagates; the previous checkpoint stays latest.
+
+    ``keep`` defaults to 2. A backend with ``keep_checkpoints=K`` makes K the
+    default and the most any save keeps.
     """
+    policy = _keep_policy()
+    if keep is None:
+        keep = policy or 2
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise CheckpointError(
             f"keep={keep!r} is not valid: it is how many checkpoints to keep, an "
             "integer of at least 1 (the newest checkpoint is always kept)."
         )
-    return CheckpointSave(_resolve(directory), keep)
+    return CheckpointSave(_resolve(directory), min(keep, policy) if policy else keep)
+
+
+def _keep_policy() -> int | None:
+    """The backend's ``keep_checkpoints``, from the trial's environment."""
+    text = os.environ.get(ENV_KEEP_CHECKPOINTS, "")
+    return int(text) if text.isdigit() and int(text) >= 1 else None
 
 
 def load_json(name: str = "state.json", directory: str | os.PathLike[str] | None = None) -> Any:
@@ -133,7 +152,7 @@ def save_json(
     obj: Any,
     name: str = "state.json",
     directory: str | os.PathLike[str] | None = None,
-    keep: int = 2,
+    keep: int | None = None,
 ) -> Path:
     """Save ``obj`` as the JSON file ``name`` of a new checkpoint; returns its folder."""
     _check_file_name(name)
@@ -209,6 +228,9 @@ class CheckpointSave:
 def _resolve(directory_arg: str | os.PathLike[str] | None) -> Path:
     # The public functions' ``directory`` argument hides the function of that
     # name, so they resolve the folder through here.
+    from localbackend._report import enable_stack_dumps
+
+    enable_stack_dumps()
     return directory(directory_arg)
 
 

@@ -134,6 +134,42 @@ def _add_tune(commands: Any) -> None:
         "--view", choices=("auto", "live", "plain"), default="auto",
         help="live table (terminal) or plain log lines (default: auto)",
     )
+    _limit_options(tune)
+
+
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    """The backend's limits, retries and retention, as flags (see ``LocalBackend``)."""
+    limits = parser.add_argument_group("limits, retries and checkpoint retention")
+    limits.add_argument(
+        "--time-limit", type=float, metavar="SECONDS",
+        help="running time each trial may use, summed over its runs; then it fails",
+    )
+    limits.add_argument(
+        "--memory-limit", metavar="SIZE",
+        help="memory of each trial's whole process tree, e.g. 2GiB; over it the trial fails",
+    )
+    limits.add_argument(
+        "--cpus-per-trial", type=int, metavar="N", help="pin each trial to N cores of its own"
+    )
+    limits.add_argument(
+        "--heartbeat-timeout", type=float, metavar="SECONDS",
+        help="a trial silent this long (no result, no output) is hung: stacks dumped, failed",
+    )
+    limits.add_argument(
+        "--max-failures", type=int, metavar="N",
+        help="retry a failed trial from its latest checkpoint up to N times (default: 0)",
+    )
+    limits.add_argument(
+        "--keep-checkpoints", type=int, metavar="K", help="keep the newest K checkpoints a trial"
+    )
+    limits.add_argument(
+        "--keep-best", type=int, metavar="K",
+        help="keep the checkpoints of the K best trials by --metric, delete the other finished",
+    )
+    limits.add_argument(
+        "--checkpoint-budget", metavar="SIZE",
+        help="bytes all checkpoints may take, e.g. 20GiB; the worst finished trials' go first",
+    )
 
 
 def _add_run(commands: Any) -> None:

@@ -110,6 +110,9 @@ def trial_rows(files: TunerPaths, tuner: Optional[dict[str, Any]], metric: Optio
                 "last_result": last,
                 "runtime": runtime,
                 "config": read_json(paths.config) or {},
+                "failure_reason": (
+                    history[-1].get("failure") if status == Status.failed else None
+                ),
                 "history": history,
             }
         )
@@ -178,6 +181,10 @@ def status(args: argparse.Namespace) -> int:
         cells.append(" ".join(f"{k}={format_value(v)}" for k, v in row["config"].items()))
         table.append(cells)
     out.append(_format_table(table))
+    failed = [row for row in rows if row["failure_reason"]]
+    if failed:
+        out.append("failures:")
+        out += [f"  trial {row['trial_id']}: {row['failure_reason']}" for row in failed]
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1

@@ -106,11 +106,32 @@ def _new_tuner(args: argparse.Namespace) -> Tuner:
         )
     if root.exists() and any(root.iterdir()):
         raise CliError(f"--experiment-dir {root} is not empty; choose a new or empty folder")
-    backend = LocalBackend(script, experiment_dir=root, grace_period=options.grace_period)
+    backend = LocalBackend(
+        script, experiment_dir=root, grace_period=options.grace_period,
+        **backend_limits(args, options),
+    )
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     rng = random.Random(options.seed)
     scheduler = make_scheduler(options, space, rng)
     return Tuner(options, space, backend, files, scheduler, rng)
+
+
+_LIMIT_FLAGS = (
+    "time_limit", "memory_limit", "cpus_per_trial", "heartbeat_timeout", "max_failures",
+    "keep_checkpoints", "keep_best", "checkpoint_budget",
+)
+
+
+def backend_limits(args: argparse.Namespace, options: TuneOptions) -> dict[str, Any]:
+    """The ``LocalBackend`` keywords of the limit flags that were given."""
+    given = {name: getattr(args, name, None) for name in _LIMIT_FLAGS}
+    chosen = {name: value for name, value in given.items() if value is not None}
+    for name in ("memory_limit", "checkpoint_budget"):
+        if name in chosen and str(chosen[name]).isdigit():
+            chosen[name] = int(chosen[name])
+    if chosen.get("keep_best") is not None or chosen.get("checkpoint_budget") is not None:
+        chosen.update(metric=options.metric, mode=options.mode)
+    return chosen
 
 
 def _resumed_tuner(args: argparse.Namespace) -> Tuner:
@@ -119,8 +140,10 @@ def _resumed_tuner(args: argparse.Namespace) -> Tuner:
         for shown, value in (
             ("SCRIPT", args.script), ("--config", args.config), ("-p", args.param),
             ("--experiment-dir", args.experiment_dir),
+            *((f"--{name.replace('_', '-')}", value)
+              for name, value in vars(args).items() if name in _LIMIT_FLAGS),
         )
-        if value
+        if value is not None and value != [] and value is not False
     ]
     if given:
         raise CliError(

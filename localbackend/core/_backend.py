@@ -23,6 +23,7 @@ from ._command import (
     normalize_config,
 )
 from ._experiment import ExperimentFolder
+from ._limits import Retention, TrialLimits
 from ._options import BackendOptions, check_experiment_dir
 from ._results import read_log_text
 from ._runtime import BackendCore
@@ -64,6 +65,33 @@ class LocalBackend(BackendCore):
             driver's death); ``restore`` re-attaches to them.
         launcher: Where the trials run: a ``localbackend.launchers.Launcher``.
             Defaults to a ``LocalLauncher``, which runs them on this machine.
+        preload: Modules to import once, in the supervisor, so that each run
+            of a Python entry point starts by fork with them already
+            imported, set up to look like a cold start (see "Warm starts" in
+            the README). A run that cannot start warm starts cold, with a
+            ``ColdStartWarning`` naming the reason once.
+        time_limit: Seconds of running time a trial may use, summed over its
+            runs (paused time does not count). Then its tree gets SIGTERM,
+            SIGKILL after ``grace_period``, and it ends ``Failed`` with the
+            reason ``time limit (N s)``.
+        memory_limit: Bytes (or a size such as ``"2GiB"``) the whole process
+            tree of a trial may use; over it the tree is killed and the trial
+            ends ``Failed``, with the limit and the peak in the reason.
+        cpus_per_trial: Pin each trial to this many cores of its own, least
+            used first, and set ``OMP_NUM_THREADS`` and the like to match.
+        heartbeat_timeout: A trial that writes no result and no output for
+            this many seconds is hung: its Python stacks are asked for
+            (into its stderr), then it is stopped and ends ``Failed``.
+        max_failures: Retry a failed trial from its latest checkpoint up to
+            this many times.
+        keep_checkpoints: Keep the newest K checkpoints of each trial
+            (``checkpoint.save()`` keeps no more).
+        keep_best: Keep the checkpoints of the K best trials by the last
+            value of ``metric``; delete those of other finished trials.
+        metric: The reported metric ``keep_best`` and the budget rank by.
+        mode: ``"min"`` or ``"max"``: which values of ``metric`` are best.
+        checkpoint_budget: Bytes (or a size) the experiment's checkpoints
+            may take; over it, the worst finished trials' checkpoints go.
     """
 
     def __init__(
@@ -82,12 +110,33 @@ class LocalBackend(BackendCore):
         rotate_gpus: bool = True,
         detach: bool = False,
         launcher: Launcher | None = None,
+        preload: Sequence[str] | None = None,
+        time_limit: float | None = None,
+        memory_limit: int | str | None = None,
+        cpus_per_trial: int | None = None,
+        heartbeat_timeout: float | None = None,
+        max_failures: int = 0,
+        keep_checkpoints: int | None = None,
+        keep_best: int | None = None,
+        metric: str | None = None,
+        mode: str = "min",
+        checkpoint_budget: int | str | None = None,
     ) -> None:
         self._configure(BackendOptions.check(
             entry_point=entry_point, binary=binary, pass_args_as_json=pass_args_as_json,
             delete_checkpoints=delete_checkpoints, grace_period=grace_period, env=env,
             num_gpus=num_gpus, num_gpus_per_trial=num_gpus_per_trial, gpus_to_use=gpus_to_use,
             detach=detach, cwd=Path.cwd(), rotate_gpus=rotate_gpus,
+            preload=preload,
+            limits=TrialLimits.check(
+                time_limit=time_limit, memory_limit=memory_limit,
+                heartbeat_timeout=heartbeat_timeout, max_failures=max_failures,
+            ),
+            retention=Retention.check(
+                keep_checkpoints=keep_checkpoints, keep_best=keep_best, metric=metric,
+                mode=mode, checkpoint_budget=checkpoint_budget,
+            ),
+            cpus_per_trial=cpus_per_trial,
         ))
         if experiment_dir is not None:
             root = Path(experiment_dir).expanduser().absolute()
@@ -96,6 +145,7 @@ class LocalBackend(BackendCore):
             root = default_experiment_dir()
         self._folder = ExperimentFolder(root, created=False)
         self._setup_runtime(launcher)
+        self._cpu_allocator()  # cpus_per_trial is checked against the cores here
 
     @property
     def pass_args_as_json(self) -> bool:
@@ -184,11 +234,18 @@ class LocalBackend(BackendCore):
         return len(self._table.records)
 
     def start_trial(
-        self, config: Mapping[str, Any], checkpoint_trial_id: Optional[int] = None
+        self, config: Mapping[str, Any], checkpoint_trial_id: Optional[int] = None,
+        *, limits: Optional[Mapping[str, Any]] = None,
     ) -> TrialResult:
-        """Start a trial with ``config``, from a copy of another trial's checkpoint if given."""
+        """Start a trial with ``config``, from a copy of another trial's checkpoint if given.
+
+        ``limits`` overrides the backend's ``time_limit``, ``memory_limit``,
+        ``heartbeat_timeout`` or ``max_failures`` for this trial only.
+        """
         with self._lock:
             clean = normalize_config(config)
+            if limits is not None:
+                self._o.limits.override(limits)  # checked before anything changes
             if checkpoint_trial_id is not None:
                 source = self._record(checkpoint_trial_id)
                 if not has_checkpoint(source.paths):
@@ -198,7 +255,7 @@ class LocalBackend(BackendCore):
             self._check_entry_point_still_there()
             self._allocator()  # GPU settings are checked before anything changes
             self._ensure_experiment_dir()
-            record = self._new_record(clean, checkpoint_trial_id)
+            record = self._new_record(clean, checkpoint_trial_id, limits)
             return self._trial_result(record)
 
     def resume_trial(
@@ -420,6 +477,8 @@ class LocalBackend(BackendCore):
             return
         options = dict(state["options"])
         cwd = options.pop("cwd", None)
+        for group in ("limits", "retention"):  # stored grouped, passed one by one
+            options.update(options.pop(group, None) or {})
         # The base class's own: a subclass may take other constructor arguments.
         LocalBackend.__init__(self, experiment_dir=state["experiment_dir"], **options)
         if cwd is not None:

@@ -48,12 +48,16 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
         state["options"] = entry["options"]
         return
     if op == "supervisor":
-        state["supervisor"] = {"pid": entry["pid"], "create_time": entry["create_time"]}
+        # The launcher's description of its session (for the local one, the
+        # supervisor's PID and start time), which only the launcher reads.
+        state["supervisor"] = {k: v for k, v in entry.items() if k not in ("seq", "op")}
         return
     if op == "trial":
         state["trials"][str(entry["trial"])] = new_trial(
             entry["trial"], entry["config"], entry["time"]
         )
+        if entry.get("limits"):
+            state["trials"][str(entry["trial"])]["limits"] = entry["limits"]
         return
     if op == "forget":
         # A start_trial that failed before its process was started.
@@ -75,7 +79,7 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
         trial["history"].append(
             {k: entry[k] for k in (
                 "time", "status", "run", "reason", "returncode", "signal", "failure",
-                "failure_kind",
+                "failure_kind", "retry", "action",
             ) if k in entry}
         )
     elif op == "launch":

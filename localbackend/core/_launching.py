@@ -17,13 +17,19 @@ from pathlib import Path
 
 from .._errors import LocalBackendError, TrialLaunchError
 from .._paths import TrialPaths
-from ..launchers._base import Launcher, RunSpec
+from .._protocol import ENV_KEEP_CHECKPOINTS
+from ..launchers._base import Launcher, RunLimits, RunSpec
 from ._command import ENV_DEFAULTS, build_launch_spec
 from ._gpus import GpuAllocator
+from ._limits import THREAD_VARIABLES
 from ._notify import FileWatcher
 from ._storage import atomic_write_json
 from ._table import TrialTable
 from ._trials import TrialRecord
+
+# A trial resumed with its time limit used up still runs this long, and is
+# then ended at the limit like any other.
+MIN_RUN_TIME = 0.01
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,9 @@ class RunTemplate:
     cwd: Path
     grace_period: float
     delete_checkpoints: bool
+    # Modules a zygote imports once, to start the runs from by fork.
+    preload: tuple[str, ...] = ()
+    keep_checkpoints: int | None = None
 
 
 def launch(
@@ -47,8 +56,12 @@ def launch(
     allocator: GpuAllocator,
     table: TrialTable,
     watcher: Callable[[], FileWatcher],
+    cpus: GpuAllocator | None = None,
 ) -> None:
-    """Start the next run of ``record``; on failure, raise ``TrialLaunchError``."""
+    """Start the next run of ``record``; on failure, raise ``TrialLaunchError``.
+
+    ``cpus`` hands out cores for ``cpus_per_trial`` (None: trials are not pinned).
+    """
     paths = record.paths
     held_before = allocator.holders.get(record.trial_id)
     run = record.runs
@@ -76,33 +89,64 @@ def launch(
             key: value for key, value in spec.env.items()
             if key not in ENV_DEFAULTS or key in template.env
         }
+        cores = cpus.allocate(record.trial_id) if cpus is not None else []
+        limits = run_limits(record, cores)
+        overrides.update(_policy_env(template, len(cores)))
         atomic_write_json(
             paths.command,
-            {"run": run, "argv": list(spec.argv), "cwd": str(spec.cwd), "env": overrides},
+            {"run": run, "argv": list(spec.argv), "cwd": str(spec.cwd), "env": overrides,
+             "limits": limits.as_record()},
         )
         record.log("launch", run=run, time=run_start, gpus=gpus)
         logged = True
         launcher.start(RunSpec(
             trial_id=record.trial_id, run=run, argv=spec.argv, env=overrides,
             cwd=spec.cwd, paths=paths, grace_period=template.grace_period, gpus=tuple(gpus),
-            env_defaults=ENV_DEFAULTS,
-            delete_checkpoints_on_completion=template.delete_checkpoints,
+            env_defaults=ENV_DEFAULTS, preload=template.preload,
+            delete_checkpoints_on_completion=template.delete_checkpoints, limits=limits,
         ))
     except (OSError, LocalBackendError) as err:
         if held_before is None:
             allocator.release(record.trial_id)
         else:
             allocator.hold(record.trial_id, held_before)
+        if cpus is not None:
+            cpus.release(record.trial_id)
         if logged:
             record.log("launch_failed", run=run)
         raise launch_error(record.trial_id, [*template.binary, str(template.entry_point)],
                            err) from err
     record.launched(run, run_start, gpus)
+    record.cpus = cores
     table.live.add(record.trial_id)
     if launcher.capabilities.local_files:
         files = watcher()
         files.watch(paths.results)
         files.watch(paths.stdout)
+
+
+def run_limits(record: TrialRecord, cores: Sequence[str]) -> RunLimits:
+    """What the keeper enforces on the next run: the running time left, and the rest as set."""
+    limits = record.limits
+    remaining = None
+    if limits.time_limit is not None:
+        # Paused time does not count: only the runs' own running time does.
+        remaining = max(limits.time_limit - record.used_time, MIN_RUN_TIME)
+    return RunLimits(
+        time_limit=remaining, memory_limit=limits.memory_limit,
+        heartbeat_timeout=limits.heartbeat_timeout, cpus=tuple(int(c) for c in cores),
+        cpus_per_trial=len(cores) or None,
+    )
+
+
+def _policy_env(template: RunTemplate, cores: int) -> dict[str, str]:
+    """Variables the backend's policies set: thread counts of pinned trials, checkpoints kept."""
+    env = {}
+    if cores:
+        env.update({name: str(cores) for name in THREAD_VARIABLES if name not in template.env})
+    if template.keep_checkpoints is not None:
+        env[ENV_KEEP_CHECKPOINTS] = str(template.keep_checkpoints)
+    return env
 
 
 def launch_error(trial_id: int, argv: Sequence[str], err: BaseException) -> TrialLaunchError:

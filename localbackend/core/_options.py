@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._errors import BackendConfigurationError
 from ._command import check_entry_point, parse_binary
+from ._limits import Retention, TrialLimits, check_cpus_per_trial
 
 
 def check_grace_period(grace_period: object) -> float:
@@ -70,6 +71,36 @@ def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
     return clean
 
 
+def check_preload(preload: object) -> tuple[str, ...]:
+    """The modules to preload for warm starts, each a dotted module name, without repeats."""
+    if preload is None:
+        return ()
+    if isinstance(preload, (str, bytes)) or not isinstance(preload, Sequence):
+        raise BackendConfigurationError(
+            "preload", preload, "must be a list of module names",
+            "Pass e.g. preload=['numpy', 'torch'].",
+        )
+    names: list[str] = []
+    for name in preload:
+        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+            raise BackendConfigurationError(
+                "preload", list(preload), f"holds {name!r}, which is not a module name",
+                "Give importable names such as 'numpy' or 'torch.nn'.",
+            )
+        if name not in names:
+            names.append(name)
+    from ..launchers.local._zygote import cuda_modules
+
+    refused = cuda_modules(names)
+    if refused:
+        raise BackendConfigurationError(
+            "preload", names, f"holds {refused}, whose import initialises CUDA, and trials "
+            "forked from a process with CUDA initialised cannot use the GPU",
+            "Leave it out of preload and import it in the trial script.",
+        )
+    return tuple(names)
+
+
 def check_experiment_dir(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise BackendConfigurationError(
@@ -106,6 +137,12 @@ class BackendOptions:
     detach: bool
     cwd: Path
     rotate_gpus: bool = True
+    # Modules imported once, for warm starts by fork (empty: every start is cold).
+    preload: tuple[str, ...] = ()
+    # Limits for every trial, and checkpoint retention (see ``_limits``).
+    limits: TrialLimits = field(default_factory=TrialLimits)
+    retention: Retention = field(default_factory=Retention)
+    cpus_per_trial: int | None = None
 
     @classmethod
     def check(
@@ -124,6 +161,10 @@ class BackendOptions:
         cwd: Path,
         entry_point_must_exist: bool = True,
         rotate_gpus: bool = True,
+        preload: Sequence[str] | None = None,
+        limits: TrialLimits | None = None,
+        retention: Retention | None = None,
+        cpus_per_trial: int | None = None,
     ) -> BackendOptions:
         """The options, or our error naming the first bad value."""
         words = parse_binary(binary)
@@ -139,6 +180,9 @@ class BackendOptions:
             num_gpus=num_gpus, num_gpus_per_trial=num_gpus_per_trial,
             gpus_to_use=list(gpus_to_use) if gpus_to_use is not None else None,
             detach=bool(detach), cwd=cwd, rotate_gpus=bool(rotate_gpus),
+            preload=check_preload(preload),
+            limits=limits or TrialLimits(), retention=retention or Retention(),
+            cpus_per_trial=check_cpus_per_trial(cpus_per_trial, 0),
         )
 
     @classmethod
@@ -158,6 +202,10 @@ class BackendOptions:
             cwd=Path(saved.get("cwd") or os.getcwd()),
             entry_point_must_exist=False,
             rotate_gpus=bool(saved.get("rotate_gpus", True)),
+            preload=saved.get("preload"),
+            limits=TrialLimits.from_saved(saved.get("limits")),
+            retention=Retention.from_saved(saved.get("retention")),
+            cpus_per_trial=saved.get("cpus_per_trial"),
         )
 
     def saved(self) -> dict[str, Any]:
@@ -175,4 +223,8 @@ class BackendOptions:
             "detach": self.detach,
             "cwd": str(self.cwd),
             "rotate_gpus": self.rotate_gpus,
+            "preload": list(self.preload),
+            "limits": self.limits.saved(),
+            "retention": self.retention.saved(),
+            "cpus_per_trial": self.cpus_per_trial,
         }

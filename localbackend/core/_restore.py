@@ -12,7 +12,7 @@ import datetime
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._files import count_lines, file_size, read_json_object
@@ -21,6 +21,7 @@ from .._types import Status
 from ..launchers._base import Launcher, RunExited, RunHandle
 from ._gpus import GpuAllocator
 from ._journal import Journal, new_trial
+from ._limits import TrialLimits
 from ._notify import FileWatcher
 from ._table import TrialTable
 from ._trials import TrialRecord
@@ -41,6 +42,7 @@ class Rebuild:
     journal: Journal
     detach: bool
     grace_period: float
+    limits: TrialLimits = field(default_factory=TrialLimits)
 
 
 def rebuild_table(backend: Rebuild, state: dict[str, Any]) -> None:
@@ -92,6 +94,12 @@ def _restore_trial(backend: Rebuild, saved: dict[str, Any], journal: Journal) ->
         poll=not backend.launcher.capabilities.local_files,
     )
     backend.table.records.append(record)
+    record.limits = backend.limits.override(saved.get("limits") or {})
+    for run_entry in saved["runs"]:
+        if run_entry.get("running_time"):
+            record.used_time += float(run_entry["running_time"])
+            record.timed_runs.add(int(run_entry["run"]))
+    record.retries = [0.0 for entry in saved.get("history", []) if entry.get("retry")]
     record.status = saved.get("status") or Status.in_progress
     last = saved["history"][-1] if saved.get("history") else {}
     if record.status == Status.failed and last.get("failure"):

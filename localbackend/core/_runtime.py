@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,11 @@ from ._command import check_entry_point
 from ._experiment import ExperimentFolder
 from ._gpus import GpuAllocator
 from ._journal import Journal, load_state
+from ._limits import check_cpus_per_trial
 from ._lock import ExperimentLock
 from ._notify import FileWatcher
 from ._options import BackendOptions
+from ._policy import RetentionPolicy, Retries
 from ._restore import Rebuild, rebuild_table
 from ._storage import atomic_write_json
 from ._table import TrialTable
@@ -80,12 +82,16 @@ class BackendCore:
             self._table.delete_checkpoints = self._o.delete_checkpoints
             self._o.entry_point = Path(state["options"]["entry_point"])
             self._folder.open_journal(state["seq"])
+            # A run that failed while no driver ran is concluded as Failed:
+            # nothing is launched while the table is being rebuilt.
+            retries, self._table.on_failure = self._table.on_failure, None
             rebuild_table(Rebuild(
                 paths=self._paths, table=self._table, launcher=self._launcher,
                 allocator=self._allocator, watcher=self._file_watcher,
                 journal=self._journal_or_fail(), detach=self._o.detach,
-                grace_period=self._o.grace_period,
+                grace_period=self._o.grace_period, limits=self._o.limits,
             ), state)
+            self._table.on_failure = retries
         except BaseException:
             self._folder.close()
             raise
@@ -107,6 +113,12 @@ class BackendCore:
         self._table = TrialTable(launcher, self._allocator, self._file_watcher)
         self._table.delete_checkpoints = self._o.delete_checkpoints
         self._lock = BackendLock(self._folder)
+        self._cpus: GpuAllocator | None = None
+        self._retention = RetentionPolicy(self._o.retention, self._table)
+        if self._o.retention.active:
+            self._table.on_runs_ended = self._retention.after_run
+            self._table.metric = self._o.retention.metric
+        self._table.on_failure = Retries(self._table, self._retry)
 
     def _session_started(self, session: dict[str, Any]) -> None:
         # A restore waits for this session to end before it trusts the folder.
@@ -148,7 +160,8 @@ class BackendCore:
             self._table.pump()
 
     def _new_record(
-        self, clean: dict[str, Any], checkpoint_trial_id: int | None
+        self, clean: dict[str, Any], checkpoint_trial_id: int | None,
+        limits: Mapping[str, Any] | None = None,
     ) -> TrialRecord:
         """Create, journal and launch a new trial; a failure leaves no trace of it."""
         trial_id = len(self._table.records)
@@ -172,10 +185,12 @@ class BackendCore:
             trial_id, clean, paths, self._journal,
             poll=not self._launcher.capabilities.local_files,
         )
+        record.limits = self._o.limits.override(limits or {})
         self._table.records.append(record)
         record.log(
             "trial", config=clean, time=record.creation_time.timestamp(),
             checkpoint_trial_id=checkpoint_trial_id,
+            limits={k: v for k, v in (limits or {}).items() if v is not None} or None,
         )
         try:
             self._launch(record, reason="start_trial")
@@ -211,7 +226,22 @@ class BackendCore:
                 raise
             raise self._launch_error(record.trial_id, err) from err
 
-    def _launch(self, record: TrialRecord, *, reason: str) -> None:
+    def _retry(self, record: TrialRecord, reason: str, number: int) -> None:
+        """Run a failed trial again from its latest checkpoint (see ``_policy.Retries``)."""
+        self._launch(record, reason=reason, retry=number)
+
+    def _cpu_allocator(self) -> GpuAllocator | None:
+        """Cores for ``cpus_per_trial``, handed out least-used first as GPUs are."""
+        if self._o.cpus_per_trial is None:
+            return None
+        if self._cpus is None:
+            cores = self._launcher.cpu_devices()
+            check_cpus_per_trial(self._o.cpus_per_trial, len(cores))
+            self._cpus = GpuAllocator(cores, None, self._o.cpus_per_trial) if cores else None
+            self._table.cpus = self._cpus
+        return self._cpus
+
+    def _launch(self, record: TrialRecord, *, reason: str, **details: Any) -> None:
         """Start the next run of ``record``; on failure, raise ``TrialLaunchError``."""
         if record.attached:
             # A run that outlived the previous driver is not the launcher's
@@ -222,11 +252,14 @@ class BackendCore:
                 binary=self._o.binary, entry_point=self._o.entry_point,
                 pass_args_as_json=self._o.pass_args_as_json, env=self._o.env, cwd=self._o.cwd,
                 grace_period=self._o.grace_period, delete_checkpoints=self._o.delete_checkpoints,
+                preload=self._o.preload,
+                keep_checkpoints=self._o.retention.keep_checkpoints,
             ),
             launcher=self._launcher, allocator=self._allocator(), table=self._table,
-            watcher=self._file_watcher,
+            watcher=self._file_watcher, cpus=self._cpu_allocator(),
         )
-        record.set_status(Status.in_progress, reason=reason)
+        self._retention.forget(record.trial_id)
+        record.set_status(Status.in_progress, reason=reason, **details)
 
     def _launch_error(self, trial_id: int, err: BaseException) -> TrialLaunchError:
         return launching.launch_error(trial_id, [*self._o.binary, str(self._o.entry_point)], err)

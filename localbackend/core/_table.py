@@ -27,9 +27,13 @@ from ..launchers._base import (
     RunStarted,
 )
 from ._gpus import GpuAllocator
+from ._limits import limit_reason
 from ._notify import FileWatcher
 from ._storage import delete_checkpoint_folder
 from ._trials import TrialRecord
+
+# Why a keeper ended a tree at one of the run's limits (``RunExited.terminated_by``).
+LIMIT_KINDS = frozenset({"time_limit", "memory_limit", "hang"})
 
 
 class TrialTable:
@@ -51,6 +55,16 @@ class TrialTable:
         self.allocator = allocator
         self.watcher = watcher
         self.delete_checkpoints = False
+        # Trials whose run failed and that may be retried: the backend decides,
+        # once the failed run's tree is gone (see ``pump``).
+        self.failed_runs: list[tuple[TrialRecord, tuple[str, str]]] = []
+        self.on_failure: Callable[[TrialRecord, tuple[str, str]], None] | None = None
+        # Called once every run of a trial has ended (checkpoint retention).
+        self.on_runs_ended: Callable[[TrialRecord], None] | None = None
+        # Cores handed out for ``cpus_per_trial``, given back as GPUs are.
+        self.cpus: GpuAllocator | None = None
+        # The metric whose last value each trial reported is kept (keep_best).
+        self.metric: str | None = None
 
     def live_records(self) -> list[TrialRecord]:
         """The live trials, in id order; drops those that can no longer change."""
@@ -69,6 +83,26 @@ class TrialTable:
         """Apply every event that has arrived, without blocking."""
         for event in self.launcher.events():
             self.apply_event(event)
+
+    def settle_failures(self) -> None:
+        """Conclude the failures of runs whose trees are gone: retried, or Failed.
+
+        Called once a failed run is gone, so that a retry never starts while
+        a process of the failed run is alive, and its GPUs are free again.
+        """
+        while self.failed_runs:
+            record, failure = self.failed_runs.pop(0)
+            if self.on_failure is not None and not record.alive_runs:
+                self.on_failure(record, failure)
+            else:
+                self.fail(record, failure)
+
+    def fail(self, record: TrialRecord, failure: tuple[str, str]) -> None:
+        """The trial ends ``Failed`` with ``failure`` (its kind and reason)."""
+        record.set_status(
+            Status.failed, reason=failure[1], news=True, returncode=record.exit_code,
+            signal=record.exit_signal, failure=failure,
+        )
 
     def apply_event(self, event: RunEvent) -> None:
         trial_id = event.trial_id
@@ -116,20 +150,28 @@ class TrialTable:
         if not record.run_gone(run):
             return
         self.allocator().release(record.trial_id)
+        if self.cpus is not None:
+            self.cpus.release(record.trial_id)
         if record.status != Status.in_progress:
             self.watcher().unwatch(record.paths.results)
             self.watcher().unwatch(record.paths.stdout)
         if record.delete_checkpoint_on_exit:
             record.delete_checkpoint_on_exit = False
             delete_checkpoint_folder(record.paths)
+        if self.on_runs_ended is not None:
+            self.on_runs_ended(record)
 
     def run_exited(self, record: TrialRecord, event: RunExited) -> None:
         run, offsets = event.run, event.offsets
         record.log(
             "exited", run=run, returncode=event.returncode, signal=event.signal,
             terminated_by=event.terminated_by, offsets=dict(offsets), time=event.time,
+            running_time=event.running_time, peak_memory=event.peak_memory,
         )
         current = run == record.runs - 1
+        if event.running_time and run not in record.timed_runs:
+            record.timed_runs.add(run)
+            record.used_time += event.running_time
         ended_at = datetime.datetime.fromtimestamp(event.time) if event.time else None
         if current and record.accepting and record.status == Status.in_progress:
             self.ingest(record, limits=offsets, final=True)
@@ -149,6 +191,7 @@ class TrialTable:
         if not record.has_news:
             self.mark_delivered(record)
         self.run_gone(record, run)
+        self.settle_failures()
 
     def _conclude(self, record: TrialRecord, event: RunExited) -> None:
         """The status of a trial whose accepted run has ended."""
@@ -156,23 +199,31 @@ class TrialTable:
         if event.terminated_by == "driver_lost":
             record.set_status(Status.paused, reason="the driver ended while the trial ran",
                               news=True)
+        elif event.terminated_by in LIMIT_KINDS:
+            kind = str(event.terminated_by)
+            reason = limit_reason(kind, record.limits, event.peak_memory)
+            self._note_in_stderr(record, reason)
+            record.stderr_tail = record.read_stderr_tail() or reason
+            self.failed_runs.append((record, (kind, reason)))
         elif event.terminated_by == "supervisor_lost":
             reason = "the supervisor process ended unexpectedly"
             record.stderr_tail = record.read_stderr_tail() or reason
-            record.set_status(
-                Status.failed, reason=reason, news=True, returncode=code, signal=signal_name,
-                failure=("lost", reason),
-            )
+            self.failed_runs.append((record, ("lost", reason)))
         elif code == 0:
             record.set_status(Status.completed, reason="exited", news=True, returncode=0)
             if self.delete_checkpoints:
                 record.delete_checkpoint_on_exit = True
         else:
             record.stderr_tail = record.read_stderr_tail()
-            record.set_status(
-                Status.failed, reason="exited", news=True, returncode=code, signal=signal_name,
-                failure=exit_failure(code, signal_name),
-            )
+            self.failed_runs.append((record, exit_failure(code, signal_name)))
+
+    @staticmethod
+    def _note_in_stderr(record: TrialRecord, reason: str) -> None:
+        try:
+            with open(record.paths.stderr, "a", encoding="utf-8") as log:
+                log.write(f"localbackend: {reason}\n")
+        except OSError:
+            pass
 
     def run_failed(
         self, record: TrialRecord, run: int, reason: str, signal_name: str | None,
@@ -181,15 +232,11 @@ class TrialTable:
         if run == record.runs - 1 and record.status == Status.in_progress:
             record.lost(signal_name, datetime.datetime.now())
             self._accept_until(record)
-            try:
-                with open(record.paths.stderr, "a", encoding="utf-8") as log:
-                    log.write(f"localbackend: {reason}\n")
-            except OSError:
-                pass
+            self._note_in_stderr(record, reason)
             record.stderr_tail = record.read_stderr_tail() or reason
-            record.set_status(Status.failed, reason=reason, news=True, signal=signal_name,
-                              failure=(kind, reason))
+            self.failed_runs.append((record, (kind, reason)))
         self.run_gone(record, run)
+        self.settle_failures()
 
     # -- results -------------------------------------------------------------
 
@@ -236,6 +283,8 @@ class TrialTable:
                     new, record.iterations, now, now - record.run_start_time
                 )
                 queue.extend(new)
+                if self.metric is not None:
+                    _note_metric(record, new, self.metric)
 
     def deliver(
         self, records: Iterable[TrialRecord]
@@ -269,6 +318,14 @@ class TrialTable:
             stdout=record.stdout_reader.offset,
             iterations=record.iterations,
         )
+
+
+def _note_metric(record: TrialRecord, results: list[dict[str, Any]], metric: str) -> None:
+    for result in reversed(results):
+        value = result.get(metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            record.last_metric = float(value)
+            return
 
 
 def exit_failure(code: int | None, signal_name: str | None) -> tuple[str, str]:

@@ -13,6 +13,7 @@ import orjson
 from .._paths import TrialPaths
 from .._types import Status, Trial
 from ._journal import Journal
+from ._limits import TrialLimits
 from ._results import ResultsReader, TuneMetricReader
 
 STDERR_TAIL_LINES = 20
@@ -52,6 +53,16 @@ class TrialRecord:
     failure_kind: Optional[str] = None
     delete_checkpoint_on_exit: bool = False
     gpus: list[str] = field(default_factory=list)
+    cpus: list[str] = field(default_factory=list)
+    # The limits of this trial (the backend's, with its own overrides), the
+    # running time its ended runs used, and its retries so far, each with
+    # how long the failed run ran.
+    limits: TrialLimits = field(default_factory=TrialLimits)
+    used_time: float = 0.0
+    timed_runs: set[int] = field(default_factory=set)  # runs counted in used_time
+    retries: list[float] = field(default_factory=list)
+    # The last value of the retention metric the trial reported (keep_best).
+    last_metric: Optional[float] = None
     # Runs started by an earlier driver that the launcher follows for this one
     # (detach mode, after a restore).
     attached: set[int] = field(default_factory=set)

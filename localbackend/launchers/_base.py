@@ -75,6 +75,9 @@ class RunSpec:
     # (exit 0, no stop asked for): ``delete_checkpoints=True``.
     delete_checkpoints_on_completion: bool = False
     limits: RunLimits = field(default_factory=RunLimits)
+    # Modules to import once in a zygote and start the run from by fork
+    # (warm start); a launcher that cannot falls back to a cold start.
+    preload: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,11 @@ class RunExited:
     ``terminated_by`` says why the tree was ended: ``None`` (it ended on its
     own), ``"request"`` (pause or stop), ``"leftovers"`` (the main process
     had exited and left descendants), ``"driver_lost"`` or
-    ``"supervisor_lost"``.
+    ``"supervisor_lost"``; or a limit of ``RunLimits`` the keeper enforced:
+    ``"time_limit"``, ``"memory_limit"`` or ``"hang"`` (no output for
+    ``heartbeat_timeout`` seconds). ``running_time`` is how long the tree
+    ran, in seconds; ``peak_memory`` the most memory it was seen to use,
+    in bytes, when it had a memory limit.
     """
 
     trial_id: int
@@ -124,13 +131,16 @@ class RunExited:
     terminated_by: Optional[str]
     time: float
     offsets: Mapping[str, int] = field(default_factory=dict)
+    running_time: Optional[float] = None
+    peak_memory: Optional[int] = None
 
     def as_record(self) -> dict[str, Any]:
         """The form written to ``exit.json`` and the journal."""
         return {
             "trial": self.trial_id, "run": self.run, "returncode": self.returncode,
             "signal": self.signal, "terminated_by": self.terminated_by, "time": self.time,
-            "offsets": dict(self.offsets),
+            "offsets": dict(self.offsets), "running_time": self.running_time,
+            "peak_memory": self.peak_memory,
         }
 
     @classmethod
@@ -140,7 +150,17 @@ class RunExited:
             returncode=record.get("returncode"), signal=record.get("signal"),
             terminated_by=record.get("terminated_by"), time=float(record.get("time") or 0.0),
             offsets={k: int(v) for k, v in (record.get("offsets") or {}).items()},
+            running_time=_optional_float(record.get("running_time")),
+            peak_memory=_optional_int(record.get("peak_memory")),
         )
+
+
+def _optional_float(value: object) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _optional_int(value: object) -> Optional[int]:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
@@ -179,12 +199,14 @@ class LauncherCapabilities:
     so inotify and the ``stat`` shortcut of the result readers are reliable;
     otherwise results are read in poll mode. ``host_gpus``: ``gpu_devices()``
     lists the GPUs of the host that runs the trials, for the backend to hand
-    out.
+    out. ``poll_interval``: in poll mode, the longest time in seconds between
+    two reads of the trials' files (``None``: the backend's default).
     """
 
     detach: bool
     local_files: bool
     host_gpus: bool
+    poll_interval: Optional[float] = None
 
 
 class Launcher(ABC):
@@ -262,6 +284,14 @@ class Launcher(ABC):
     @abstractmethod
     def gpu_devices(self, env: Mapping[str, str]) -> list[str]:
         """The GPUs of the host that runs the trials (with ``env`` over its environment)."""
+
+    def cpu_devices(self) -> list[str]:
+        """The cores of the host that runs the trials, for ``cpus_per_trial`` to hand out.
+
+        Empty (the default) where the launcher picks the cores on its hosts
+        itself, from ``RunLimits.cpus_per_trial``.
+        """
+        return []
 
     @abstractmethod
     def shutdown(self) -> None:

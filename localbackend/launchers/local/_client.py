@@ -16,10 +16,11 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Optional
 
 from ..._errors import SupervisorError
 from ..._files import wait_readable
@@ -133,6 +134,8 @@ class SupervisorClient:
         self._finalizer: weakref.finalize[..., Any] | None = None
         # True in a child forked from the driver: this copy must not be used.
         self.forked_away = False
+        # How each run asked to start warm started: None (warm) or why it started cold.
+        self.start_modes: dict[tuple[int, int], Optional[str]] = {}
 
     @property
     def alive(self) -> bool:
@@ -232,6 +235,20 @@ class SupervisorClient:
         except SupervisorError:
             pass  # it died just now; see above
 
+    def close_commands(self) -> None:
+        """Close the supervisor's stdin, as its driver's death would.
+
+        It then ends every tree fast (in detach mode, it outlives them) and
+        exits; the ends of the runs still come on the event pipe until it closes.
+        """
+        with self._lock:
+            stdin, self._stdin = self._stdin, None
+        if stdin is not None:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
     def read_events(self) -> list[dict[str, Any]]:
         """Every event that has arrived, without blocking."""
         events, self._pending = self._pending, []
@@ -257,10 +274,29 @@ class SupervisorClient:
     def _parse(self, data: bytes) -> list[dict[str, Any]]:
         *lines, self._buffer = data.split(b"\n")
         events = [json.loads(line) for line in lines if line.strip()]
+        events = [event for event in events if not self._took_start_mode(event)]
         for event in events:
             if event["ev"] in _RUN_ENDS:
                 self._spawned.discard((int(event["trial"]), int(event["run"])))
         return events
+
+    def _took_start_mode(self, event: dict[str, Any]) -> bool:
+        """Keep a ``start_mode`` event (warm or cold, see ``_zygote``); warn once per reason."""
+        if event["ev"] != "start_mode":
+            return False
+        reason = event.get("reason")
+        self.start_modes[(int(event["trial"]), int(event["run"]))] = reason
+        if reason and event.get("first"):
+            from ._zygote import ColdStartWarning
+
+            warnings.warn(
+                ColdStartWarning(
+                    f"trial {event['trial']} starts cold, and so will every run for the same "
+                    f"reason: {reason}"
+                ),
+                stacklevel=2,
+            )
+        return True
 
     def _lost_runs(self) -> list[dict[str, Any]]:
         """One ``run_lost`` event for every run the dead supervisor never reported ended."""
@@ -342,7 +378,9 @@ def spawn_command(spec: RunSpec, *, executable: str, env: Mapping[str, str]) -> 
         "run_file": str(paths.run_record),
         "checkpoints": str(paths.checkpoints),
         "checkpoint_request": str(paths.checkpoint_request),
+        "command_file": str(paths.command),
         "delete_on_completion": spec.delete_checkpoints_on_completion,
         "grace": spec.grace_period,
         "limits": spec.limits.as_record(),
+        "preload": list(spec.preload),
     }

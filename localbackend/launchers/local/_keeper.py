@@ -29,6 +29,7 @@ from ..._files import (
     read_json_object,
 )
 from ..._protocol import ENV_ITERATION_START
+from ._monitor import Monitor
 from ._proctable import create_time, descendants
 
 # Grace period used when the driver has died: trees must be gone within ~2 s.
@@ -94,6 +95,11 @@ class Keeper:
         # Sizes of the results file and stdout log when this run started:
         # everything before them belongs to earlier runs.
         self.start_offsets: dict[str, int] = {}
+        self.spawned_at = time.monotonic()
+        self.monitor = Monitor(
+            spec.get("limits") or {}, [spec["results"], spec["stdout"], spec["stderr"]],
+            os.getpid(),
+        )
 
     # -- signalling ---------------------------------------------------------
 
@@ -174,6 +180,7 @@ class Keeper:
         # that SIGTERM always reaches the trial.
         deferred = KEEPER_SIGNALS
         try:
+            self._confine()
             self.leader = self._spawn()
         except OSError as err:
             write_event(
@@ -187,6 +194,9 @@ class Keeper:
                 },
             )
             return
+        self.spawned_at = time.monotonic()
+        self.monitor.started_now()
+        self._record_mechanism()
         leader_created = keeper_created = 0.0
         try:
             keeper_created = create_time(os.getpid(), self.boot_time)
@@ -216,7 +226,8 @@ class Keeper:
             },
         )
         signal.pthread_sigmask(signal.SIG_UNBLOCK, deferred)
-        status = self._reap_all()
+        status = self._reap_all() if self.monitor.active else self._reap_all_blocking()
+        self.monitor.close()
         code = os.waitstatus_to_exitcode(status)
         exit_status = {
             "trial": spec["trial"],
@@ -225,6 +236,8 @@ class Keeper:
             "signal": signal.Signals(-code).name if code < 0 else None,
             "terminated_by": self.terminated_by,
             "time": time.time(),
+            "running_time": time.monotonic() - self.spawned_at,
+            **{k: v for k, v in self.monitor.report().items() if k != "running_time"},
             "offsets": {
                 "results": file_size(spec["results"]),
                 "stdout": file_size(spec["stdout"]),
@@ -269,6 +282,26 @@ class Keeper:
                 # again when it hears of it.
                 _stderr_note(f"localbackend keeper: could not delete {folder}: {err}")
 
+    def _confine(self) -> None:
+        """Before the spawn: the cores and the cgroup the tree inherits from the keeper."""
+        cpus = (self.spec.get("limits") or {}).get("cpus")
+        if cpus:
+            os.sched_setaffinity(0, [int(cpu) for cpu in cpus])
+        self.monitor.prepare(f"localbackend-{os.getpid()}")
+
+    def _record_mechanism(self) -> None:
+        """Add how the memory limit is enforced to the run's ``command.json``."""
+        path = self.spec.get("command_file")
+        if not path or self.monitor.mechanism is None:
+            return
+        command = read_json_object(path)
+        if command is None or command.get("run") != self.spec["run"]:
+            return
+        command["memory_limit"] = {
+            "bytes": self.monitor.memory_limit, "mechanism": self.monitor.mechanism,
+        }
+        _write_json(path, command)
+
     def _spawn(self) -> int:
         spec = self.spec
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -276,6 +309,10 @@ class Keeper:
         err = os.open(spec["stderr"], flags, 0o600)
         try:
             os.chdir(spec["cwd"])
+            if spec.get("warm"):  # the supervisor preloaded modules: fork the trial
+                from ._warm_child import fork_trial
+
+                return fork_trial(spec, self._environment(), out, err)
             default_signals = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
             return os.posix_spawn(
                 spec["executable"],
@@ -313,7 +350,8 @@ class Keeper:
             env = dict(env, **{ENV_ITERATION_START: str(written)})
         return env
 
-    def _reap_all(self) -> int:
+    def _reap_all_blocking(self) -> int:
+        """Reap until no descendant is left; for a run without limits to watch."""
         leader_status = 0
         while True:
             try:
@@ -322,12 +360,46 @@ class Keeper:
                 break
             if pid == self.leader:
                 leader_status = status
-                if not self.terminating and self._has_children():
-                    # The trial's main process is done; what it left behind
-                    # must not outlive it (and hold a GPU).
-                    self.begin_termination(self.grace, "leftovers")
+                self._leader_gone()
         signal.setitimer(signal.ITIMER_REAL, 0)
         return leader_status
+
+    def _reap_all(self) -> int:
+        """Reap until no descendant is left, checking the run's limits in between.
+
+        SIGCHLD is blocked and waited for with a timeout, so a child's end
+        wakes the loop at once and the limits are checked on time.
+        """
+        leader_status = 0
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == self.leader:
+                leader_status = status
+                self._leader_gone()
+            if pid:
+                continue
+            now = time.monotonic()
+            if not self.terminating:
+                verdict = self.monitor.check(now)
+                if verdict is not None:
+                    grace = self.grace if verdict.grace is None else verdict.grace
+                    self.begin_termination(grace, verdict.kind)
+                    if grace <= 0:
+                        self._kill_everything()
+                    continue
+            signal.sigtimedwait({signal.SIGCHLD}, self.monitor.timeout(now))
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return leader_status
+
+    def _leader_gone(self) -> None:
+        if not self.terminating and self._has_children():
+            # The trial's main process is done; what it left behind
+            # must not outlive it (and hold a GPU).
+            self.begin_termination(self.grace, "leftovers")
 
 
 def _stderr_note(text: str) -> None:

@@ -134,6 +134,9 @@ class LocalLauncher(Launcher):
         inherited.update(env)
         return detect_gpus(inherited)
 
+    def cpu_devices(self) -> list[str]:
+        return [str(cpu) for cpu in sorted(os.sched_getaffinity(0))]
+
     def shutdown(self) -> None:
         if self._client is not None:
             self._client.shutdown()

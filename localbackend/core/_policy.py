@@ -1,0 +1,196 @@
+"""What the driver decides when runs end: retries of failed trials, and checkpoint retention.
+
+The keeper enforces the limits of a run where its tree is; the decisions
+that need every trial in view are taken here, in the driver:
+
+- ``Retries``: a trial whose run failed is resumed from its latest
+  checkpoint, up to ``max_failures`` times; each retry is a new run, with
+  the reason in the status history. Results of the failed run that were
+  delivered stay delivered: the result readers carry on from their offsets.
+- ``Retention``: ``keep_best`` and ``checkpoint_budget`` delete the
+  checkpoints of finished trials, worst first, and never those of a trial
+  that is paused or running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+
+from .._errors import LocalBackendError, TrialLaunchError
+from .._types import FINISHED_STATUSES, Status
+from ._limits import QUICK_FAILURE_SECONDS, RETRIED_KINDS, Retention, bytes_text
+from ._storage import delete_checkpoint_folder, has_checkpoint
+from ._table import TrialTable
+from ._trials import TrialRecord
+
+logger = logging.getLogger("localbackend")
+
+
+class Retries:
+    """Retries failed trials from their checkpoints, or lets them fail, with the reason."""
+
+    def __init__(self, table: TrialTable, relaunch: Callable[[TrialRecord, str, int], None]):
+        self.table = table
+        self.relaunch = relaunch
+
+    def __call__(self, record: TrialRecord, failure: tuple[str, str]) -> None:
+        kind, reason = failure
+        allowed = record.limits.max_failures
+        ran_for = max(time.time() - record.run_start_time, 0.0)
+        if record.status != Status.in_progress:
+            return  # paused or stopped in the meantime: not a failure any more
+        if kind not in RETRIED_KINDS or allowed == 0:
+            self.table.fail(record, failure)
+            return
+        if len(record.retries) >= allowed:
+            self.table.fail(record, (kind, give_up_reason(reason, [*record.retries, ran_for])))
+            return
+        record.retries.append(ran_for)
+        number = len(record.retries)
+        try:
+            self.relaunch(record, f"retry {number} of {allowed} after: {reason}", number)
+        except (TrialLaunchError, LocalBackendError, OSError) as err:
+            self.table.fail(record, (kind, f"{reason}; the retry could not start: {err}"))
+
+
+def give_up_reason(reason: str, durations: list[float]) -> str:
+    """The reason of a trial that failed once more than its retries allowed."""
+    retries = len(durations) - 1
+    if all(seconds < QUICK_FAILURE_SECONDS for seconds in durations):
+        return (
+            f"{reason}; not retried again: each of its {len(durations)} runs failed within "
+            f"{QUICK_FAILURE_SECONDS:g} s of starting (a crash loop)"
+        )
+    return f"{reason}; not retried again after {retries} retries (max_failures={retries})"
+
+
+class RetentionPolicy:
+    """Deletes the checkpoints of finished trials that ``keep_best`` or the budget rule out."""
+
+    def __init__(self, rules: Retention, table: TrialTable) -> None:
+        self.rules = rules
+        self.table = table
+        # Sizes of finished trials' checkpoints, which no longer change.
+        self._sizes: dict[int, int] = {}
+        self._cleared: set[int] = set()
+        self._warned = False
+
+    def after_run(self, record: TrialRecord) -> None:
+        """Every run of ``record`` has ended: apply the rules."""
+        self._sizes.pop(record.trial_id, None)
+        self.apply()
+
+    def apply(self) -> None:
+        records = self.table.records
+        finished = [
+            r for r in records
+            if r.status in FINISHED_STATUSES and not r.alive_runs
+            and r.trial_id not in self._cleared
+        ]
+        if self.rules.keep_best is not None:
+            best = {r.trial_id for r in self._ranked(records)[: self.rules.keep_best]}
+            for record in finished:
+                if record.trial_id not in best:
+                    self._delete(record, (
+                        f"checkpoint deleted: not among the {self.rules.keep_best} best "
+                        f"trials by {self.rules.metric}"
+                    ))
+        if self.rules.checkpoint_budget is not None:
+            self._meet_budget(self.rules.checkpoint_budget)
+
+    def _ranked(self, records: Iterable[TrialRecord]) -> list[TrialRecord]:
+        """Trials best first by their last reported metric; those with none come last."""
+        sign = 1.0 if self.rules.mode == "min" else -1.0
+
+        def key(record: TrialRecord) -> tuple[int, float, int]:
+            if record.last_metric is None:
+                return (1, 0.0, record.trial_id)
+            return (0, sign * record.last_metric, record.trial_id)
+
+        return sorted(records, key=key)
+
+    def _meet_budget(self, budget: int) -> None:
+        sizes = {r.trial_id: self._size(r) for r in self.table.records}
+        total = sum(sizes.values())
+        if total <= budget:
+            return
+        candidates = [
+            r for r in reversed(self._ranked(self.table.records))
+            if r.status in FINISHED_STATUSES and not r.alive_runs and sizes[r.trial_id]
+        ]
+        for record in candidates:
+            if total <= budget:
+                return
+            self._delete(record, (
+                f"checkpoint deleted: the experiment's checkpoints took {bytes_text(total)}, "
+                f"over checkpoint_budget={bytes_text(budget)}"
+            ))
+            total -= sizes[record.trial_id]
+        if total > budget and not self._warned:
+            self._warned = True
+            logger.warning(
+                "The checkpoints take %s, over checkpoint_budget=%s, and what is left belongs to "
+                "trials that are paused or running (%s); they are kept, since they are needed "
+                "to resume. Raise the budget or stop some trials.",
+                bytes_text(total), bytes_text(budget),
+                ", ".join(f"trial {t}: {bytes_text(n)}" for t, n in sizes.items() if n),
+            )
+
+    def _size(self, record: TrialRecord) -> int:
+        if record.trial_id in self._cleared:
+            return 0
+        known = self._sizes.get(record.trial_id)
+        if known is not None:
+            return known
+        size = folder_size(str(record.paths.checkpoints))
+        if record.status in FINISHED_STATUSES and not record.alive_runs:
+            self._sizes[record.trial_id] = size
+        return size
+
+    def _delete(self, record: TrialRecord, reason: str) -> None:
+        self._cleared.add(record.trial_id)
+        self._sizes[record.trial_id] = 0
+        if not has_checkpoint(record.paths):
+            return
+        try:
+            delete_checkpoint_folder(record.paths)
+        except OSError as err:
+            logger.warning("Could not delete the checkpoints of trial %d: %s",
+                           record.trial_id, err)
+            return
+        record.set_status(record.status, reason=reason, action="checkpoint_deleted")
+
+    def forget(self, trial_id: int) -> None:
+        """A trial's checkpoint changed outside a run (a copy into it, a resume)."""
+        self._cleared.discard(trial_id)
+        self._sizes.pop(trial_id, None)
+
+
+def folder_size(top: str) -> int:
+    """Bytes in the files under ``top``; a file linked twice counts once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [top]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                            continue
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if (info.st_dev, info.st_ino) not in seen:
+                        seen.add((info.st_dev, info.st_ino))
+                        total += info.st_size
+        except OSError:
+            continue
+    return total
+
+
+__all__ = ["RetentionPolicy", "Retries", "folder_size", "give_up_reason"]
