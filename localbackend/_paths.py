@@ -117,6 +117,14 @@ class ExperimentPaths:
     def trial(self, trial_id: int) -> TrialPaths:
         return TrialPaths(self.root / str(int(trial_id)))
 
+    def driver_lease(self, token: str) -> Path:
+        """Rewritten by a driver whose trials run on other hosts, which end them when it stops."""
+        return self.root / f".lease-{token}.json"
+
+    def visibility_probe(self, token: str, writer: str) -> Path:
+        """Written by the driver, or by a worker answering it, to prove the folder is shared."""
+        return self.root / f".probe-{token}-{writer}"
+
 
 @dataclass(frozen=True)
 class TunerPaths(ExperimentPaths):

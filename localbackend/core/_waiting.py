@@ -6,7 +6,7 @@ descriptor (the supervisor's event pipe) and on inotify over the trials'
 files, so a new result wakes it as it is written. Where there is nothing to
 wait on (no inotify, a launcher that can only be polled, runs of an earlier
 driver followed by reading their files), the sleep is capped so that news
-is seen within ``MAX_SLEEP_POLLING``.
+is seen within ``MAX_SLEEP_POLLING``, or the launcher's ``poll_interval``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def sleep_until_news(launcher: Launcher, watcher: FileWatcher | None, seconds: f
     launcher_fd = launcher.fileno()
     fds = [fd for fd in (launcher_fd, notify_fd) if fd is not None and fd >= 0]
     watched = notify_fd >= 0 and launcher_fd is not None
-    cap = MAX_SLEEP_WITH_NOTIFY if watched else MAX_SLEEP_POLLING
+    polling = launcher.capabilities.poll_interval or MAX_SLEEP_POLLING
+    cap = MAX_SLEEP_WITH_NOTIFY if watched else polling
     timeout = max(0.0, min(seconds, cap))
     if fds:
         wait_readable(fds, timeout)

@@ -115,7 +115,56 @@ def _local_kit() -> LauncherKit:
     )
 
 
-KITS: dict[str, Callable[[], LauncherKit]] = {"local": _local_kit}
+def _dask_kit() -> LauncherKit:
+    """DaskLauncher on a LocalCluster of real worker processes, one cluster per test.
+
+    Each launcher has a client of its own, as separate drivers would. Losing
+    the runs SIGKILLs the worker processes (their nannies start new ones);
+    ``kill`` also closes the cluster, once the test is over.
+    """
+    pytest.importorskip("distributed")
+    import dask
+    from distributed import Client, LocalCluster
+
+    from localbackend.launchers.dask import DaskLauncher
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(
+            n_workers=1, threads_per_worker=4, processes=True, host="127.0.0.1",
+            dashboard_address=None,
+        )
+
+    def lose_runs(launcher: Launcher) -> None:
+        with Client(cluster, set_as_default=False) as client:
+            pids = client.run(os.getpid)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+
+    def kill_and_close(pids: Iterable[int]) -> None:
+        try:
+            _kill_here(pids)
+        finally:
+            cluster.close()
+            # The nannies' spawn started multiprocessing's resource tracker,
+            # which would otherwise outlive the test.
+            from multiprocessing import resource_tracker
+
+            stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+            if stop is not None:
+                stop()
+
+    return LauncherKit(
+        make=lambda: DaskLauncher(cluster.scheduler_address, lease_timeout=3.0),
+        lose_runs=lose_runs,
+        lost_terminated_by=frozenset({"driver_lost"}),
+        alive=_alive_here,
+        kill=kill_and_close,
+        gpu_env={"CUDA_VISIBLE_DEVICES": "0,1"},
+        expected_gpus=[],
+    )
+
+
+KITS: dict[str, Callable[[], LauncherKit]] = {"local": _local_kit, "dask": _dask_kit}
 
 
 # -- driving a launcher ----------------------------------------------------------

@@ -1,0 +1,97 @@
+"""Reaching a Dask cluster: a scheduler address, a client, or a ``LocalCluster`` started here.
+
+Dask must never run a trial a second time behind the backend's back: the
+scheduler's ``allowed_failures`` is set to 0, so a task whose worker dies
+fails with ``KilledWorker`` instead of being re-run elsewhere (for an
+external scheduler this changes that scheduler's setting for every client).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..._errors import BackendConfigurationError
+
+LOCAL_PREFIX = "local:"
+
+
+@dataclass
+class Connection:
+    """A client, and the cluster started for it (``local:N``), which closing ends."""
+
+    client: Any
+    cluster: Any = None
+    owns_client: bool = True
+
+    def close(self) -> None:
+        if self.owns_client:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def connect(target: Any, security: Any, timeout: float) -> Connection:
+    """Connect to ``target``: a ``distributed.Client``, an address, or ``"local:N"``."""
+    from distributed import Client
+
+    if isinstance(target, Client):
+        if security is not None:
+            raise BackendConfigurationError(
+                "security", security, "is given together with a client",
+                "Configure the client with the Security object instead, or pass an address.",
+            )
+        connection = Connection(target, owns_client=False)
+    elif isinstance(target, str) and target.startswith(LOCAL_PREFIX):
+        connection = _local_cluster(target, security)
+    elif isinstance(target, str) and target:
+        try:
+            client = Client(  # type: ignore[no-untyped-call]
+                target, security=security, timeout=timeout, set_as_default=False
+            )
+        except (OSError, TimeoutError) as err:
+            raise BackendConfigurationError(
+                "scheduler", target, f"cannot be reached within {timeout:g} s ({err})",
+                "Check the address and port, that 'dask scheduler' runs there, and that the "
+                "TLS settings (security=) match the scheduler's.",
+            ) from err
+        connection = Connection(client)
+    else:
+        raise BackendConfigurationError(
+            "scheduler", target, "is not a scheduler address, 'local:N' or a distributed.Client",
+            "Pass for example 'tcp://host:8786', 'tls://host:8786' or 'local:4'.",
+        )
+    try:
+        connection.client.run_on_scheduler(_forbid_retries)
+    except Exception:
+        connection.close()
+        raise
+    return connection
+
+
+def _local_cluster(target: str, security: Optional[Any]) -> Connection:
+    import dask
+    from distributed import Client, LocalCluster
+
+    count = target[len(LOCAL_PREFIX):]
+    if not count.isdigit() or int(count) < 1:
+        raise BackendConfigurationError(
+            "scheduler", target, "does not name a number of workers >= 1",
+            "Use for example 'local:4' for a LocalCluster of 4 worker processes.",
+        )
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=int(count), threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None, security=security,
+        )
+    try:
+        client = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
+    except BaseException:
+        cluster.close()
+        raise
+    return Connection(client, cluster)
+
+
+def _forbid_retries(dask_scheduler: Any) -> None:
+    """On the scheduler: a task whose worker dies fails instead of running elsewhere."""
+    dask_scheduler.allowed_failures = 0

@@ -1,0 +1,398 @@
+"""``DaskLauncher``: each run of a trial is a long-running task on a Dask worker.
+
+The driver's side. ``start`` submits the run's task (``_task``) under a key
+unique to this launcher, trial and run, with ``retries=0`` and
+``pure=False``; a later run of a trial whose earlier run still ends is held
+here until that run's task has returned, so it can never run beside it,
+even on another worker. Starts arrive as Dask events (``log_event``), ends
+as task completions; both wake ``fileno()``. Stops go to the worker that
+runs the tree with ``Client.run`` from a thread of their own, so that
+``terminate`` returns at once. The lease (``_lease``) ends the trees if this
+driver dies.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ..._errors import BackendConfigurationError, SupervisorError
+from ..._files import read_json_object
+from ..._paths import ExperimentPaths, TrialPaths
+from .._base import (
+    Launcher,
+    LauncherCapabilities,
+    RunEvent,
+    RunExited,
+    RunHandle,
+    RunLost,
+    RunNotStarted,
+    RunSpec,
+)
+from . import _task as task
+from ._connect import connect
+from ._lease import LeaseWriter
+from ._outcomes import KEEPER_DIED, end_event, failure_event, started_event
+from ._shared import check_shared_folder
+
+# Beyond the grace period, how long shutdown waits for the runs' tasks to return.
+_SHUTDOWN_MARGIN = 10.0
+# How often runs of an earlier driver (attached after a restore) are looked at.
+_ATTACHED_POLL_SECONDS = 0.25
+
+
+@dataclass
+class _Run:
+    spec: RunSpec
+    future: Any
+    address: str = ""
+    started: bool = False
+    stop_wanted: bool = False
+
+
+class DaskLauncher(Launcher):
+    """Runs every trial as a process tree on a worker of a Dask cluster.
+
+    ``scheduler`` is a scheduler address (``"tcp://host:8786"``,
+    ``"tls://host:8786"``), ``"local:N"`` for a ``LocalCluster`` of N worker
+    processes started here (and ended by ``shutdown``), or a
+    ``distributed.Client``, which stays the caller's. ``security`` is a
+    ``distributed.security.Security`` for TLS. A scheduler that cannot be
+    reached within ``connect_timeout`` seconds raises at once.
+
+    The experiment folder must be on a filesystem that the driver and every
+    worker see at the same path; it is checked before the first run.
+    ``gpus_per_trial`` GPUs are asked of the worker as its ``GPU`` resource
+    (when the cluster has one), and ``CUDA_VISIBLE_DEVICES`` is set from that
+    worker's GPUs, least used first. Results are read from the shared folder
+    every ``poll_interval`` seconds at most. If this driver dies, its trials
+    end within about ``lease_timeout`` seconds, unless the backend is in
+    detach mode.
+    """
+
+    def __init__(
+        self,
+        scheduler: Any,
+        *,
+        security: Any = None,
+        connect_timeout: float = 10.0,
+        gpus_per_trial: int = 0,
+        poll_interval: float = 0.05,
+        lease_timeout: float = 10.0,
+    ) -> None:
+        for name, value in (("connect_timeout", connect_timeout),
+                            ("poll_interval", poll_interval), ("lease_timeout", lease_timeout)):
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value <= 0):
+                raise BackendConfigurationError(
+                    name, value, "must be a finite number of seconds > 0",
+                    "Use for example connect_timeout=10, poll_interval=0.05, lease_timeout=10.",
+                )
+        if isinstance(gpus_per_trial, bool) or not isinstance(gpus_per_trial, int) \
+                or gpus_per_trial < 0:
+            raise BackendConfigurationError(
+                "gpus_per_trial", gpus_per_trial, "must be a whole number >= 0",
+                "Use 0 for CPU trials, or the GPUs each trial needs.",
+            )
+        self._connection = connect(scheduler, security, float(connect_timeout))
+        self._capabilities = LauncherCapabilities(
+            detach=True, local_files=False, host_gpus=False, poll_interval=float(poll_interval)
+        )
+        self._gpus_per_trial = gpus_per_trial
+        self._lease_timeout = float(lease_timeout)
+        self._token = os.urandom(8).hex()
+        self._topic = f"localbackend-{self._token}"
+        self._detach = False
+        self._on_session: Callable[[dict[str, Any]], None] = lambda session: None
+        self._lock = threading.RLock()
+        self._inbox: deque[tuple[str, Any]] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._runs: dict[tuple[int, int], _Run] = {}
+        self._queued: dict[int, deque[RunSpec]] = {}
+        self._ready: list[RunEvent] = []
+        self._attached: dict[tuple[int, int], tuple[RunHandle, TrialPaths]] = {}
+        self._attached_checked = 0.0
+        self._lease: LeaseWriter | None = None
+        self._gpu_cluster: bool | None = None
+        self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localbackend-dask")
+        self._closed = False
+
+    @property
+    def capabilities(self) -> LauncherCapabilities:
+        return self._capabilities
+
+    @property
+    def dask_client(self) -> Any:
+        """The ``distributed.Client`` the runs are submitted with."""
+        return self._connection.client
+
+    def open(self, *, detach: bool, on_session: Callable[[dict[str, Any]], None]) -> None:
+        self._detach = detach
+        self._on_session = on_session
+        self.dask_client.subscribe_topic(self._topic, self._on_topic)
+
+    # -- starting runs ---------------------------------------------------------------
+
+    def start(self, spec: RunSpec) -> None:
+        with self._lock:
+            if self._closed:
+                raise SupervisorError("this DaskLauncher was shut down; create a new one")
+            if self._lease is None:
+                self._begin(spec.paths.root.parent)
+            if any(t == spec.trial_id for t, _ in self._runs) or self._queued.get(spec.trial_id):
+                # Its earlier run is still ending: never beside it, on any worker.
+                self._queued.setdefault(spec.trial_id, deque()).append(spec)
+                return
+            self._submit(spec)
+
+    def _begin(self, root: Path) -> None:
+        """Before the first run: check the shared folder, take the lease, record the session."""
+        check_shared_folder(self.dask_client, root, self._token)
+        lease = ExperimentPaths(root).driver_lease(self._token)
+        self._lease = LeaseWriter(lease, self._lease_timeout / 4)
+        self._on_session({"launcher": "dask", "token": self._token, "lease": str(lease)})
+
+    def _submit(self, spec: RunSpec) -> None:
+        if self._gpu_cluster is None:
+            workers = self.dask_client.scheduler_info().get("workers", {}).values()
+            self._gpu_cluster = any("GPU" in (w.get("resources") or {}) for w in workers)
+        asks = self._gpus_per_trial if self._gpu_cluster else 0
+        lease = self._lease.path if self._lease is not None else ""
+        future = self.dask_client.submit(
+            task.run_on_worker, spec, token=self._token, topic=self._topic,
+            lease=str(lease), lease_timeout=self._lease_timeout,
+            detach=self._detach, gpus_per_trial=asks,
+            key=f"localbackend-{self._token}-trial-{spec.trial_id}-run-{spec.run}",
+            pure=False, retries=0, resources={"GPU": asks} if asks else None,
+        )
+        self._runs[(spec.trial_id, spec.run)] = _Run(spec, future)
+        future.add_done_callback(
+            functools.partial(self._on_done, (spec.trial_id, spec.run))
+        )
+
+    # -- what comes back -------------------------------------------------------------
+
+    def _on_topic(self, event: tuple[float, Any]) -> None:
+        self._post("started", event[1])
+
+    def _on_done(self, key: tuple[int, int], future: Any) -> None:
+        self._post("done", key)
+
+    def _post(self, kind: str, payload: Any) -> None:
+        self._inbox.append((kind, payload))
+        with self._lock:
+            if self._wake_w >= 0:
+                try:
+                    os.write(self._wake_w, b"!")
+                except BlockingIOError:
+                    pass  # already readable
+
+    def events(self) -> list[RunEvent]:
+        with self._lock:
+            try:
+                while self._wake_r >= 0 and os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            out, self._ready = self._ready, []
+            while self._inbox:
+                kind, payload = self._inbox.popleft()
+                if kind == "started":
+                    self._started(payload, out)
+                else:
+                    self._ended(payload, out)
+            if self._attached and time.monotonic() - self._attached_checked > \
+                    _ATTACHED_POLL_SECONDS:
+                self._attached_checked = time.monotonic()
+                out.extend(self._attached_ends())
+            return out
+
+    def _started(self, message: Mapping[str, Any], out: list[RunEvent]) -> None:
+        run = self._runs.get((int(message["trial"]), int(message["run"])))
+        if run is None or run.started:
+            return
+        run.started, run.address = True, str(message.get("host") or "")
+        out.append(started_event(message))
+        if run.stop_wanted:
+            self._call(task.terminate_run, self._token, run.spec.trial_id, run.spec.run,
+                       workers=[run.address])
+
+    def _ended(self, key: tuple[int, int], out: list[RunEvent]) -> None:
+        run = self._runs.pop(key, None)
+        if run is None:
+            return
+        future, (trial_id, number) = run.future, key
+        if future.status == "finished":
+            try:
+                outcome = future.result(timeout=30)
+            except Exception as err:
+                outcome = {"ev": "run_lost", "host": run.address, "error": str(err)}
+            if not run.started and outcome.get("started"):
+                run.started, run.address = True, str(outcome.get("host") or "")
+                out.append(started_event(outcome["started"]))
+            out.append(end_event(trial_id, number, outcome))
+        else:
+            try:
+                error = future.exception(timeout=30)
+            except Exception as err:  # cancelled, or the scheduler is gone
+                error = err
+            out.append(failure_event(trial_id, number, error, run.address, run.started))
+        queue = self._queued.get(trial_id)
+        if queue:
+            self._submit(queue.popleft())
+
+    def fileno(self) -> Optional[int]:
+        return None if self._closed else self._wake_r
+
+    # -- ending runs -----------------------------------------------------------------
+
+    def terminate(self, trial_id: int, run: int) -> None:
+        with self._lock:
+            queue = self._queued.get(trial_id)
+            for spec in list(queue or ()):
+                if spec.run == run:
+                    queue.remove(spec)  # type: ignore[union-attr]
+                    self._ready.append(RunNotStarted(trial_id, run, "cancelled before it started",
+                                                     cancelled=True))
+                    self._post("wake", None)
+                    return
+            current = self._runs.get((trial_id, run))
+            if current is not None:
+                if current.address:
+                    self._call(task.terminate_run, self._token, trial_id, run,
+                               workers=[current.address])
+                else:
+                    current.stop_wanted = True  # sent once the run has started
+                return
+            attached = self._attached.get((trial_id, run))
+            if attached is not None:
+                handle = attached[0]
+                self._call(task.signal_keeper, handle.keeper, handle.keeper_create_time,
+                           workers=[handle.host] if handle.host else None)
+
+    def _call(self, function: Callable[..., Any], *args: Any,
+              workers: Optional[list[str]]) -> None:
+        """Run ``function`` on workers from the calls thread: the caller never waits."""
+        if self._closed:
+            return
+        client = self.dask_client
+        self._calls.submit(
+            lambda: client.run(function, *args, workers=workers, on_error="ignore")
+        )
+
+    # -- runs of an earlier driver ----------------------------------------------------
+
+    def _ask(self, function: Callable[..., Any], handle: RunHandle, *args: Any) -> dict[str, Any]:
+        """``function`` on the worker of ``handle`` (every worker if it is not known)."""
+        try:
+            answers = self.dask_client.run(
+                function, *args, workers=[handle.host] if handle.host else None,
+                on_error="return",
+            )
+        except Exception:  # that worker is gone, or so is the scheduler
+            return {}
+        return {k: v for k, v in answers.items() if not isinstance(v, BaseException)}
+
+    def is_alive(self, handle: RunHandle) -> bool:
+        if self._closed:
+            return False
+        answers = self._ask(task.keeper_alive, handle, handle.keeper, handle.keeper_create_time)
+        return any(answer is True for answer in answers.values())
+
+    def attach(self, handle: RunHandle, paths: TrialPaths) -> None:
+        with self._lock:
+            self._attached[(handle.trial_id, handle.run)] = (handle, paths)
+
+    def _attached_ends(self) -> list[RunEvent]:
+        ends: list[RunEvent] = []
+        for (trial_id, run), (handle, paths) in list(self._attached.items()):
+            if self.is_alive(handle):
+                continue
+            del self._attached[(trial_id, run)]
+            exit_status = read_json_object(paths.exit_status)
+            if exit_status is not None and exit_status.get("run") == run:
+                ends.append(RunExited.from_record(exit_status))
+            else:
+                ends.append(RunLost(trial_id, run, KEEPER_DIED))
+        return ends
+
+    def wait_for_run_end(self, handle: RunHandle, timeout: float) -> None:
+        self._ask(task.wait_for_keeper, handle, handle.keeper, handle.keeper_create_time,
+                  float(timeout))
+
+    def wait_for_session_end(self, session: Mapping[str, Any], timeout: float) -> None:
+        try:
+            self.dask_client.run(task.wait_for_session, str(session["token"]), float(timeout),
+                                 on_error="ignore")
+        except Exception:
+            pass  # no worker, no session left to wait for
+
+    def gpu_devices(self, env: Mapping[str, str]) -> list[str]:
+        return []  # each run's worker picks among its own GPUs
+
+    # -- the end ---------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        with self._lock:
+            for trial_id, queue in self._queued.items():
+                self._ready.extend(RunNotStarted(trial_id, spec.run, "cancelled before it "
+                                                 "started", cancelled=True) for spec in queue)
+            self._queued.clear()
+            for (trial_id, run) in list(self._runs):
+                self.terminate(trial_id, run)
+            grace = max((r.spec.grace_period for r in self._runs.values()), default=0.0)
+        deadline = time.monotonic() + grace + _SHUTDOWN_MARGIN
+        while self._runs and time.monotonic() < deadline:
+            from ..._files import wait_readable
+
+            wait_readable([self._wake_r], 0.1)
+            self._ready.extend(self.events())
+        with self._lock:
+            for (trial_id, run), left in self._runs.items():
+                left.future.cancel()
+                self._ready.append(RunLost(trial_id, run, "still running when the launcher "
+                                           "shut down; ended with its session"))
+            self._runs.clear()
+            self._attached.clear()
+        self._release(end_sessions=True)
+
+    def let_go(self) -> None:
+        if not self._detach:
+            self.shutdown()
+            return
+        if self._closed:
+            return
+        self._release(end_sessions=False)
+
+    def _release(self, *, end_sessions: bool) -> None:
+        client = self.dask_client
+        self._calls.shutdown(wait=True)
+        self._closed = True
+        if self._lease is not None:
+            if end_sessions:
+                self._lease.close()
+            else:
+                self._lease.abandon()
+        try:
+            if end_sessions and self._lease is not None:
+                client.run(task.end_session, self._token, on_error="ignore")
+            client.unsubscribe_topic(self._topic)
+        finally:
+            self._connection.close()
+            with self._lock:
+                for fd in (self._wake_r, self._wake_w):
+                    os.close(fd)
+                self._wake_r = self._wake_w = -1

@@ -1,0 +1,77 @@
+"""The driver's lease: how runs on other hosts learn that their driver is gone.
+
+The driver rewrites a small file in the experiment folder every
+``interval`` seconds with a counter. A worker ends the runs of that driver
+when the counter has not changed for ``timeout`` seconds of its own clock
+(so the hosts' clocks need not agree), or at once when the driver marked
+the lease closed. Only the file's content is compared, never its time, and
+each read opens the file anew, which NFS's close-to-open consistency makes
+fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from ..._files import atomic_write_bytes, read_json_object
+
+FRESH, STALE, CLOSED = "fresh", "stale", "closed"
+
+
+class LeaseWriter:
+    """The driver's side: a thread that renews the lease until ``close`` or ``abandon``."""
+
+    def __init__(self, path: Path, interval: float) -> None:
+        self.path = path
+        self.interval = interval
+        self._beat = 0
+        self._stop = threading.Event()
+        self._write(closed=False)
+        self._thread = threading.Thread(target=self._renew, name="localbackend-lease",
+                                        daemon=True)
+        self._thread.start()
+
+    def _write(self, *, closed: bool) -> None:
+        self._beat += 1
+        try:
+            atomic_write_bytes(self.path, json.dumps({"beat": self._beat, "closed": closed})
+                               .encode())
+        except OSError:
+            pass  # a full disk for a moment: the next beat tries again
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._write(closed=False)
+
+    def abandon(self) -> None:
+        """Stop renewing, as if the driver had died (detach mode lets go this way)."""
+        self._stop.set()
+        self._thread.join()
+
+    def close(self) -> None:
+        """Stop renewing and tell the workers at once that this driver is done."""
+        self.abandon()
+        self._write(closed=True)
+
+
+class LeaseWatch:
+    """A worker's view of one lease."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._seen: object = None
+        self._changed = time.monotonic()
+
+    def verdict(self) -> str:
+        record = read_json_object(self.path)
+        if record is not None and record.get("closed"):
+            return CLOSED
+        beat = None if record is None else record.get("beat")
+        now = time.monotonic()
+        if beat is not None and beat != self._seen:
+            self._seen, self._changed = beat, now
+        return STALE if now - self._changed > self.timeout else FRESH
