@@ -70,7 +70,7 @@ def test_paused_time_does_not_count_against_the_time_limit(experiment_dir: Path)
         while time.monotonic() - paused_at < 3.0 - used + 0.5:
             backend.wait(timeout=0.5)  # a pause is time passing, by design of the test
         backend.resume_trial(0)
-        statuses, results = collect(backend, [0], until_status(Status.failed), timeout=30)
+        statuses, _results = collect(backend, [0], until_status(Status.failed), timeout=30)
         trial, _ = statuses[0]
         assert trial.failure_reason == "time limit (3 s)", format_logs(backend)
         second = json.loads((backend.trial_dir(0) / "exit.json").read_text())
@@ -128,7 +128,7 @@ def test_a_hung_trial_leaves_its_stacks_in_stderr_and_fails(experiment_dir: Path
 def test_a_trial_that_keeps_writing_is_not_hung(experiment_dir: Path) -> None:
     with _backend(experiment_dir, heartbeat_timeout=1.0) as backend:
         backend.start_trial({"mode": "steps", "seconds": 0.3, "steps": 8})
-        statuses, results = collect(backend, [0], until_status(Status.completed), timeout=30)
+        _statuses, results = collect(backend, [0], until_status(Status.completed), timeout=30)
         assert [r["step"] for _, r in results] == list(range(8)), format_logs(backend)
 
 
@@ -174,3 +174,41 @@ def test_a_per_trial_limit_overrides_the_backends(experiment_dir: Path) -> None:
         backend.start_trial({"mode": "sleep", "seconds": 60}, limits={"time_limit": 0.5})
         statuses, _ = collect(backend, [0], until_status(Status.failed), timeout=30)
         assert statuses[0][0].failure_reason == "time limit (0.5 s)"
+
+
+def test_restore_keeps_the_failure_reason_and_the_running_time_used(
+    experiment_dir: Path,
+) -> None:
+    with _backend(experiment_dir, time_limit=2.0) as backend:
+        backend.start_trial({"mode": "crash"})
+        backend.start_trial({"mode": "steps", "seconds": 0.2, "steps": 1000})
+        collect(backend, [1], lambda _s, results: len(results) >= 3, timeout=30)
+        backend.pause_trial(1)
+        collect(backend, [0, 1], until_status(Status.failed, Status.paused), timeout=30)
+        wait_for(lambda: (backend.trial_dir(1) / "exit.json").exists(), what="the pause's end")
+        used = json.loads((backend.trial_dir(1) / "exit.json").read_text())["running_time"]
+    restored = LocalBackend.restore(experiment_dir)
+    try:
+        statuses, _ = restored.fetch_status_results([0, 1])
+        assert statuses[0][0].failure_reason == "exit code 1"
+        assert statuses[0][0].failure_kind == "exit"
+        restored.resume_trial(1)
+        statuses, _ = collect(restored, [1], until_status(Status.failed), timeout=30)
+        assert statuses[1][0].failure_reason == "time limit (2 s)"
+        second = json.loads((restored.trial_dir(1) / "exit.json").read_text())
+        assert used + second["running_time"] == pytest.approx(2.0, abs=0.6)
+    finally:
+        restored.close()
+
+
+def test_status_shows_the_failure_reason(experiment_dir: Path) -> None:
+    import subprocess
+
+    with _backend(experiment_dir, time_limit=0.5) as backend:
+        backend.start_trial({"mode": "sleep", "seconds": 60})
+        collect(backend, [0], until_status(Status.failed), timeout=30)
+    shown = subprocess.run(
+        [sys.executable, "-m", "localbackend.cli", "status", str(experiment_dir)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert "trial 0: time limit (0.5 s)" in shown.stdout, shown.stdout + shown.stderr
