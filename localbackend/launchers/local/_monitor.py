@@ -86,6 +86,8 @@ class Monitor:
     def started_now(self) -> None:
         """The tree has been spawned: running time and silence count from here."""
         self.started = self._last_output = time.monotonic()
+        if self.cgroup is not None:
+            self.cgroup.protect_keeper()
 
     def timeout(self, now: float) -> float:
         """Seconds until the next check is due."""
@@ -276,12 +278,27 @@ class Cgroup:
                 group.remove()
                 return None
         try:
-            group._write("memory.oom.group", "1")
             group._write("cgroup.procs", str(os.getpid()))
         except OSError:
             group.remove()
             return None
         return group
+
+    def protect_keeper(self) -> None:
+        """After the spawn: let the kernel's OOM kill take the whole tree, but not the keeper.
+
+        The keeper lives in the cgroup it watches. With ``oom_score_adj`` at
+        -1000 (set only now, so the trial did not inherit it) it is exempt
+        from the group kill of ``memory.oom.group``; where that is not
+        allowed, the kernel kills the largest process only and the keeper
+        ends the rest of the tree when it sees the OOM kill.
+        """
+        try:
+            with open("/proc/self/oom_score_adj", "w", encoding="ascii") as adjust:
+                adjust.write("-1000")
+            self._write("memory.oom.group", "1")
+        except OSError:
+            pass
 
     def _write(self, name: str, value: str) -> None:
         with open(os.path.join(self.path, name), "w", encoding="ascii") as control:
