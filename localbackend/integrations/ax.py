@@ -23,11 +23,12 @@
 
 The runner starts one process per trial (an ``ax.core.Trial`` with one arm;
 batch trials are refused) with the arm's parameters, plus ``fixed_config``,
-as ``--name value`` options. The metric reads the results the script
-reports with ``localbackend.report`` from the trial's ``results.jsonl``, one
-data point per result, with the result's ``step_key`` as Ax's ``step``: a
-learning curve, which is what Ax's early-stopping strategies read. When such a
-strategy stops a trial, ``stop`` sends SIGTERM and, after the grace period,
+as ``--name value`` options. The metric reads the results the backend
+delivers (``localbackend.report`` or Syne Tune's ``[tune-metric]`` lines,
+with the same ``st_*`` fields), one data point per result, with the
+result's ``step_key`` as Ax's ``step``: a learning curve, which is what
+Ax's early-stopping strategies read. When such a strategy stops a trial,
+``stop`` sends SIGTERM and, after the grace period,
 SIGKILL to the trial's process tree.
 
 Status mapping (``poll_trial_status``):
@@ -41,7 +42,8 @@ Paused         RUNNING. Ax cannot pause a trial, so a trial is Paused only after
                were running when the old driver ended): the runner resumes it from
                its latest checkpoint at that poll.
 Completed      COMPLETED
-Failed         FAILED (``poll_exception`` returns its stderr tail)
+Failed         FAILED, with the reason (``Trial.failure_reason``, then its kind and
+               stderr tail) as the trial's ``status_reason``
 Stopped        EARLY_STOPPED
 =============  ===================================================================
 
@@ -56,29 +58,24 @@ holds an experiment.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from .._paths import ExperimentPaths, TrialPaths
 from .._types import Status
 from ..core._backend import LocalBackend
-from ..core._results import ResultsReader
 from ._common import (
     DEFAULT_STEP_KEY,
     IntegrationError,
     check_count,
-    metric_value,
     missing_library,
 )
 
 try:
-    import pandas as pd
+    from ax.api.protocols.metric import IMetric
+    from ax.api.protocols.runner import IRunner
     from ax.core.base_trial import BaseTrial
-    from ax.core.data import MAP_KEY, Data
     from ax.core.map_metric import MapMetric
     from ax.core.metric import MetricFetchE, MetricFetchResult
     from ax.core.runner import Runner
@@ -88,36 +85,26 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise missing_library("ax-platform", "ax", err) from err
 
-__all__ = ["LocalBackendMapMetric", "LocalBackendRunner", "close_all_backends"]
+from . import _ax_shared as shared
+from ._ax_shared import (
+    EXPERIMENT_DIR_KEY,
+    STATUS_TO_AX,
+    TRIAL_DIR_KEY,
+    TRIAL_ID_KEY,
+    close_all_backends,
+)
+
+__all__ = [
+    "LocalBackendClientMetric",
+    "LocalBackendClientRunner",
+    "LocalBackendMapMetric",
+    "LocalBackendRunner",
+    "close_all_backends",
+]
 
 logger = logging.getLogger(__name__)
 
 _ADAPTER = "LocalBackendRunner"
-TRIAL_ID_KEY = "localbackend_trial_id"
-EXPERIMENT_DIR_KEY = "experiment_dir"
-TRIAL_DIR_KEY = "trial_dir"
-
-_STATUS_TO_AX = {
-    Status.in_progress: TrialStatus.RUNNING,
-    Status.paused: TrialStatus.RUNNING,
-    Status.completed: TrialStatus.COMPLETED,
-    Status.failed: TrialStatus.FAILED,
-    Status.stopped: TrialStatus.EARLY_STOPPED,
-}
-
-# One LocalBackend per experiment folder in this process, shared by a runner
-# and its clones (Ax clones runners freely).
-_backends: dict[Path, LocalBackend] = {}
-_backends_lock = threading.Lock()
-
-
-def close_all_backends() -> None:
-    """Close every LocalBackend the runners of this process opened, stopping their trials."""
-    with _backends_lock:
-        backends = list(_backends.values())
-        _backends.clear()
-    for backend in backends:
-        backend.close()
 
 
 class LocalBackendRunner(Runner):
@@ -165,28 +152,17 @@ class LocalBackendRunner(Runner):
     @property
     def backend(self) -> LocalBackend:
         """The LocalBackend of ``experiment_dir``, shared by every runner of this process."""
-        root = Path(self.experiment_dir).expanduser().absolute()
-        with _backends_lock:
-            backend = _backends.get(root)
-            if backend is None:
-                if ExperimentPaths(root).metadata.exists():
-                    backend = LocalBackend.restore(root)
-                else:
-                    backend = LocalBackend(
-                        self.entry_point, experiment_dir=root, grace_period=self.grace_period,
-                        binary=self.binary, env=self.env,
-                        pass_args_as_json=self.pass_args_as_json,
-                    )
-                _backends[root] = backend
-            return backend
+        return shared.backend_for(Path(self.experiment_dir).expanduser().absolute(), lambda: (
+            LocalBackend(
+                self.entry_point, experiment_dir=Path(self.experiment_dir).expanduser().absolute(),
+                grace_period=self.grace_period, binary=self.binary, env=self.env,
+                pass_args_as_json=self.pass_args_as_json,
+            )
+        ))
 
     def close(self) -> None:
         """Stop this experiment's running trials and release its LocalBackend."""
-        root = Path(self.experiment_dir).expanduser().absolute()
-        with _backends_lock:
-            backend = _backends.pop(root, None)
-        if backend is not None:
-            backend.close()
+        shared.close_backend(Path(self.experiment_dir).expanduser().absolute())
 
     @property
     def staging_required(self) -> bool:
@@ -203,15 +179,15 @@ class LocalBackendRunner(Runner):
                 _ADAPTER, f"trial {trial.index} is a {type(trial).__name__} without one arm",
                 "Use single-arm trials (the Orchestrator's default TrialType.TRIAL).",
             )
+        return self.start(trial.arm.parameters)
+
+    def start(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Start a trial with ``parameters`` plus ``fixed_config``; its run metadata."""
         config = dict(self.fixed_config or {})
-        config.update(trial.arm.parameters)
+        config.update(parameters)
         backend = self.backend
         started = backend.start_trial(config)
-        return {
-            TRIAL_ID_KEY: started.trial_id,
-            EXPERIMENT_DIR_KEY: str(backend.experiment_dir),
-            TRIAL_DIR_KEY: str(backend.trial_dir(started.trial_id)),
-        }
+        return shared.run_metadata(backend, started.trial_id)
 
     def poll_available_capacity(self) -> int:
         if self.max_parallel is None:
@@ -228,24 +204,26 @@ class LocalBackendRunner(Runner):
         ids = {self._trial_id(trial): trial.index for trial in trials}
         if not ids:
             return by_status
+        for trial_id, status in self.statuses(list(ids)).items():
+            by_status.setdefault(status, set()).add(ids[trial_id])
+        return by_status
+
+    def statuses(self, trial_ids: list[int]) -> dict[int, TrialStatus]:
+        """Ax's status of each LocalBackend trial; a Paused one (after a restore) is resumed."""
         backend = self.backend
-        # The metric reads results from the trials' files, so the results
-        # this fetch also returns are not needed here.
-        statuses, _ = backend.fetch_status_results(list(ids))
+        # The results this fetch returns are kept for the metrics.
+        statuses = shared.fetch(backend, trial_ids)
+        found: dict[int, TrialStatus] = {}
         for trial_id, (_, status) in statuses.items():
             if status == Status.paused:
                 logger.info("trial %d was running when its driver ended; resuming it", trial_id)
                 backend.resume_trial(trial_id)
-            by_status.setdefault(_STATUS_TO_AX[status], set()).add(ids[trial_id])
-        return by_status
+            found[trial_id] = STATUS_TO_AX[status]
+        return found
 
     def poll_exception(self, trial: BaseTrial) -> str:
-        trial_id = self._trial_id(trial)
-        statuses, _ = self.backend.fetch_status_results([trial_id])
-        found, status = statuses[trial_id]
-        where = self.backend.trial_dir(trial_id)
-        tail = found.stderr_tail or "(stderr is empty)"
-        return f"trial {trial_id} ended {status}; its files are in {where}\n{tail}"
+        """Why the trial failed: its failure reason and kind, folder and stderr tail."""
+        return shared.ended_message(self.backend, self._trial_id(trial))
 
     def stop(self, trial: BaseTrial, reason: Optional[str] = None) -> dict[str, Any]:
         """Stop the trial's process (SIGTERM, then SIGKILL after the grace period)."""
@@ -254,17 +232,20 @@ class LocalBackendRunner(Runner):
         return {"stop_reason": reason} if reason else {}
 
     def _trial_id(self, trial: BaseTrial) -> int:
-        metadata = trial.run_metadata or {}
-        trial_id = metadata.get(TRIAL_ID_KEY)
+        return self.trial_id_of(trial.index, trial.run_metadata or {})
+
+    def trial_id_of(self, index: int, metadata: dict[str, Any]) -> int:
+        """The LocalBackend trial id in an Ax trial's run metadata, checked."""
+        trial_id = shared.metadata_trial_id(metadata)
         where = metadata.get(EXPERIMENT_DIR_KEY)
-        if not isinstance(trial_id, int):
+        if trial_id is None:
             raise IntegrationError(
-                _ADAPTER, f"Ax trial {trial.index} has no {TRIAL_ID_KEY!r} in its run metadata",
+                _ADAPTER, f"Ax trial {index} has no {TRIAL_ID_KEY!r} in its run metadata",
                 "It was not started by a LocalBackendRunner; poll it with the runner that ran it.",
             )
         if where is not None and Path(where) != self.backend.experiment_dir:
             raise IntegrationError(
-                _ADAPTER, f"Ax trial {trial.index} ran in {where}, not in {self.experiment_dir}",
+                _ADAPTER, f"Ax trial {index} ran in {where}, not in {self.experiment_dir}",
                 "Use a runner with the experiment_dir the trial ran in.",
             )
         return trial_id
@@ -311,49 +292,85 @@ class LocalBackendMapMetric(MapMetric):
     def _fetch(self, trial: BaseTrial) -> MetricFetchResult:
         key = self.result_key or self.name
         metadata = trial.run_metadata or {}
-        trial_dir = metadata.get(TRIAL_DIR_KEY)
-        if not isinstance(trial, Trial) or trial.arm is None or trial_dir is None:
+        trial_id = shared.metadata_trial_id(metadata)
+        where = metadata.get(EXPERIMENT_DIR_KEY)
+        if not isinstance(trial, Trial) or trial.arm is None or trial_id is None or where is None:
             return Err(MetricFetchE(
                 message=f"trial {trial.index} was not run by a LocalBackendRunner", exception=None,
             ))
-        rows = []
-        for result in _results(Path(trial_dir)):
-            value = metric_value(result, key)
-            step = result.get(self.step_key)
-            if value is None or isinstance(step, bool) or not isinstance(step, (int, float)):
-                continue
-            rows.append({
-                "trial_index": trial.index,
-                "arm_name": trial.arm.name,
-                "metric_name": self.name,
-                "metric_signature": self.signature,
-                "mean": value,
-                "sem": math.nan,
-                MAP_KEY: step,
-            })
+        backend = shared.backend_for(Path(where))
+        rows = shared.curve_rows(shared.delivered(backend, trial_id), key, self.step_key)
         if not rows:
             return Err(MetricFetchE(
                 message=f"trial {trial.index} has reported no {key!r} with a {self.step_key!r} "
-                f"yet (results in {trial_dir})",
+                f"yet (its files are in {metadata.get(TRIAL_DIR_KEY)})",
                 exception=None,
             ))
-        return Ok(Data(df=pd.DataFrame(rows)))
+        return Ok(shared.curve_data(rows, trial_index=trial.index, arm_name=trial.arm.name,
+                                    metric_name=self.name, signature=self.signature))
 
 
-# The results each trial reported so far, read incrementally from its file
-# and shared by every metric of the process.
-_results_cache: dict[Path, tuple[ResultsReader, list[dict[str, Any]]]] = {}
-_results_lock = threading.Lock()
 
 
-def _results(trial_dir: Path) -> Sequence[Mapping[str, Any]]:
-    path = TrialPaths(trial_dir).results
-    with _results_lock:
-        cached = _results_cache.get(path)
-        if cached is None:
-            cached = (ResultsReader(-1, path), [])
-            _results_cache[path] = cached
-        reader, results = cached
-        if path.exists():
-            results.extend(reader.read())
-        return list(results)
+class LocalBackendClientRunner(IRunner, LocalBackendRunner):
+    """``LocalBackendRunner`` as Ax's ``IRunner``, for ``Client.configure_runner``.
+
+    Takes the arguments of :class:`LocalBackendRunner` and behaves as it does
+    under the ``Client``'s ``run_trials``: a trial's process starts with the
+    arm's parameters plus ``fixed_config``, an early-stopping decision ends
+    its process tree, and a failed trial's reason is its ``status_reason``.
+    """
+
+    def run_trial(self, trial_index: int, parameterization: Mapping[str, Any]) -> dict[str, Any]:
+        return self.start(dict(parameterization))
+
+    def poll_trial(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> TrialStatus:
+        trial_id = self.trial_id_of(trial_index, dict(trial_metadata))
+        return self.statuses([trial_id])[trial_id]
+
+    def stop_trial(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> dict[str, Any]:
+        self.backend.stop_trial(self.trial_id_of(trial_index, dict(trial_metadata)))
+        return {}
+
+
+class LocalBackendClientMetric(IMetric, LocalBackendMapMetric):
+    """``LocalBackendMapMetric`` as Ax's ``IMetric``, for ``Client.configure_metrics``.
+
+    Ax's ``IMetric.fetch`` gives one reading; this metric hands Ax the whole
+    learning curve at each fetch, as the Orchestrator's map metric does, so
+    that early-stopping strategies see every step.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        lower_is_better: Optional[bool] = None,
+        result_key: Optional[str] = None,
+        step_key: str = DEFAULT_STEP_KEY,
+    ) -> None:
+        LocalBackendMapMetric.__init__(
+            self, name, lower_is_better=lower_is_better, result_key=result_key, step_key=step_key,
+        )
+
+    def fetch(self, trial_index: int, trial_metadata: Mapping[str, Any]
+              ) -> tuple[int, float | tuple[float, float]]:
+        """The last ``(step, value)`` the trial reported."""
+        trial_id = shared.metadata_trial_id(trial_metadata)
+        where = trial_metadata.get(EXPERIMENT_DIR_KEY)
+        if trial_id is None or where is None:
+            raise IntegrationError(
+                "LocalBackendClientMetric", f"Ax trial {trial_index} was not run by a "
+                "LocalBackendClientRunner", "Configure the Client with that runner.",
+            )
+        rows = shared.curve_rows(shared.delivered(shared.backend_for(Path(where)), trial_id),
+                                 self.result_key or self.name, self.step_key)
+        if not rows:
+            raise IntegrationError(
+                "LocalBackendClientMetric", f"trial {trial_index} has reported no "
+                f"{self.result_key or self.name!r} yet", "Wait for its first result.",
+            )
+        step, value = rows[-1]
+        return int(step), value
+
+    def fetch_trial_data(self, trial: BaseTrial, **kwargs: Any) -> MetricFetchResult:
+        return LocalBackendMapMetric.fetch_trial_data(self, trial, **kwargs)

@@ -198,3 +198,56 @@ def test_the_example_runs(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "best" in completed.stdout
+
+
+TUNE_METRIC_SCRIPT = SCRIPTS / "tune_metric_epochs.py"
+
+
+def test_a_script_printing_tune_metric_lines_reports_under_ax(tmp_path: Path) -> None:
+    runner = LocalBackendRunner(str(TUNE_METRIC_SCRIPT), str(tmp_path / "exp"),
+                                fixed_config={"epochs": 3}, max_parallel=2)
+    experiment = make_experiment(runner)
+    Orchestrator(experiment, sobol(2), options(2)).run_all_trials()
+    logs = format_logs(runner.backend)
+    assert {t.status for t in experiment.trials.values()} == {TrialStatus.COMPLETED}, logs
+    data = experiment.lookup_data().full_df
+    for index in experiment.trials:
+        curve = data[data["trial_index"] == index].sort_values("step")
+        assert list(curve["step"]) == [1, 2, 3], logs
+
+
+def test_a_failed_trial_has_its_failure_reason_as_status_reason(tmp_path: Path) -> None:
+    runner = LocalBackendRunner(str(TUNE_METRIC_SCRIPT), str(tmp_path / "exp"),
+                                fixed_config={"crash": 1})
+    experiment = make_experiment(runner)
+    with pytest.raises(FailureRateExceededError):
+        Orchestrator(experiment, sobol(1), options(1)).run_all_trials()
+    trial = experiment.trials[0]
+    assert trial.status == TrialStatus.FAILED
+    reason = trial.status_reason or ""
+    assert "exit" in reason and "3" in reason, reason
+    assert "crashing on purpose" in reason
+
+
+def test_the_client_api_runs_trials_with_our_runner_and_metric(tmp_path: Path) -> None:
+    from ax.api.client import Client
+    from ax.api.configs import RangeParameterConfig
+
+    from localbackend.integrations.ax import LocalBackendClientMetric, LocalBackendClientRunner
+
+    client = Client()
+    client.configure_experiment(
+        parameters=[RangeParameterConfig(name="x", bounds=(0.0, 1.0), parameter_type="float")])
+    client.configure_optimization(objective="-loss")
+    runner = LocalBackendClientRunner(str(TUNE_METRIC_SCRIPT), str(tmp_path / "exp"),
+                                      fixed_config={"epochs": 3}, max_parallel=2)
+    client.configure_runner(runner)
+    client.configure_metrics([LocalBackendClientMetric("loss", lower_is_better=True,
+                                                       step_key="epoch")])
+    client.run_trials(max_trials=3, parallelism=2, initial_seconds_between_polls=0)
+    logs = format_logs(runner.backend)
+    summary = client.summarize()
+    assert list(summary["trial_status"]) == ["COMPLETED"] * 3, f"{summary}\n{logs}"
+    best, _, _, _ = client.get_best_parameterization()
+    assert 0.0 <= best["x"] <= 1.0
+    assert runner.backend.busy_trial_ids() == []
