@@ -30,6 +30,10 @@ from typing import Any
 from bench.drivers._common import TUNE_METRIC, Measured, make_syne, scratch, trial_script
 
 FINISHED = ("Completed", "Failed", "Stopped")
+# Limits no trivial trial reaches, so that only the keepers' watch costs.
+LIMITS: dict[str, Any] = {
+    "time_limit": 3600, "memory_limit": "4GiB", "heartbeat_timeout": 3600, "max_failures": 1,
+}
 
 
 def _latencies(
@@ -123,10 +127,13 @@ def run_localbackend(params: dict[str, Any]) -> dict[str, Any]:
     from localbackend import LocalBackend
 
     with Measured() as meter:
+        # With "limits", every keeper watches its run: the cost of the watch.
+        limits = LIMITS if params.get("limits") else {}
         backend = LocalBackend(
             trial_script("trivial"),
             experiment_dir=scratch(params, "experiment"),
             binary=[params["trial_python"]],
+            **limits,
         )
         measured = _drive_trial_backend(backend, params, backend.wait)
         backend.close()
