@@ -46,6 +46,7 @@ class RunTemplate:
     # Modules a zygote imports once, to start the runs from by fork.
     preload: tuple[str, ...] = ()
     keep_checkpoints: int | None = None
+    cpus_per_trial: int | None = None
 
 
 def launch(
@@ -90,8 +91,8 @@ def launch(
             if key not in ENV_DEFAULTS or key in template.env
         }
         cores = cpus.allocate(record.trial_id) if cpus is not None else []
-        limits = run_limits(record, cores)
-        overrides.update(_policy_env(template, len(cores)))
+        limits = run_limits(record, cores, template.cpus_per_trial)
+        overrides.update(_policy_env(template, len(cores) or template.cpus_per_trial or 0))
         atomic_write_json(
             paths.command,
             {"run": run, "argv": list(spec.argv), "cwd": str(spec.cwd), "env": overrides,
@@ -125,8 +126,14 @@ def launch(
         files.watch(paths.stdout)
 
 
-def run_limits(record: TrialRecord, cores: Sequence[str]) -> RunLimits:
-    """What the keeper enforces on the next run: the running time left, and the rest as set."""
+def run_limits(
+    record: TrialRecord, cores: Sequence[str], cpus_per_trial: int | None = None
+) -> RunLimits:
+    """What the keeper enforces on the next run: the running time left, and the rest as set.
+
+    ``cores`` are those the backend chose; a launcher that lists none gets
+    only the count, ``cpus_per_trial``, to pick cores on its own host.
+    """
     limits = record.limits
     remaining = None
     if limits.time_limit is not None:
@@ -135,7 +142,7 @@ def run_limits(record: TrialRecord, cores: Sequence[str]) -> RunLimits:
     return RunLimits(
         time_limit=remaining, memory_limit=limits.memory_limit,
         heartbeat_timeout=limits.heartbeat_timeout, cpus=tuple(int(c) for c in cores),
-        cpus_per_trial=len(cores) or None,
+        cpus_per_trial=len(cores) or cpus_per_trial,
     )
 
 

@@ -254,6 +254,7 @@ class BackendCore:
                 grace_period=self._o.grace_period, delete_checkpoints=self._o.delete_checkpoints,
                 preload=self._o.preload,
                 keep_checkpoints=self._o.retention.keep_checkpoints,
+                cpus_per_trial=self._o.cpus_per_trial,
             ),
             launcher=self._launcher, allocator=self._allocator(), table=self._table,
             watcher=self._file_watcher, cpus=self._cpu_allocator(),
