@@ -23,7 +23,15 @@ that prints SMAC's own ``cost=<value>`` line instead works too. A trial that
 exits non-zero is ``CRASHED`` and its ``additional_info`` holds the stderr
 tail (``error``), exit code or signal and trial folder. With
 ``Scenario(trial_walltime_limit=...)`` a trial that runs longer is stopped
-and reported as ``TIMEOUT``.
+and reported as ``TIMEOUT``; so is one the backend's ``time_limit`` ended,
+and one its ``memory_limit`` ended is ``MEMORYOUT`` (``status_type``), with
+the failure reason as ``error``.
+
+SMAC's ``smac.validate(config)`` submits the validation trials and reads the
+results at once, which only a runner that runs a trial inside
+``submit_trial`` can answer: with parallel trials it averages nothing and
+returns NaN. Call ``runner.validate(smac, config)`` instead: the same trials,
+run ``n_parallel`` at a time, waited for, and averaged.
 """
 
 from __future__ import annotations
@@ -35,19 +43,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+import numpy as np
+
 from .._types import Status
 from ..core._backend import LocalBackend
 from ._common import WAIT_SECONDS, IntegrationError, check_count, metric_value, missing_library
 
 try:
     from ConfigSpace import Configuration
+    from smac.facade.abstract_facade import AbstractFacade
     from smac.runhistory import StatusType, TrialInfo, TrialValue
     from smac.runner.abstract_runner import AbstractRunner
     from smac.scenario import Scenario
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise missing_library("smac", "smac", err) from err
 
-__all__ = ["SMACRunner"]
+__all__ = ["SMACRunner", "status_type"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +179,28 @@ class SMACRunner(AbstractRunner):
         value = self._finished_values.pop(started.trial_id)
         return (value.status, value.cost, value.time, value.cpu_time, value.additional_info)
 
+    def validate(
+        self, smac: AbstractFacade, config: Configuration, *, seed: Optional[int] = None
+    ) -> Union[float, list[float]]:
+        """What ``smac.validate(config)`` computes, waiting for the parallel trials.
+
+        The validation trials (``get_trials_of_interest(..., validate=True)``)
+        run ``n_parallel`` at a time; returns the mean cost, per objective
+        when there are several. Call it when ``optimize`` has returned.
+        """
+        trials = smac.intensifier.get_trials_of_interest(
+            config, validate=True, seed=self._scenario.seed if seed is None else seed
+        )
+        for trial_info in trials:
+            self.submit_trial(trial_info)
+        while self.is_running():
+            self._wait_for_any()
+        wanted = {id(trial_info) for trial_info in trials}
+        costs = [value.cost for info, value in self._results_queue if id(info) in wanted]
+        self._results_queue = [item for item in self._results_queue if id(item[0]) not in wanted]
+        mean = np.mean(np.array(costs, dtype=float), axis=0)
+        return mean.tolist() if isinstance(mean, np.ndarray) and mean.ndim else float(mean)
+
     # -- internals -------------------------------------------------------------
 
     def _trial_config(
@@ -253,8 +286,10 @@ class SMACRunner(AbstractRunner):
             limit = self._trial_walltime_limit
             info["error"] = f"stopped after the trial walltime limit of {limit}s"
         else:
-            smac_status = StatusType.CRASHED
-            info["error"] = trial.stderr_tail or f"the trial ended {status}"
+            smac_status = status_type(trial.failure_kind)
+            info["error"] = "\n".join(part for part in (
+                trial.failure_reason or f"the trial ended {status}", trial.stderr_tail) if part)
+            info["failure_kind"] = trial.failure_kind
             info["exit_code"] = trial.exit_code
             info["exit_signal"] = trial.exit_signal
         if smac_status != StatusType.SUCCESS:
@@ -294,3 +329,12 @@ class SMACRunner(AbstractRunner):
             except ValueError:
                 return None
         return None
+
+
+def status_type(failure_kind: Optional[str]) -> StatusType:
+    """SMAC's status for a failed trial: its time and memory limits have their own."""
+    if failure_kind == "time_limit":
+        return StatusType.TIMEOUT
+    if failure_kind == "memory_limit":
+        return StatusType.MEMORYOUT
+    return StatusType.CRASHED

@@ -23,7 +23,7 @@ from smac import (
 from smac.runhistory import StatusType, TrialInfo
 
 from localbackend import IntegrationError, LocalBackend
-from localbackend.integrations.smac import SMACRunner
+from localbackend.integrations.smac import SMACRunner, status_type
 from tests.helpers import format_logs
 from tests.integrations.conftest import EXAMPLES, SCRIPTS
 
@@ -191,3 +191,50 @@ def test_the_example_runs(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "incumbent" in completed.stdout
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("time_limit", StatusType.TIMEOUT), ("memory_limit", StatusType.MEMORYOUT),
+    ("exit", StatusType.CRASHED), ("signal", StatusType.CRASHED), ("hang", StatusType.CRASHED),
+    ("lost", StatusType.CRASHED), ("launch", StatusType.CRASHED), (None, StatusType.CRASHED),
+])
+def test_failure_kinds_map_to_smac_status_types(kind: Any, expected: StatusType) -> None:
+    assert status_type(kind) == expected
+
+
+def test_a_trial_ended_by_the_backend_time_limit_is_timeout_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    scenario = Scenario(space(), deterministic=True, output_directory=tmp_path / "smac",
+                        objectives="loss")
+    with LocalBackend(SCRIPT, experiment_dir=tmp_path / "exp", grace_period=2.0,
+                      time_limit=1.0) as backend:
+        runner = SMACRunner(scenario, backend, n_parallel=1)
+        slow = trial_info(epoch_seconds=0.2)
+        status, cost, _, _, info = runner.run(slow.config, budget=1000)
+    assert status == StatusType.TIMEOUT, info
+    assert info["failure_kind"] == "time_limit"
+    assert "time limit" in info["error"]
+    assert cost == float("inf")
+
+
+def test_validate_waits_for_the_parallel_trials(tmp_path: Path) -> None:
+    scenario = Scenario(hpo_space(), deterministic=False, n_trials=4, objectives="loss",
+                        output_directory=tmp_path / "smac", seed=0, max_budget=None)
+    with LocalBackend(SCRIPT, experiment_dir=tmp_path / "exp", grace_period=5.0) as backend:
+        runner = SMACRunner(scenario, backend, n_parallel=2)
+        smac = HyperparameterOptimizationFacade(
+            scenario, runner, overwrite=True,
+            initial_design=HyperparameterOptimizationFacade.get_initial_design(
+                scenario, n_configs=2),
+        )
+        incumbent = smac.optimize()
+        before = backend.new_trial_id()
+        cost = runner.validate(smac, incumbent)
+        logs = format_logs(backend)
+        assert isinstance(cost, float) and cost == cost, logs  # not NaN
+        ran = range(before, backend.new_trial_id())
+        assert len(ran) >= 1, logs
+        losses = [results_of(backend, t)[-1]["loss"] for t in ran]
+        assert cost == pytest.approx(sum(losses) / len(losses))
+        assert backend.busy_trial_ids() == []
