@@ -20,8 +20,11 @@ script reports goes to ``trial.report(result[metric], step)``; when
 ``trial.should_prune()`` says so the process is stopped (SIGTERM, then
 SIGKILL after the backend's grace period) and the trial is told ``PRUNED``.
 A trial whose script exits 0 is told the last value it reported; one that
-fails (or reports no value) is told ``FAIL``, with its stderr tail in the
-trial's user attribute ``stderr_tail``.
+fails (or reports no value) is told ``FAIL``, with the backend's failure
+reason and kind in the user attributes ``failure_reason`` (also
+``fail_reason``) and ``failure_kind``, and its stderr tail in
+``stderr_tail``. Results a trial writes after it was told ``PRUNED`` never
+reach the study.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .._types import Status
+from .._types import Status, Trial
 from ..core._backend import LocalBackend
 from ._common import (
     DEFAULT_STEP_KEY,
@@ -177,7 +180,7 @@ class OptunaRunner:
             if status == Status.completed:
                 told.append(self._tell_completed(trial_id))
             elif status in (Status.failed, Status.stopped):
-                told.append(self._tell_failed(trial_id, status, trial.stderr_tail))
+                told.append(self._tell_failed(trial_id, status, trial))
         return told
 
     def _report(self, trial_id: int, result: Mapping[str, Any]) -> bool:
@@ -217,14 +220,18 @@ class OptunaRunner:
             return self._tell(trial_id, TrialState.FAIL)
         return self._tell(trial_id, TrialState.COMPLETE, running.last_value)
 
-    def _tell_failed(self, trial_id: int, status: str, stderr_tail: str) -> FrozenTrial:
+    def _tell_failed(self, trial_id: int, status: str, ended: Trial) -> FrozenTrial:
         running = self._running[trial_id]
-        running.trial.set_user_attr("fail_reason", f"the trial ended {status}")
+        reason = ended.failure_reason or f"the trial ended {status}"
+        running.trial.set_user_attr("fail_reason", reason)
+        running.trial.set_user_attr("failure_reason", reason)
+        running.trial.set_user_attr("failure_kind", ended.failure_kind)
+        stderr_tail = ended.stderr_tail
         if stderr_tail:
             running.trial.set_user_attr("stderr_tail", stderr_tail)
         logger.warning(
-            "trial %d ended %s; told FAIL. Its files are in %s\n%s",
-            trial_id, status, self.backend.trial_dir(trial_id), stderr_tail,
+            "trial %d ended %s (%s); told FAIL. Its files are in %s\n%s",
+            trial_id, status, reason, self.backend.trial_dir(trial_id), stderr_tail,
         )
         return self._tell(trial_id, TrialState.FAIL)
 

@@ -172,3 +172,38 @@ def test_the_example_runs(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "best value" in completed.stdout
+
+
+class PruneAtFirstStep(optuna.pruners.BasePruner):  # type: ignore[misc]
+    def prune(self, study: Any, trial: Any) -> bool:
+        return bool(trial.intermediate_values)
+
+
+def test_results_after_the_prune_never_reach_the_study(experiment_dir: Path) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(pruner=PruneAtFirstStep())
+    with LocalBackend(SCRIPTS / "reports_after_sigterm.py", experiment_dir=experiment_dir,
+                      grace_period=5.0) as backend:
+        OptunaRunner(study, backend, metric="loss", step="epoch").optimize(
+            lambda trial: {}, n_trials=1)
+        logs = format_logs(backend)
+        (pruned,) = study.trials
+        assert pruned.state == TrialState.PRUNED, logs
+        written = results_of(backend, 0)
+        # The script wrote results after it was told to stop; Optuna saw the first only.
+        assert len(written) >= 6, logs
+        assert list(pruned.intermediate_values) == [written[0]["epoch"]], logs
+        assert backend.fetch_status_results([0])[1] == []
+
+
+def test_a_failed_trial_has_its_failure_reason_as_a_user_attribute(experiment_dir: Path) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    with LocalBackend(SCRIPT, experiment_dir=experiment_dir, grace_period=5.0) as backend:
+        OptunaRunner(study, backend, metric="loss").optimize(
+            lambda trial: {"crash": 1, "epochs": 2}, n_trials=1)
+    (failed,) = study.trials
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["failure_kind"] == "exit"
+    assert "3" in failed.user_attrs["failure_reason"]
+    assert failed.user_attrs["fail_reason"] == failed.user_attrs["failure_reason"]
