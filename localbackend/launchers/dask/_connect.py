@@ -45,11 +45,12 @@ def connect(target: Any, security: Any, timeout: float) -> Connection:
     elif isinstance(target, str) and target.startswith(LOCAL_PREFIX):
         connection = _local_cluster(target, security)
     elif isinstance(target, str) and target:
+        _check_tls(target, security)
         try:
             client = Client(  # type: ignore[no-untyped-call]
                 target, security=security, timeout=timeout, set_as_default=False
             )
-        except (OSError, TimeoutError) as err:
+        except (OSError, TimeoutError, TypeError) as err:
             raise BackendConfigurationError(
                 "scheduler", target, f"cannot be reached within {timeout:g} s ({err})",
                 "Check the address and port, that 'dask scheduler' runs there, and that the "
@@ -67,6 +68,21 @@ def connect(target: Any, security: Any, timeout: float) -> Connection:
         connection.close()
         raise
     return connection
+
+
+def _check_tls(address: str, security: Optional[Any]) -> None:
+    """A ``tls://`` scheduler needs certificates (given, or in the Dask config)."""
+    if not address.startswith("tls://"):
+        return
+    from distributed.security import Security
+
+    given = security if security is not None else Security()  # type: ignore[no-untyped-call]
+    if given.get_connection_args("client").get("ssl_context") is None:
+        raise BackendConfigurationError(
+            "security", security, f"holds no TLS certificates for the scheduler {address}",
+            "Pass security=Security(tls_ca_file=..., tls_client_cert=..., tls_client_key=..., "
+            "require_encryption=True), or set them in the Dask config.",
+        )
 
 
 def _local_cluster(target: str, security: Optional[Any]) -> Connection:

@@ -1,0 +1,104 @@
+"""DaskLauncher when a worker dies, and on a TLS cluster whose worker has GPU resources."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localbackend import LocalBackend
+from localbackend.launchers.dask import DaskLauncher
+from tests.crash_helpers import alive, wait_gone
+from tests.dask.conftest import Cluster, make_certificates, running_cluster
+from tests.dask.test_cluster import DEADLINE, backend_on, blocked, run_record
+from tests.helpers import collect, format_logs, script, wait_for, wait_not_busy
+
+pytestmark = pytest.mark.dask
+pytest.importorskip("distributed")
+
+
+def test_a_sigkilled_worker_fails_its_trial_as_lost_and_ends_its_tree(
+    own_cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster = own_cluster
+    with backend_on(cluster, tmp_path / "exp", "checkpointing.py") as backend:
+        ids = [backend.start_trial({"epochs": 1000, "block_at": 2}).trial_id for _ in range(2)]
+        collect(backend, ids, blocked(ids), timeout=DEADLINE)
+        records = {t: run_record(backend, t, 0) for t in ids}
+        victim = cluster.worker_running(records[0]["keeper"])
+        assert victim is not None, cluster.logs()
+        address = cluster.worker_addresses()[victim]
+
+        cluster.kill_worker(victim)
+        statuses, _ = collect(backend, ids, lambda s, _r: s[0][1] == "Failed", timeout=DEADLINE)
+        trial = statuses[0][0]
+        assert trial.failure_kind == "lost"
+        assert trial.failure_reason == f"worker lost: {address}", trial.failure_reason
+        # Its supervisor saw the worker's pipe close and ended the tree.
+        wait_gone([records[0]["pid"], records[0]["keeper"]], timeout=10.0)
+        assert alive([records[0]["pid"], records[0]["keeper"]]) == []
+        # The trial on the other worker carries on, and is never re-run elsewhere.
+        assert statuses[1][1] == "InProgress"
+        assert json.loads((backend.trial_dir(0) / "run.json").read_text())["run"] == 0
+        backend.stop_trial(1)
+        wait_not_busy(backend, [1])
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, object]]:
+    """A TLS-only scheduler and a worker with three threads and two GPUs as resources."""
+    from distributed.security import Security
+
+    pem = make_certificates(tmp_path_factory.mktemp("certificates"))
+    flags = ["--tls-ca-file", str(pem["ca"]), "--tls-cert", str(pem["cert"]),
+             "--tls-key", str(pem["key"])]
+    security = Security(
+        tls_ca_file=str(pem["ca"]), tls_client_cert=str(pem["cert"]),
+        tls_client_key=str(pem["key"]), require_encryption=True,
+    )
+    with running_cluster(["g"], security=[*flags], threads=3,
+                         worker_options={"g": ["--resources", "GPU=2"]},
+                         scheduler_options=["--protocol", "tls"]) as cluster:
+        yield cluster, security
+
+
+def visible(backend: LocalBackend, trial_id: int) -> str:
+    path = backend.trial_dir(trial_id) / "argv-0.json"
+    wait_for(path.exists, timeout=DEADLINE, what=str(path), on_fail=lambda: format_logs(backend))
+    return str(json.loads(path.read_text())["env"].get("CUDA_VISIBLE_DEVICES"))
+
+
+def test_gpus_come_from_worker_resources_least_used_first_over_tls(
+    tls_cluster: tuple[Cluster, object], tmp_path: Path
+) -> None:
+    cluster, security = tls_cluster
+    assert cluster.address.startswith("tls://")
+    launcher = DaskLauncher(cluster.address, security=security, gpus_per_trial=1)
+    with LocalBackend(script("print_argv.py"), experiment_dir=tmp_path / "exp",
+                      grace_period=0.5, launcher=launcher) as backend:
+        first, second = (backend.start_trial({"hold": 1}).trial_id for _ in range(2))
+        # They start together, in either order, each on a GPU of its own.
+        gpus = {visible(backend, first): first, visible(backend, second): second}
+        assert sorted(gpus) == ["0", "1"]
+        # Both GPUs are taken: a third trial waits for one, though a thread is free.
+        third = backend.start_trial({"hold": 1}).trial_id
+        backend.stop_trial(gpus["1"])
+        wait_not_busy(backend, [gpus["1"]])
+        assert visible(backend, third) == "1"
+        backend.stop_all()
+        wait_not_busy(backend, [first, second, third])
+        statuses, _ = backend.fetch_status_results([first, second, third])
+        assert {s for _, s in statuses.values()} == {"Stopped"}
+
+
+def test_a_client_without_tls_cannot_reach_a_tls_scheduler(
+    tls_cluster: tuple[Cluster, object],
+) -> None:
+    from localbackend import BackendConfigurationError
+
+    cluster, _security = tls_cluster
+    with pytest.raises(BackendConfigurationError):
+        DaskLauncher(cluster.address, connect_timeout=2.0)
+
