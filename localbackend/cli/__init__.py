@@ -111,6 +111,12 @@ def _add_tune(commands: Any) -> None:
         "and --view may change, nothing else",
     )
     tune.add_argument(
+        "--dask", metavar="SCHEDULER",
+        help="run the trials on a Dask cluster: a scheduler address (tcp://host:8786) or "
+        "local:N for a LocalCluster of N worker processes; the experiment folder must be "
+        "shared with the workers (pip install 'localbackend[dask]'); may change on --resume",
+    )
+    tune.add_argument(
         "--grace-period", type=float, metavar="SECONDS",
         help="time between SIGTERM and SIGKILL on pause and stop (default: 10)",
     )

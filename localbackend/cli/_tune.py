@@ -108,7 +108,7 @@ def _new_tuner(args: argparse.Namespace) -> Tuner:
         raise CliError(f"--experiment-dir {root} is not empty; choose a new or empty folder")
     backend = LocalBackend(
         script, experiment_dir=root, grace_period=options.grace_period,
-        **backend_limits(args, options),
+        launcher=trial_launcher(args), **backend_limits(args, options),
     )
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     rng = random.Random(options.seed)
@@ -120,6 +120,21 @@ _LIMIT_FLAGS = (
     "time_limit", "memory_limit", "cpus_per_trial", "heartbeat_timeout", "max_failures",
     "keep_checkpoints", "keep_best", "checkpoint_budget",
 )
+
+
+def trial_launcher(args: argparse.Namespace) -> Any:
+    """Where the trials run: a ``DaskLauncher`` for ``--dask``, else this machine (None)."""
+    if not getattr(args, "dask", None):
+        return None
+    try:
+        import distributed  # noqa: F401
+    except ImportError as err:
+        raise CliError(
+            "--dask needs Dask: pip install 'localbackend[dask]'"
+        ) from err
+    from ..launchers.dask import DaskLauncher
+
+    return DaskLauncher(args.dask)
 
 
 def backend_limits(args: argparse.Namespace, options: TuneOptions) -> dict[str, Any]:
@@ -191,7 +206,7 @@ def _resumed_tuner(args: argparse.Namespace) -> Tuner:
     scheduler.load_state_dict(state["scheduler_state"])
     for trial_id, trial_state in state.get("scheduler_trials", {}).items():
         scheduler.load_trial_state(int(trial_id), trial_state)
-    backend = restore(root)
+    backend = restore(root, launcher=trial_launcher(args))
     tuner = Tuner(options, space, backend, files, scheduler, rng)
     tuner.load_state(state)
     return tuner
