@@ -81,7 +81,8 @@ def _add_tune(commands: Any) -> None:
         description="Tune a trial script: start, pause, promote and resume trials as local "
         "processes. Ctrl-C pauses the running trials; --resume carries on.",
     )
-    tune.add_argument("script", nargs="?", help="the trial script (not with --resume)")
+    tune.add_argument("script", nargs="?", help="the trial script, or a function as "
+                      "module:function (not with --resume)")
     tune.add_argument(
         "--config", "--search-space", dest="config", metavar="FILE",
         help='search space as JSON, e.g. {"lr": "loguniform(1e-4,1e-1)", "epochs": 10}',

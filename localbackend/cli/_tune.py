@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 from typing import Any, Optional
 
-from .. import LocalBackend
+from .. import FunctionBackend, LocalBackend
 from .._paths import default_experiment_dir
 from ..core._lock import experiment_is_held
 from ._common import (
@@ -17,6 +17,7 @@ from ._common import (
     CliError,
     TunerPaths,
 )
+from ._function_ref import is_function_reference, load_function
 from ._live import make_view
 from ._schedulers import Asha, Pbt, RandomSearch, Scheduler, Settings
 from ._search_space import SearchSpace, build_search_space
@@ -61,9 +62,11 @@ def _new_tuner(args: argparse.Namespace) -> Tuner:
         raise CliError(
             "tune needs --metric, the name of the reported value to optimize, e.g. --metric loss"
         )
+    function = load_function(args.script) if is_function_reference(args.script) else None
     script = Path(args.script)
-    if not script.is_file():
-        raise CliError(f"trial script {args.script!r} does not exist or is not a file")
+    if function is None and not script.is_file():
+        raise CliError(f"trial script {args.script!r} does not exist or is not a file "
+                       "(or name a function as module:function)")
     space = build_search_space(args.config, args.param or [])
     if not space.entries:
         raise CliError(
@@ -78,7 +81,7 @@ def _new_tuner(args: argparse.Namespace) -> Tuner:
     if interval is None and args.scheduler == "pbt":
         interval = max(1.0, math.floor((max_resource or 8) / 4))
     options = TuneOptions(
-        script=str(script.resolve()),
+        script=args.script if function is not None else str(script.resolve()),
         metric=args.metric,
         mode=args.mode,
         resource_attr=args.resource_attr,
@@ -106,10 +109,12 @@ def _new_tuner(args: argparse.Namespace) -> Tuner:
         )
     if root.exists() and any(root.iterdir()):
         raise CliError(f"--experiment-dir {root} is not empty; choose a new or empty folder")
-    backend = LocalBackend(
-        script, experiment_dir=root, grace_period=options.grace_period,
+    settings: dict[str, Any] = dict(
+        experiment_dir=root, grace_period=options.grace_period,
         launcher=trial_launcher(args), **backend_limits(args, options),
     )
+    backend = (FunctionBackend(function, **settings) if function is not None
+               else LocalBackend(script, **settings))
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     rng = random.Random(options.seed)
     scheduler = make_scheduler(options, space, rng)
@@ -206,6 +211,8 @@ def _resumed_tuner(args: argparse.Namespace) -> Tuner:
     scheduler.load_state_dict(state["scheduler_state"])
     for trial_id, trial_state in state.get("scheduler_trials", {}).items():
         scheduler.load_trial_state(int(trial_id), trial_state)
+    if is_function_reference(options.script):
+        restore = FunctionBackend.restore  # new trials get the function from a trial folder
     backend = restore(root, launcher=trial_launcher(args))
     tuner = Tuner(options, space, backend, files, scheduler, rng)
     tuner.load_state(state)
