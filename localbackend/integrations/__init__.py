@@ -5,13 +5,16 @@ that module is imported, so ``import localbackend.integrations`` costs nothing
 and needs none of them:
 
 * :mod:`localbackend.integrations.syne_tune`: ``SyneTuneBackend``, a Syne Tune
-  ``TrialBackend`` (extra ``syne-tune``);
+  ``TrialBackend`` with the surface of Syne Tune's ``LocalBackend``, and
+  ``SyneTunePythonBackend`` for its ``PythonBackend`` (extra ``syne-tune``);
 * :mod:`localbackend.integrations.optuna`: ``OptunaRunner``, ask-and-tell with
   pruning (extra ``optuna``);
 * :mod:`localbackend.integrations.smac`: ``SMACRunner``, a SMAC
   ``AbstractRunner`` (extra ``smac``);
 * :mod:`localbackend.integrations.ax`: ``LocalBackendRunner`` and
-  ``LocalBackendMapMetric`` for Ax's ``Orchestrator`` (extra ``ax``).
+  ``LocalBackendMapMetric`` for Ax's ``Orchestrator``, and
+  ``LocalBackendClientRunner`` and ``LocalBackendClientMetric`` for its
+  ``Client`` (extra ``ax``).
 """
 
 from __future__ import annotations
