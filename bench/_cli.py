@@ -34,6 +34,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "checkpoint": ("checkpoint_copy", "summarize"),
     "idle": ("idle", "summarize"),
     "scale": ("scale", "summarize"),
+    "dask": ("dask_cluster", "summarize"),
 }
 
 ANALYSIS = BENCH_DIR / "analysis.md"

@@ -22,6 +22,7 @@ SECTIONS = (
     "5. Checkpoint copy",
     "6. Idle cost",
     "7. Scale",
+    "Dask",
 )
 SYNE_PYTHON = REPO / "bench" / ".venv-syne" / "bin" / "python"
 

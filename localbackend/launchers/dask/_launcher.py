@@ -115,6 +115,7 @@ class DaskLauncher(Launcher):
         self._on_session: Callable[[dict[str, Any]], None] = lambda session: None
         self._lock = threading.RLock()
         self._inbox: deque[tuple[str, Any]] = deque()
+        self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -191,7 +192,9 @@ class DaskLauncher(Launcher):
 
     def _post(self, kind: str, payload: Any) -> None:
         self._inbox.append((kind, payload))
-        with self._lock:
+        # Not self._lock: this runs on the client's threads, which the holder
+        # of self._lock may be waiting for (a task's result).
+        with self._wake_lock:
             if self._wake_w >= 0:
                 try:
                     os.write(self._wake_w, b"!")
@@ -199,12 +202,13 @@ class DaskLauncher(Launcher):
                     pass  # already readable
 
     def events(self) -> list[RunEvent]:
-        with self._lock:
+        with self._wake_lock:
             try:
                 while self._wake_r >= 0 and os.read(self._wake_r, 4096):
                     pass
             except BlockingIOError:
                 pass
+        with self._lock:
             out, self._ready = self._ready, []
             while self._inbox:
                 kind, payload = self._inbox.popleft()
@@ -392,7 +396,7 @@ class DaskLauncher(Launcher):
             client.unsubscribe_topic(self._topic)
         finally:
             self._connection.close()
-            with self._lock:
+            with self._wake_lock:
                 for fd in (self._wake_r, self._wake_w):
                     os.close(fd)
                 self._wake_r = self._wake_w = -1
