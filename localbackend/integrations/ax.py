@@ -290,26 +290,29 @@ class LocalBackendMapMetric(MapMetric):
             return Err(MetricFetchE(message=f"cannot read {self.name}: {err}", exception=err))
 
     def _fetch(self, trial: BaseTrial) -> MetricFetchResult:
-        key = self.result_key or self.name
         metadata = trial.run_metadata or {}
-        trial_id = shared.metadata_trial_id(metadata)
-        where = metadata.get(EXPERIMENT_DIR_KEY)
-        if not isinstance(trial, Trial) or trial.arm is None or trial_id is None or where is None:
+        rows = self.curve(metadata) if isinstance(trial, Trial) and trial.arm else None
+        if rows is None or not isinstance(trial, Trial) or trial.arm is None:
             return Err(MetricFetchE(
                 message=f"trial {trial.index} was not run by a LocalBackendRunner", exception=None,
             ))
-        backend = shared.backend_for(Path(where))
-        rows = shared.curve_rows(shared.delivered(backend, trial_id), key, self.step_key)
         if not rows:
             return Err(MetricFetchE(
-                message=f"trial {trial.index} has reported no {key!r} with a {self.step_key!r} "
-                f"yet (its files are in {metadata.get(TRIAL_DIR_KEY)})",
+                message=f"trial {trial.index} has reported no {self.result_key or self.name!r} "
+                f"with a {self.step_key!r} yet (its files are in {metadata.get(TRIAL_DIR_KEY)})",
                 exception=None,
             ))
         return Ok(shared.curve_data(rows, trial_index=trial.index, arm_name=trial.arm.name,
                                     metric_name=self.name, signature=self.signature))
 
-
+    def curve(self, metadata: Mapping[str, Any]) -> Optional[list[tuple[float, float]]]:
+        """The ``(step, value)`` points of the trial with this run metadata; None if not ours."""
+        trial_id = shared.metadata_trial_id(metadata)
+        where = metadata.get(EXPERIMENT_DIR_KEY)
+        if trial_id is None or where is None:
+            return None
+        results = shared.delivered(shared.backend_for(Path(where)), trial_id)
+        return shared.curve_rows(results, self.result_key or self.name, self.step_key)
 
 
 class LocalBackendClientRunner(IRunner, LocalBackendRunner):
@@ -355,15 +358,12 @@ class LocalBackendClientMetric(IMetric, LocalBackendMapMetric):
     def fetch(self, trial_index: int, trial_metadata: Mapping[str, Any]
               ) -> tuple[int, float | tuple[float, float]]:
         """The last ``(step, value)`` the trial reported."""
-        trial_id = shared.metadata_trial_id(trial_metadata)
-        where = trial_metadata.get(EXPERIMENT_DIR_KEY)
-        if trial_id is None or where is None:
+        rows = self.curve(trial_metadata)
+        if rows is None:
             raise IntegrationError(
                 "LocalBackendClientMetric", f"Ax trial {trial_index} was not run by a "
                 "LocalBackendClientRunner", "Configure the Client with that runner.",
             )
-        rows = shared.curve_rows(shared.delivered(shared.backend_for(Path(where)), trial_id),
-                                 self.result_key or self.name, self.step_key)
         if not rows:
             raise IntegrationError(
                 "LocalBackendClientMetric", f"trial {trial_index} has reported no "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,17 +18,14 @@ from syne_tune.optimizer.schedulers.asha import AsynchronousSuccessiveHalving
 
 from localbackend.integrations.syne_tune import SyneTuneBackend
 from tests.helpers import format_logs
-from tests.integrations.test_syne_tune import EPOCHS_SCRIPT, RecordResults, make_tuner
+from tests.integrations.test_syne_tune import (  # noqa: F401 - the autouse fixture
+    EPOCHS_SCRIPT,
+    RecordResults,
+    make_tuner,
+    syne_tune_folder,
+)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def syne_tune_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "syne-tune"
-    monkeypatch.setenv("SYNETUNE_FOLDER", str(folder))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return folder
 
 
 class RungPromotion(TrialScheduler):  # type: ignore[misc]
