@@ -65,11 +65,8 @@ class LocalBackend(BackendCore):
             driver's death); ``restore`` re-attaches to them.
         launcher: Where the trials run: a ``localbackend.launchers.Launcher``.
             Defaults to a ``LocalLauncher``, which runs them on this machine.
-        preload: Modules to import once, in the supervisor, so that each run
-            of a Python entry point starts by fork with them already
-            imported, set up to look like a cold start (see "Warm starts" in
-            the README). A run that cannot start warm starts cold, with a
-            ``ColdStartWarning`` naming the reason once.
+        preload: Modules imported once, so that runs start warm, by fork
+            (README, "Warm starts"); any doubt starts a run cold and warns once.
         time_limit: Seconds of running time a trial may use, summed over its
             runs (paused time does not count). Then its tree gets SIGTERM,
             SIGKILL after ``grace_period``, and it ends ``Failed`` with the

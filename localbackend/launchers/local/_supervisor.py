@@ -38,6 +38,7 @@ from ._keeper import (
     write_event,
 )
 from ._proctable import boot_time, descendants
+from ._zygote import Zygote
 
 # How long the supervisor waits for keepers after telling them to stop fast.
 SHUTDOWN_WAIT_SECONDS = 3.0
@@ -108,6 +109,8 @@ class _Supervisor:
         self.keepers: dict[int, tuple[int, int]] = {}  # keeper pid -> (trial, run)
         self.active: dict[int, tuple[int, int]] = {}  # trial -> (keeper pid, run)
         self.pending: dict[int, deque[dict[str, Any]]] = {}
+        # Warm starts: the modules this supervisor preloaded for its keepers.
+        self.zygote = Zygote()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
@@ -213,6 +216,8 @@ class _Supervisor:
         """
         supervisor_pid = os.getpid()
         trial, run = int(spec["trial"]), int(spec["run"])
+        if spec.get("preload"):
+            self._judge_warm_start(spec)
         # A stop may be sent the moment the keeper exists. Until the keeper
         # has its own handlers, the signal must wait, not reach the handlers
         # it inherits from the supervisor.
@@ -255,6 +260,17 @@ class _Supervisor:
         self.keepers[pid] = (trial, run)
         self.active[trial] = (pid, run)
         return pid
+
+    def _judge_warm_start(self, spec: dict[str, Any]) -> None:
+        """Mark a run asking for preloaded modules ``warm``, or say why it starts cold."""
+        reason = self.zygote.verdict(spec)
+        spec["warm"] = reason is None
+        first = reason is not None and self.zygote.note_once(reason)
+        write_event(
+            self.event_fd,
+            {"ev": "start_mode", "trial": spec["trial"], "run": spec["run"], "reason": reason,
+             "first": first},
+        )
 
     def _reap(self) -> None:
         while True:

@@ -1,0 +1,256 @@
+"""A warm start: the trial forked from its keeper, made to look like a cold start.
+
+The keeper (``_keeper``) calls :func:`fork_trial` instead of ``posix_spawn``
+when the supervisor judged the run fit to start warm (``_zygote``). The child
+is the keeper's own child, so the supervision is the same as a cold start's.
+Before the script runs, the child undoes everything it inherited that a
+fresh ``python script.py`` would not have: its session, descriptors, signal
+handlers and mask, environment, working folder, ``sys.argv``, ``sys.path``,
+standard streams, random states and thread pools. The script then runs as
+``__main__``, and its end (exit code, traceback, ``atexit``, non-daemon
+threads, flushing) follows what the interpreter does after a script.
+
+What a fork cannot undo is documented in the README ("Warm starts"): the
+string hash seed is the zygote's, modules the zygote imported stay imported,
+and objects still alive at exit are not finalised.
+"""
+
+from __future__ import annotations
+
+import atexit
+import builtins
+import io
+import os
+import random
+import signal
+import sys
+import threading
+import types
+from collections.abc import Mapping
+from importlib.machinery import SourceFileLoader
+from typing import Any, Optional
+
+from ._zygote import WarmState, prepared_state
+
+# The exit status of a child whose set-up failed (EX_SOFTWARE).
+SETUP_FAILED = 70
+# What Python exits with when flushing stdout at exit fails.
+_FLUSH_FAILED = 120
+
+
+def fork_trial(spec: Mapping[str, Any], env: Mapping[str, str], out: int, err: int) -> int:
+    """Fork the trial from this keeper; its PID. The child never returns."""
+    state = prepared_state()
+    if state is None:
+        raise RuntimeError("a warm start was asked of a keeper whose supervisor preloaded nothing")
+    # The keeper signals the trial's process groups as soon as it knows the
+    # PID: the child must be in its own session by then, not in the
+    # supervisor's group. The pipe's end-of-file says it is.
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid != 0:
+        os.close(ready_w)
+        try:
+            os.read(ready_r, 1)
+        finally:
+            os.close(ready_r)
+        return pid
+    code = SETUP_FAILED
+    try:
+        os.setsid()
+        os.close(ready_w)
+        os.close(ready_r)
+        code = _run(spec, env, out, err, state)
+    except BaseException as error:  # never fall back into the keeper's code
+        try:
+            import traceback
+
+            text = "".join(traceback.format_exception(error))
+            os.write(2, f"localbackend: the warm start failed: {text}\n".encode())
+        except OSError:
+            pass
+    os._exit(code)
+
+
+def _run(
+    spec: Mapping[str, Any], env: Mapping[str, str], out: int, err: int, state: WarmState
+) -> int:
+    _default_signals()
+    _fresh_descriptors(out, err)
+    os.chdir(str(spec["cwd"]))
+    os.environ.clear()
+    os.environ.update(env)
+    argv = [str(word) for word in spec["argv"]]
+    script = argv[1]
+    _fresh_interpreter_state(argv, script, env, state)
+    _reseed()
+    _give_back_threads(env, state)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    return _run_script(script)
+
+
+def _default_signals() -> None:
+    """Every disposition as a cold interpreter sets it up (the mask is emptied last)."""
+    signal.set_wakeup_fd(-1)
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # signals the C library keeps for itself
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _fresh_descriptors(out: int, err: int) -> None:
+    """0 from /dev/null, 1 and 2 to the trial's logs, and nothing else open."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    for source, target in ((null, 0), (out, 1), (err, 2)):
+        os.dup2(source, target, inheritable=True)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+
+
+def _fresh_interpreter_state(
+    argv: list[str], script: str, env: Mapping[str, str], state: WarmState
+) -> None:
+    sys.argv = argv[1:]
+    sys.orig_argv = argv
+    first = [] if sys.flags.safe_path else [os.path.dirname(os.path.realpath(script))]
+    sys.path[:] = [*first, *state.cold_path]
+    sys.path_importer_cache.clear()
+    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        stream = _stdio(fd, name, state.stdio[name], unbuffered)
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+    tempfile: Any = sys.modules.get("tempfile")
+    if tempfile is not None:
+        tempfile.tempdir = None  # computed from the environment on first use
+
+
+def _stdio(fd: int, name: str, codec: tuple[str, str], unbuffered: bool) -> io.TextIOWrapper:
+    """A standard stream built as the interpreter builds it at start-up."""
+    reading = fd == 0
+    raw = io.FileIO(fd, "rb" if reading else "wb", closefd=False)
+    raw.name = f"<{name}>"
+    buffer: Any
+    if reading:
+        buffer = io.BufferedReader(raw)
+    elif unbuffered:
+        buffer = raw
+    else:
+        buffer = io.BufferedWriter(raw)
+    encoding, errors = codec
+    stream = io.TextIOWrapper(
+        buffer, encoding=encoding, errors=errors, newline="\n",
+        line_buffering=not unbuffered and fd == 2, write_through=unbuffered,
+    )
+    stream.mode = "r" if reading else "w"  # type: ignore[misc]
+    return stream
+
+
+def _reseed() -> None:
+    """Fresh random states, from the OS, as each module seeds itself at import."""
+    random.seed()
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.random.default_generator.seed()
+
+
+def _give_back_threads(env: Mapping[str, str], state: WarmState) -> None:
+    """OpenBLAS was held to one thread in the zygote; give the count a cold start gets."""
+    if state.openblas_setter is None:
+        return
+    count = _cold_openblas_threads(env)
+    if count != 1:
+        state.openblas_setter(count)
+
+
+def _cold_openblas_threads(env: Mapping[str, str]) -> int:
+    """The thread count OpenBLAS picks at load time, from the same variables."""
+    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        try:
+            value = int(env.get(name, "") or 0)
+        except ValueError:
+            value = 0
+        if value > 0:
+            return value
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _run_script(script: str) -> int:
+    """Run the script as ``__main__`` and end as the interpreter would; the exit code."""
+    filename = os.path.abspath(script)
+    main = types.ModuleType("__main__")
+    main.__dict__.update(
+        __file__=filename, __cached__=None, __package__=None, __spec__=None,
+        __loader__=SourceFileLoader("__main__", script), __builtins__=builtins,
+    )
+    sys.modules["__main__"] = main
+    interrupted = False
+    try:
+        with io.open_code(script) as source:
+            code = compile(source.read(), filename, "exec", dont_inherit=True)
+        exec(code, main.__dict__)
+        status = 0
+    except SystemExit as exit_request:
+        status = _exit_status(exit_request)
+    except BaseException as error:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        _print_uncaught(error, filename)
+        status = 1
+    status = _finish(status)
+    if interrupted:
+        # As Python does: die of SIGINT, so the parent sees how the script ended.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return status
+
+
+def _exit_status(exit_request: SystemExit) -> int:
+    """What ``sys.exit(value)`` exits with: None is 0, an int itself, anything else 1."""
+    value = exit_request.code
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    try:
+        sys.stderr.write(f"{value}\n")
+    except Exception:
+        pass
+    return 1
+
+
+def _print_uncaught(error: BaseException, filename: str) -> None:
+    """The traceback a cold start prints: from the script's first frame on."""
+    trace = error.__traceback__
+    while trace is not None and trace.tb_frame.f_code.co_filename != filename:
+        trace = trace.tb_next
+    error.__traceback__ = trace
+    sys.excepthook(type(error), error, trace)
+
+
+def _finish(status: int) -> int:
+    """The interpreter's end after a script: threads joined, atexit run, streams flushed."""
+    try:
+        shutdown: Optional[Any] = getattr(threading, "_shutdown", None)
+        if shutdown is not None:
+            shutdown()
+    except BaseException as error:  # a KeyboardInterrupt while joining, as Python reports
+        _print_uncaught(error, "")
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+    except Exception:
+        status = _FLUSH_FAILED
+    try:
+        sys.stderr.flush()
+    except Exception:
+        pass
+    return status
+

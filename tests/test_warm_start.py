@@ -1,0 +1,254 @@
+"""Warm starts (``preload``): a trial forked from the preloaded supervisor looks cold.
+
+Each property is seen from inside the trial (``tests/scripts/warm_probe.py``
+writes what it sees to ``facts.json``), for a warm and a cold run of the same
+script, and compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localbackend import BackendConfigurationError, LocalBackend, Status
+from localbackend.launchers.local._zygote import ColdStartWarning
+from tests.crash_helpers import alive, kill_pids
+from tests.helpers import collect, drain, format_logs, script, until_status, wait_for
+
+PROBE = script("warm_probe.py")
+STEPS = Path(__file__).resolve().parent / "drivers" / "steps.py"
+# Read only when a trial starts, so they differ between any two runs.
+_PER_RUN = ("LOCALBACKEND_RUN_START_TIME",)
+
+
+def _run_probe(
+    root: Path, endings: list[str], preload: list[str] | None, **options: Any
+) -> tuple[LocalBackend, list[dict[str, Any]], list[warnings.WarningMessage]]:
+    """Run the probe once per ending, all at once; the backend is closed on return."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend = LocalBackend(
+            PROBE, experiment_dir=root, preload=preload, grace_period=5.0, **options
+        )
+        with backend:
+            for ending in endings:
+                backend.start_trial({"ending": ending})
+            ids = list(range(len(endings)))
+            statuses, _ = drain(backend, ids)
+            runs = []
+            for trial_id in ids:
+                trial, status = statuses[trial_id]
+                facts_file = backend.trial_dir(trial_id) / "facts.json"
+                if not facts_file.exists():
+                    raise AssertionError("no facts.json\n" + format_logs(backend, [trial_id]))
+                text = facts_file.read_text().replace(str(root), "<EXP>")
+                runs.append({
+                    "facts": json.loads(text), "status": status, "exit_code": trial.exit_code,
+                    "stdout": "".join(backend.stdout(trial_id)),
+                    "stderr": "".join(backend.stderr(trial_id)),
+                })
+    return backend, runs, [w for w in caught if issubclass(w.category, ColdStartWarning)]
+
+
+def _comparable(facts: dict[str, Any]) -> dict[str, Any]:
+    facts = dict(facts)
+    facts.pop("random")
+    facts.pop("numpy_random", None)
+    facts["environ"] = {k: v for k, v in facts["environ"].items() if k not in _PER_RUN}
+    return facts
+
+
+def _modes(backend: LocalBackend) -> dict[tuple[int, int], Any]:
+    return dict(backend._supervisor.start_modes)
+
+
+def test_a_warm_trial_sees_what_a_cold_one_sees(tmp_path: Path) -> None:
+    cold_backend, cold, _ = _run_probe(tmp_path / "cold", ["ok"], None)
+    warm_backend, warm, caught = _run_probe(tmp_path / "warm", ["ok"], ["json", "decimal"])
+    assert _modes(warm_backend) == {(0, 0): None}, [str(w.message) for w in caught]
+    assert not caught
+    assert _modes(cold_backend) == {}
+    seen_cold, seen_warm = _comparable(cold[0]["facts"]), _comparable(warm[0]["facts"])
+    for key in seen_cold:
+        assert seen_warm[key] == seen_cold[key], (
+            f"{key}: warm {seen_warm[key]!r}, cold {seen_cold[key]!r}"
+        )
+    facts = warm[0]["facts"]
+    assert facts["session_leader"] and facts["group_leader"]
+    assert facts["fds"] == [0, 1, 2, 3]  # 3 is the listing's own descriptor
+    assert facts["mask"] == []
+    assert facts["handlers"]["SIGTERM"] == str(signal.SIG_DFL)
+    assert facts["handlers"]["SIGPIPE"] == str(signal.SIG_IGN)
+    assert facts["environ_reaches_children"]
+    assert facts["path"][0] == str(PROBE.parent)
+    assert facts["name"] == "__main__" and facts["main_is_this"]
+    assert warm[0]["stdout"] == cold[0]["stdout"] and warm[0]["stderr"] == cold[0]["stderr"]
+
+
+def test_random_states_are_reseeded_and_blas_gets_its_threads_back(tmp_path: Path) -> None:
+    _, cold, _ = _run_probe(tmp_path / "cold", ["numpy"], None)
+    backend, warm, caught = _run_probe(
+        tmp_path / "warm", ["numpy", "numpy"], ["numpy", "numpy.random"]
+    )
+    assert not caught, [str(w.message) for w in caught]
+    assert set(_modes(backend).values()) == {None}
+    first, second = warm[0]["facts"], warm[1]["facts"]
+    assert first["random"] != second["random"]
+    assert first["numpy_random"] != second["numpy_random"]
+    # The zygote held OpenBLAS to one thread; each trial has a cold start's count.
+    cold_count = cold[0]["facts"]["blas_threads"]
+    assert cold_count is not None
+    assert first["blas_threads"] == second["blas_threads"] == cold_count
+
+
+def test_exit_codes_tracebacks_atexit_and_threads_end_as_cold(tmp_path: Path) -> None:
+    endings = ["exit3", "message", "raise", "atexit"]
+    _, cold, _ = _run_probe(tmp_path / "cold", endings, None)
+    backend, warm, caught = _run_probe(tmp_path / "warm", endings, ["json"])
+    assert not caught
+    assert set(_modes(backend).values()) == {None}
+    for ending, c, w in zip(endings, cold, warm):
+        assert (w["status"], w["exit_code"]) == (c["status"], c["exit_code"]), ending
+        assert w["stdout"] == c["stdout"], ending
+        assert w["stderr"] == c["stderr"], ending
+    assert [w["exit_code"] for w in warm] == [3, 1, 1, 0]
+    assert "ValueError: deliberate" in warm[2]["stderr"]
+    assert warm[3]["stdout"].endswith("thread finished\natexit ran\n")
+
+
+def test_a_warm_trial_ends_on_sigterm_and_resumes_warm_exactly_once(tmp_path: Path) -> None:
+    with LocalBackend(STEPS, experiment_dir=tmp_path / "exp", preload=["json"]) as backend:
+        backend.start_trial({"steps": 30, "step_seconds": 0.03})
+        _, before = collect(backend, [0], lambda s, r: len(r) >= 5)
+        backend.pause_trial(0)
+        _, during = collect(backend, [0], until_status(Status.paused))
+        wait_for(lambda: not backend.busy_trial_ids(), what="the paused run to end")
+        _, late = backend.fetch_status_results([0])
+        backend.resume_trial(0)
+        statuses, after = drain(backend, [0])
+        assert statuses[0][1] == Status.completed, format_logs(backend, [0])
+        steps = [r["step"] for _, r in [*before, *during, *late, *after]]
+        assert steps == sorted(set(steps)), steps  # each once, in order
+        assert steps[-1] == 30
+        assert _modes(backend) == {(0, 0): None, (0, 1): None}
+        trial = statuses[0][0]
+        assert trial.exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"binary": [sys.executable, "-u"]}, "passes options to Python"),
+        ({"preload": ["no_such_module_for_warm_tests"]}, "importing the preload modules failed"),
+        ({"env": {"PYTHONHASHSEED": "7"}}, "PYTHONHASHSEED"),
+    ],
+)
+def test_a_run_that_cannot_start_warm_starts_cold_and_says_so_once(
+    tmp_path: Path, options: dict[str, Any], reason: str
+) -> None:
+    options = {"preload": ["json"], **options}
+    preload = options.pop("preload")
+    backend, runs, caught = _run_probe(tmp_path / "exp", ["ok", "ok"], preload, **options)
+    assert [r["exit_code"] for r in runs] == [0, 0], runs
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert reason in str(caught[0].message)
+    modes = _modes(backend)
+    assert len(modes) == 2 and all(reason in str(m) for m in modes.values())
+
+
+def test_a_zygote_with_threads_refuses_to_fork(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    helper = tmp_path / "modules" / "starts_a_thread.py"
+    helper.parent.mkdir()
+    helper.write_text(
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(helper.parent))
+    _, runs, caught = _run_probe(tmp_path / "exp", ["ok"], ["starts_a_thread"])
+    assert runs[0]["exit_code"] == 0
+    assert len(caught) == 1 and "2 threads" in str(caught[0].message)
+
+
+@pytest.mark.parametrize(
+    ("preload", "problem"),
+    [
+        ("numpy", "must be a list of module names"),
+        (["numpy", "not a name"], "is not a module name"),
+        (["numpy", 3], "is not a module name"),
+        (["cupy"], "initialises CUDA"),
+        (["torch.cuda"], "initialises CUDA"),
+    ],
+)
+def test_bad_preload_lists_are_refused(tmp_path: Path, preload: Any, problem: str) -> None:
+    with pytest.raises(BackendConfigurationError, match=problem):
+        LocalBackend(PROBE, experiment_dir=tmp_path / "exp", preload=preload)
+
+
+def test_preload_is_saved_and_restored(tmp_path: Path) -> None:
+    root = tmp_path / "exp"
+    with LocalBackend(PROBE, experiment_dir=root, preload=["json", "json", "decimal"]) as backend:
+        backend.start_trial({"ending": "ok"})
+        drain(backend, [0])
+    restored = LocalBackend.restore(root)
+    try:
+        assert restored._o.preload == ("json", "decimal")
+    finally:
+        restored.close()
+
+
+_DRIVER = textwrap.dedent("""
+    import json, sys, time
+    from localbackend import LocalBackend
+    root, ready = sys.argv[1], sys.argv[2]
+    backend = LocalBackend(sys.argv[3], experiment_dir=root, preload=["json"])
+    for _ in range(2):
+        backend.start_trial({"steps": 100000, "step_seconds": 0.05})
+    got = set()
+    while len(got) < 2 or len(backend._supervisor.start_modes) < 2:
+        backend.wait(1.0)
+        got.update(t for t, _ in backend.fetch_status_results([0, 1])[1])
+    pids = [json.load(open(backend.trial_dir(t) / "run.json"))["pid"] for t in (0, 1)]
+    modes = list(backend._supervisor.start_modes.values())
+    open(ready, "w").write(json.dumps({"pids": pids, "modes": modes}))
+    time.sleep(600)
+""")
+
+
+def test_a_killed_driver_leaves_no_warm_trial_behind(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, str(tmp_path / "exp"), str(ready), str(STEPS)],
+        stderr=subprocess.PIPE,
+    )
+    pids: list[int] = []
+    try:
+        wait_for(
+            lambda: ready.exists() or driver.poll() is not None, timeout=60,
+            what="the driver's warm trials",
+        )
+        assert ready.exists(), driver.communicate()[1].decode(errors="replace")
+        seen = json.loads(ready.read_text())
+        pids = seen["pids"]
+        assert seen["modes"] == [None, None]
+        assert len(alive(pids)) == 2
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        wait_for(lambda: not alive(pids), timeout=2.0, what=f"trials {pids} to end with the driver")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        assert driver.stderr is not None
+        driver.stderr.close()
+        kill_pids(pids)
