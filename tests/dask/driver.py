@@ -20,10 +20,11 @@ parser.add_argument("--entry", required=True)
 parser.add_argument("--trials", type=int, default=2)
 parser.add_argument("--ready", required=True)
 parser.add_argument("--lease-timeout", type=float, default=2.0)
+parser.add_argument("--detach", action="store_true")
 args = parser.parse_args()
 
 backend = LocalBackend(
-    args.entry, experiment_dir=args.experiment_dir, grace_period=1.0,
+    args.entry, experiment_dir=args.experiment_dir, grace_period=1.0, detach=args.detach,
     launcher=DaskLauncher(args.scheduler, lease_timeout=args.lease_timeout),
 )
 ids = [backend.start_trial({"epochs": 1000, "block_at": 2}).trial_id for _ in range(args.trials)]

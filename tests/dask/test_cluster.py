@@ -116,15 +116,17 @@ def test_stop_ends_the_whole_tree_on_the_worker(cluster: Cluster, tmp_path: Path
         assert alive(pids) == [], "the stopped trial's busy state ended before its tree"
 
 
-def test_a_sigkilled_driver_ends_its_trials_and_restore_resumes_them(
-    cluster: Cluster, tmp_path: Path
-) -> None:
+def kill_a_driver(cluster: Cluster, tmp_path: Path, *options: str) -> tuple[Path, list[int]]:
+    """Run tests/dask/driver.py until both its trials have reported, then SIGKILL it.
+
+    Returns the experiment folder and the PIDs of the trials and their keepers.
+    """
     experiment = tmp_path / "exp"
     ready = tmp_path / "ready"
     driver = subprocess.Popen(
         [sys.executable, str(HERE / "driver.py"), "--scheduler", cluster.address,
          "--experiment-dir", str(experiment), "--entry", str(script("checkpointing.py")),
-         "--ready", str(ready), "--lease-timeout", str(LEASE)],
+         "--ready", str(ready), "--lease-timeout", str(LEASE), *options],
         stderr=subprocess.PIPE, cwd=tmp_path,
     )
     try:
@@ -132,10 +134,16 @@ def test_a_sigkilled_driver_ends_its_trials_and_restore_resumes_them(
                  what="the driver to get ready")
         assert ready.exists(), driver.communicate()[1].decode(errors="replace")
         runs = [json.loads((experiment / str(t) / "run.json").read_text()) for t in (0, 1)]
-        pids = [pid for run in runs for pid in (run["pid"], run["keeper"])]
+        return experiment, [pid for run in runs for pid in (run["pid"], run["keeper"])]
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.communicate()
+
+
+def test_a_sigkilled_driver_ends_its_trials_and_restore_resumes_them(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    experiment, pids = kill_a_driver(cluster, tmp_path)
     # Within the lease and the keepers' fast end, with a margin for a busy machine.
     wait_gone(pids, timeout=LEASE + 15.0)
     assert alive(pids) == [], "the dead driver's trials outlived its lease"
@@ -172,3 +180,38 @@ def test_a_folder_the_workers_do_not_see_fails_the_first_start(
         message = str(raised.value)
         assert str(unshared) in message and "is not shared with Dask worker tcp://" in message
         assert backend.new_trial_id() == 0
+
+
+def test_detached_trials_outlive_their_driver_and_restore_reattaches(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    from distributed import Client
+
+    experiment, pids = kill_a_driver(cluster, tmp_path, "--detach")
+    journal = [json.loads(line) for line in (experiment / "journal.jsonl").read_text()
+               .splitlines() if line.strip()]
+    token = next(entry["token"] for entry in journal if entry.get("op") == "supervisor")
+
+    def sessions_ending() -> list[bool]:
+        """On a worker (sent by value): whether the dead driver's session saw its lease go."""
+        from localbackend.launchers.dask import _session
+
+        session = _session.existing(token)
+        return [] if session is None else [session.ending]
+
+    with Client(cluster.address, set_as_default=False) as client:
+        wait_for(
+            lambda: all(all(v) for v in client.run(sessions_ending).values()),
+            timeout=DEADLINE, what="the workers to see the dead driver's lease go stale",
+        )
+    assert sorted(alive(pids)) == sorted(pids), "a detached trial ended with its driver"
+
+    with LocalBackend.restore(experiment, launcher=DaskLauncher(cluster.address)) as restored:
+        statuses, _ = restored.fetch_status_results([0, 1])
+        assert [statuses[t][1] for t in (0, 1)] == ["InProgress", "InProgress"]
+        restored.stop_trial(0)
+        restored.pause_trial(1)
+        wait_not_busy(restored, [0, 1])
+        statuses, _ = restored.fetch_status_results([0, 1])
+        assert [statuses[t][1] for t in (0, 1)] == ["Stopped", "Paused"]
+        assert alive(pids) == []
