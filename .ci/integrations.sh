@@ -44,7 +44,9 @@ if torch.version.cuda is not None:
 PY
 echo "integration extras installed in $((SECONDS - start)) s"
 
-"$python" -m pytest tests/integrations tests/conformance -m integration -q
+# tests/dask/test_integrations.py: the adapters on a Dask cluster (skipped without dask).
+"$python" -m pytest tests/integrations tests/conformance tests/dask/test_integrations.py \
+    -m integration -q
 echo "integration and conformance run took $((SECONDS - start)) s"
 
 # The lean Syne Tune install the README documents: the adapter, the Tuner and
