@@ -141,6 +141,11 @@ def _add_tune(commands: Any) -> None:
         "--view", choices=("auto", "live", "plain"), default="auto",
         help="live table (terminal) or plain log lines (default: auto)",
     )
+    tune.add_argument(
+        "--preload", metavar="MODULES",
+        help="comma-separated modules to import once, so that trials start warm, by fork "
+        "(e.g. numpy,torch); a trial that cannot starts cold, with a warning",
+    )
     _limit_options(tune)
 
 
@@ -213,6 +218,11 @@ def _add_check(commands: Any) -> None:
         help="longest a check waits for the script (default: 120)",
     )
     check.add_argument("--experiment-dir", metavar="DIR")
+    check.add_argument(
+        "--preload", metavar="MODULES",
+        help="run every check warm, with these comma-separated modules preloaded (e.g. "
+        "numpy,torch), and compare what the script reports with a cold start",
+    )
 
 
 def _add_inspect(commands: Any) -> None:

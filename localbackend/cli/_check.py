@@ -45,6 +45,7 @@ from ._check_verdicts import (
     judge_sigterm,
     more_work,
 )
+from ._check_warm import judge_warm_start, preload_names
 from ._common import CliError, format_value
 from ._search_space import build_search_space
 
@@ -109,13 +110,17 @@ def run_check(args: argparse.Namespace) -> int:
     if args.grace_period < 0 or args.timeout <= 0:
         raise CliError("--grace-period must be >= 0 and --timeout > 0 seconds")
     config = build_search_space(None, args.param).sample(random.Random(args.seed))
+    preload = preload_names(args.preload)
     backend = LocalBackend(
-        script, experiment_dir=args.experiment_dir, grace_period=args.grace_period
+        script, experiment_dir=args.experiment_dir, grace_period=args.grace_period,
+        preload=preload,
     )
     shown = " ".join(f"{k}={format_value(v)}" for k, v in config.items()) or "no config"
     print(f"check {args.script} {shown}\nexperiment folder: {backend.experiment_dir}", flush=True)
     try:
         verdicts = _run_checks(backend, config, args)
+        if preload is not None:  # trial A ran warm: compare it with a cold run
+            verdicts.append(judge_warm_start(backend, config, args))
     finally:
         backend.close()
     width = max(len(v.check) for v in verdicts)

@@ -39,6 +39,7 @@ _FIXED_ON_RESUME = (
     ("--grace-period", "grace_period"), ("--reduction-factor", "reduction_factor"),
     ("--min-resource", "min_resource"), ("--population", "population"),
     ("--pbt-interval", "pbt_interval"), ("--pbt-mutate", "pbt_mutate"),
+    ("--preload", "preload"),
 )
 
 
@@ -97,6 +98,7 @@ def _new_tuner(args: argparse.Namespace) -> Tuner:
         population=args.population,
         pbt_interval=interval,
         pbt_mutate=_split_names(args.pbt_mutate),
+        preload=_split_names(args.preload),
     )
     _check_options(options, space)
     root = Path(args.experiment_dir) if args.experiment_dir else default_experiment_dir()
@@ -111,7 +113,7 @@ def _new_tuner(args: argparse.Namespace) -> Tuner:
         raise CliError(f"--experiment-dir {root} is not empty; choose a new or empty folder")
     settings: dict[str, Any] = dict(
         experiment_dir=root, grace_period=options.grace_period,
-        launcher=trial_launcher(args), **backend_limits(args, options),
+        launcher=trial_launcher(args), preload=options.preload, **backend_limits(args, options),
     )
     backend = (FunctionBackend(function, **settings) if function is not None
                else LocalBackend(script, **settings))
@@ -225,7 +227,7 @@ def _check_fixed(args: argparse.Namespace, saved: TuneOptions) -> None:
         given = getattr(args, name)
         if given is None:
             continue
-        if name == "pbt_mutate":
+        if name in ("pbt_mutate", "preload"):
             given = _split_names(given)
         kept = getattr(saved, name)
         if _same_setting(given, kept):

@@ -33,6 +33,8 @@ class TuneOptions:
     population: int
     pbt_interval: Optional[float]
     pbt_mutate: Optional[list[str]]
+    # Modules preloaded for warm starts (``--preload``).
+    preload: Optional[list[str]] = None
 
 
 __all__ = ["TuneOptions"]

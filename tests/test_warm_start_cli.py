@@ -1,0 +1,67 @@
+"""``tune --preload`` and ``check --preload``, through the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = REPO / "entrypoints" / "train_numpy.py"
+SENSITIVE = REPO / "tests" / "scripts" / "warm_sensitive.py"
+VERDICT = re.compile(r"^\s+(PASS|FAIL|SKIP)\s+(\S+)\s+(.*)$", re.MULTILINE)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALBACKEND_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "localbackend.cli", *args],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+
+
+def test_check_preload_runs_every_check_warm_and_compares_with_cold(tmp_path: Path) -> None:
+    result = cli(
+        "check", str(TRAIN), "--metric", "loss", "--grace-period", "1", "-p", "epochs=4",
+        "-p", "epoch_seconds=0.1", "--preload", "numpy", "--experiment-dir", str(tmp_path / "c"),
+    )
+    output = f"{result.stdout}\n{result.stderr}"
+    verdicts = {name: outcome for outcome, name, _ in VERDICT.findall(result.stdout)}
+    assert set(verdicts.values()) == {"PASS"}, output
+    assert "warm-start" in verdicts, output
+    assert result.returncode == 0, output
+    assert "starts cold" not in output, output
+
+
+def test_check_preload_fails_a_script_whose_warm_start_reports_otherwise(tmp_path: Path) -> None:
+    result = cli(
+        "check", str(SENSITIVE), "--metric", "loss", "--grace-period", "1",
+        "--preload", "json", "--experiment-dir", str(tmp_path / "c"),
+    )
+    output = f"{result.stdout}\n{result.stderr}"
+    lines = {name: (outcome, detail) for outcome, name, detail in VERDICT.findall(result.stdout)}
+    assert lines["warm-start"][0] == "FAIL", output
+    assert "the warm run reports loss" in lines["warm-start"][1], output
+    assert result.returncode == 1, output
+
+
+def test_tune_preload_starts_trials_warm_and_keeps_it_on_resume(tmp_path: Path) -> None:
+    root = tmp_path / "tune"
+    result = cli(
+        "tune", str(TRAIN), "--metric", "loss", "--scheduler", "random", "-p", "epochs=2",
+        "-p", "epoch_seconds=0.01", "-p", "lr=uniform(0.01,0.1)", "--max-trials", "3",
+        "--workers", "2", "--view", "plain", "--preload", "numpy",
+        "--experiment-dir", str(root),
+    )
+    output = f"{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, output
+    assert "starts cold" not in output, output
+    assert json.loads((root / "experiment.json").read_text())["options"]["preload"] == ["numpy"]
+    assert json.loads((root / "tuner.json").read_text())["options"]["preload"] == ["numpy"]
+    changed = cli("tune", "--resume", str(root), "--preload", "numpy,torch")
+    assert changed.returncode != 0
+    assert "--preload cannot change on resume" in changed.stderr, changed.stderr
