@@ -18,11 +18,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from bench._contenders import optional_contenders
 from bench._env import BENCH_DIR, REPO, SetupError, ensure_syne, machine_lines, package_versions
 from bench._plan import PROFILES, Job, JobResult, Profile
 from bench._stats import Check, Section, Table
 
-CONTENDERS = ("floor", "localbackend", "syne")
+CONTENDERS = ("floor", "localbackend", "syne", "ray")
 
 # Scenario name -> (module in bench.scenarios, its summary function), in the
 # issue's order. Memory is read from the throughput scenario's drivers.
@@ -35,6 +36,8 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "idle": ("idle", "summarize"),
     "scale": ("scale", "summarize"),
     "dask": ("dask_cluster", "summarize"),
+    "end_to_end": ("end_to_end", "summarize"),
+    "warm_start": ("warm_start", "summarize"),
 }
 
 ANALYSIS = BENCH_DIR / "analysis.md"
@@ -72,7 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--contenders", default=",".join(CONTENDERS),
-        help="comma-separated subset of floor,localbackend,syne (default: all)",
+        help="comma-separated subset of floor,localbackend,syne,ray (default: all; ray and "
+        "Syne Tune's Tuner run only in the end_to_end scenario)",
     )
     parser.add_argument(
         "--syne-python", default=None,
@@ -177,7 +181,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, list[JobResult]], list[str]
     if args.rounds is not None:
         if args.rounds < 1:
             raise SystemExit("--rounds must be at least 1")
-        profile = profile.replace(rounds=args.rounds, checkpoint_rounds=args.rounds)
+        profile = profile.replace(rounds=args.rounds, checkpoint_rounds=args.rounds,
+                                  e2e_rounds=args.rounds)
     scenarios = selected_scenarios(args.only)
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     bad = [c for c in contenders if c not in CONTENDERS]
@@ -198,6 +203,11 @@ def run(args: argparse.Namespace) -> tuple[dict[str, list[JobResult]], list[str]
             interpreters["syne"] = syne_python
             deps = package_versions(syne_python, ("numpy", "dill", "psutil"))
             header.append(f"Syne Tune: {version} in {syne_python.parent.parent} ({deps})")
+
+    if "end_to_end" in scenarios:
+        header += optional_contenders(contenders, interpreters, not args.no_install)
+    else:
+        contenders = [c for c in contenders if c != "ray"]
 
     work_root = Path(args.workdir).absolute()
     run_dir = work_root / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"

@@ -49,6 +49,12 @@ class Profile:
     scale_block: int
     scale_warmup: int
     syne_scale_poll: float
+    # 8. end to end (defaults: results saved before the scenario existed)
+    e2e_trials: int = 64
+    e2e_epochs: int = 27
+    e2e_workers: int = 2
+    e2e_rounds: int = 3
+    e2e_syne_sleeps: tuple[float, ...] = (5.0, 0.1)
 
     def replace(self, **changes: Any) -> Profile:
         return dataclasses.replace(self, **changes)
@@ -83,6 +89,11 @@ FULL = Profile(
     scale_block=100,
     scale_warmup=20,
     syne_scale_poll=0.01,
+    e2e_trials=64,
+    e2e_epochs=27,
+    e2e_workers=2,
+    e2e_rounds=3,
+    e2e_syne_sleeps=(5.0, 0.1),
 )
 
 QUICK = FULL.replace(
@@ -105,6 +116,10 @@ QUICK = FULL.replace(
     idle_window=1.0,
     scale_trials=240,
     scale_block=40,
+    e2e_trials=16,
+    e2e_epochs=9,
+    e2e_rounds=1,
+    e2e_syne_sleeps=(0.1,),
 )
 
 # For the test suite: every code path once, in seconds.
@@ -126,6 +141,8 @@ SMOKE = QUICK.replace(
     scale_trials=12,
     scale_block=4,
     scale_warmup=4,
+    e2e_trials=4,
+    e2e_epochs=3,
 )
 
 PROFILES = {p.name: p for p in (FULL, QUICK, SMOKE)}

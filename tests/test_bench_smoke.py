@@ -23,6 +23,7 @@ SECTIONS = (
     "6. Idle cost",
     "7. Scale",
     "Dask",
+    "8. End to end",
 )
 SYNE_PYTHON = REPO / "bench" / ".venv-syne" / "bin" / "python"
 

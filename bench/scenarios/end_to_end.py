@@ -1,0 +1,123 @@
+"""Report for 8. end to end; the drivers are ``bench.drivers.end_to_end``.
+
+The job a user would run, with each tool a user might pick: ASHA over
+``entrypoints/train_numpy.py``. Syne Tune's Tuner and Ray Tune are optional
+contenders in their own venvs (``bench._contenders``), selected with the
+``syne`` and ``ray`` contenders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench._plan import LOCALBACKEND, Job, JobResult, Profile, errors_of, results_for, summary
+from bench._stats import (
+    MEBIBYTES,
+    PLAIN,
+    SECONDS,
+    Check,
+    Section,
+    Summary,
+    Table,
+    format_summary,
+)
+
+TUNE = f"{LOCALBACKEND} tune"
+
+
+def syne_label(sleep_time: float) -> str:
+    return f"syne-tune 0.16 Tuner, sleep_time {sleep_time:g} s"
+
+
+def ray_label(reuse_actors: bool) -> str:
+    return f"Ray Tune, reuse_actors={reuse_actors}"
+
+
+def jobs(profile: Profile, contenders: list[str]) -> list[Job]:
+    params: dict[str, Any] = {
+        "trials": profile.e2e_trials, "epochs": profile.e2e_epochs,
+        "workers": profile.e2e_workers, "reduction_factor": 3, "seed": 0,
+    }
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    if "localbackend" in contenders:
+        rows.append(("localbackend", TUNE, {}))
+    if "syne_tuner" in contenders:
+        rows += [("syne_tuner", syne_label(s), {"sleep_time": s}) for s in profile.e2e_syne_sleeps]
+    if "ray" in contenders:
+        rows += [("ray", ray_label(reuse), {"reuse_actors": reuse}) for reuse in (False, True)]
+    return [
+        Job("end_to_end", contender, label, round_, {**params, **extra}, timeout=1800.0)
+        for round_ in range(profile.e2e_rounds)
+        for contender, label, extra in rows
+    ]
+
+
+def _per_epoch(results: list[JobResult], label: str, key: str) -> Summary | None:
+    return Summary.of(
+        r.measurements[key] / r.measurements["epochs"]
+        for r in results_for(results, label)
+        if r.measurements is not None and r.measurements.get("epochs")
+    )
+
+
+def _count(value: Summary | None) -> str:
+    if value is None:
+        return "-"
+    if value.count == 1 or value.low == value.high:
+        return f"{value.median:g}"
+    return f"{value.median:g} [{value.low:g}-{value.high:g}]"
+
+
+def summarize(results: list[JobResult], profile: Profile) -> Section:
+    section = Section(
+        "8. End to end: ASHA over train_numpy.py",
+        f"{profile.e2e_trials} trials of `entrypoints/train_numpy.py`, up to "
+        f"{profile.e2e_epochs} epochs each (no demo sleep), {profile.e2e_workers} at a time, "
+        f"ASHA with reduction factor 3 and its first rung at 1 epoch, minimizing the "
+        f"validation loss; median [min-max] over {profile.e2e_rounds} fresh drivers per row. "
+        f"Each tool draws its own configurations from the same search space "
+        f"(`entrypoints/search_space.json`), so epochs and the best loss differ between them.",
+    )
+    table = Table(["contender", "wall", "total CPU", "CPU / epoch", "peak memory (PSS, tree)",
+                   "tuner peak RSS", "zombies at peak", "epochs trained", "best loss"])
+    labels = sorted({r.job.label for r in results}, key=lambda x: (x != TUNE, x))
+    walls: dict[str, Summary] = {}
+    cpus: dict[str, Summary] = {}
+    for label in labels:
+        wall, cpu = summary(results, label, "wall_s"), summary(results, label, "tree_cpu_s")
+        if wall is not None and cpu is not None:
+            walls[label], cpus[label] = wall, cpu
+        table.add(
+            label, format_summary(wall, SECONDS), format_summary(cpu, SECONDS),
+            format_summary(_per_epoch(results, label, "tree_cpu_s"), SECONDS),
+            format_summary(summary(results, label, "peak_tree_bytes"), MEBIBYTES),
+            format_summary(summary(results, label, "peak_driver_bytes"), MEBIBYTES),
+            _count(summary(results, label, "peak_zombies")),
+            _count(summary(results, label, "epochs")),
+            format_summary(summary(results, label, "best_loss"), PLAIN),
+        )
+    section.tables.append(("", table))
+    others = [label for label in walls if label != TUNE]
+    if TUNE in walls and others:
+        for name, values in (("wall time", walls), ("total CPU", cpus)):
+            best = min(others, key=lambda label: values[label].median)
+            ours, theirs = values[TUNE].median, values[best].median
+            section.checks.append(Check(
+                f"{name} at or below the best of the others",
+                f"{ours:.1f} s against {theirs:.1f} s ({best})", ours <= theirs,
+            ))
+    section.notes.append(
+        "What differs. localbackend's ASHA pauses a trial at a rung and later resumes the "
+        "ones it promotes from their checkpoints: each resume is a new Python process that "
+        "imports numpy again and loads its checkpoint. Syne Tune's ASHA and Ray's "
+        "`ASHAScheduler` stop the trials they do not promote and let promoted ones run on, "
+        "so they never resume. Syne Tune runs the unchanged script as a process per trial "
+        "and polls every `sleep_time`; Ray runs the training function inside long-lived "
+        "actor processes (a fresh actor per trial unless `reuse_actors`), next to its own "
+        "daemons (GCS, raylet), which the CPU and memory columns include. Total CPU is that "
+        "of every process of the tree, the driver included (it makes itself a subreaper and "
+        "reaps everything); memory is the peak of the tree's summed PSS, sampled every "
+        "100 ms, so shared pages count once."
+    )
+    section.errors += errors_of(results)
+    return section
