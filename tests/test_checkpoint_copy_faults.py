@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -23,16 +22,7 @@ import pytest
 from localbackend import checkpoint
 from localbackend._paths import TrialPaths
 from localbackend.core import _copying, _storage
-
-
-def digest(folder: Path) -> dict[str, str]:
-    if not folder.exists():
-        return {}
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
+from tests.test_backend_checkpoints import tree_digest
 
 
 def make_trial(root: Path, name: str, content: bytes, *, loose: bool = True) -> TrialPaths:
@@ -76,13 +66,13 @@ def test_a_refused_link_falls_back_to_copying_every_file(
     code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = make_trial(tmp_path, "0", b"weights")
-    before = digest(source.checkpoints)
+    before = tree_digest(source.checkpoints)
     target = TrialPaths(tmp_path / "1")
     link, calls = failing(code)
     monkeypatch.setattr(_copying.os, "link", link)
     _storage.copy_checkpoint_folder(source, target)
     assert len(calls) == 1  # the filesystem said no once; later files are not tried
-    assert digest(target.checkpoints) == before
+    assert tree_digest(target.checkpoints) == before
     assert shared_with(source, target) == set()
     for path in target.checkpoints.rglob("*.bin"):
         assert os.stat(path).st_mode & 0o200, path  # a copy keeps its write permission
@@ -98,7 +88,7 @@ def test_a_file_with_too_many_links_is_copied_and_the_rest_still_linked(
     _storage.copy_checkpoint_folder(source, target)
     assert len(calls) == 3
     assert len(shared_with(source, target)) == 2
-    assert digest(target.checkpoints) == digest(source.checkpoints)
+    assert tree_digest(target.checkpoints) == tree_digest(source.checkpoints)
 
 
 def test_without_reflinks_or_copy_file_range_files_are_still_copied_whole(
@@ -114,7 +104,7 @@ def test_without_reflinks_or_copy_file_range_files_are_still_copied_whole(
     monkeypatch.setattr(_copying.os, "link", failing(errno.EXDEV)[0])
     _storage.copy_checkpoint_folder(source, target)
     assert (len(clones), len(ranges)) == (1, 1)  # each tried once, then left alone
-    assert digest(target.checkpoints) == digest(source.checkpoints)
+    assert tree_digest(target.checkpoints) == tree_digest(source.checkpoints)
 
 
 def test_a_filesystem_with_reflinks_clones_the_copied_files(
@@ -135,7 +125,7 @@ def test_a_filesystem_with_reflinks_clones_the_copied_files(
     monkeypatch.setattr(fcntl, "ioctl", ficlone)
     _storage.copy_checkpoint_folder(source, target)
     assert len(cloned) == 1  # the loose file; published files are linked
-    assert digest(target.checkpoints) == digest(source.checkpoints)
+    assert tree_digest(target.checkpoints) == tree_digest(source.checkpoints)
 
 
 @pytest.mark.parametrize("where", ["link", "copy"])
@@ -144,10 +134,10 @@ def test_a_failure_while_copying_leaves_the_target_as_it_was(
     where: str, existing_target: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = make_trial(tmp_path, "0", b"new")
-    before = digest(source.checkpoints)
+    before = tree_digest(source.checkpoints)
     target = (make_trial(tmp_path, "1", b"old") if existing_target
               else TrialPaths(tmp_path / "1"))
-    target_before = digest(target.checkpoints)
+    target_before = tree_digest(target.checkpoints)
     if where == "link":
         monkeypatch.setattr(_copying.os, "link", failing(errno.EIO)[0])
     else:
@@ -155,8 +145,8 @@ def test_a_failure_while_copying_leaves_the_target_as_it_was(
         monkeypatch.setattr(_copying.os, "copy_file_range", failing(errno.ENOSPC)[0])
     with pytest.raises(OSError, match="injected"):
         _storage.copy_checkpoint_folder(source, target)
-    assert digest(target.checkpoints) == target_before
-    assert digest(source.checkpoints) == before
+    assert tree_digest(target.checkpoints) == target_before
+    assert tree_digest(source.checkpoints) == before
     target.root.mkdir(exist_ok=True)
     assert [p.name for p in target.root.iterdir() if p.name.startswith(".")] == []
 
@@ -166,10 +156,10 @@ def test_a_failed_publish_or_flush_leaves_the_target_as_it_was(
     step: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = make_trial(tmp_path, "0", b"new")
-    before = digest(source.checkpoints)
+    before = tree_digest(source.checkpoints)
     target = (make_trial(tmp_path, "1", b"old") if step == "exchange"
               else TrialPaths(tmp_path / "1"))
-    target_before = digest(target.checkpoints)
+    target_before = tree_digest(target.checkpoints)
     if step == "replace":
         monkeypatch.setattr(_storage.os, "replace", failing(errno.EIO)[0])
     elif step == "exchange":
@@ -180,11 +170,11 @@ def test_a_failed_publish_or_flush_leaves_the_target_as_it_was(
     with pytest.raises(OSError, match=r"injected|Input/output"):
         _storage.copy_checkpoint_folder(source, target)
     monkeypatch.undo()
-    assert digest(target.checkpoints) == target_before
-    assert digest(source.checkpoints) == before
+    assert tree_digest(target.checkpoints) == target_before
+    assert tree_digest(source.checkpoints) == before
     assert [p.name for p in target.root.iterdir() if p.name.startswith(".")] == []
     _storage.copy_checkpoint_folder(source, target)  # and it works once the fault is gone
-    assert digest(target.checkpoints) == before
+    assert tree_digest(target.checkpoints) == before
 
 
 def _errno_call(raising: Callable[..., Any]) -> Callable[[int], int]:
@@ -274,8 +264,8 @@ def test_copying_over_a_target_leaves_no_staging_folder(tmp_path: Path) -> None:
     target = make_trial(tmp_path, "1", b"old")
     _storage.copy_checkpoint_folder(source, target)
     _storage.copy_checkpoint_folder(source, target)
-    assert digest(target.checkpoints) == digest(source.checkpoints)
+    assert tree_digest(target.checkpoints) == tree_digest(source.checkpoints)
     assert sorted(p.name for p in target.root.iterdir()) == ["checkpoints"]
     shutil.rmtree(source.root)  # the target's shared files survive the source's deletion
     assert checkpoint.latest(directory=target.checkpoints) is not None
-    assert len(digest(target.checkpoints)) == 4
+    assert len(tree_digest(target.checkpoints)) == 4

@@ -10,7 +10,6 @@ the files, as a trial of that user would.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -27,17 +26,11 @@ from localbackend import LocalBackend, Status, checkpoint
 from localbackend._paths import TrialPaths
 from localbackend.core import _storage
 from tests.helpers import collect, format_logs, script, until_status, wait_not_busy
+from tests.test_backend_checkpoints import tree_digest
 
 NOBODY = 65534
 
 
-def digest(folder: Path) -> dict[str, str]:
-    """Relative path -> content hash of every file under ``folder``."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 @pytest.fixture
@@ -113,10 +106,10 @@ def test_published_files_are_shared_read_only_and_loose_files_are_copied(
     open_root: Path,
 ) -> None:
     source = make_source(open_root)
-    before = digest(source.checkpoints)
+    before = tree_digest(source.checkpoints)
     target = target_of(open_root)
     _storage.copy_checkpoint_folder(source, target)
-    assert digest(target.checkpoints) == before
+    assert tree_digest(target.checkpoints) == before
     for copied in published_files(target):
         original = source.checkpoints / copied.relative_to(target.checkpoints)
         assert os.stat(copied).st_ino == os.stat(original).st_ino, copied
@@ -138,14 +131,14 @@ def test_rewriting_a_shared_file_in_place_fails_loudly_and_changes_neither(
         # The files belong to the trial's user, as they would if it had saved them.
         for path in (open_root, *open_root.rglob("*")):
             os.chown(path, NOBODY, NOBODY)
-    before = digest(source.checkpoints)
+    before = tree_digest(source.checkpoints)
     target = target_of(open_root)
     _storage.copy_checkpoint_folder(source, target)
     side = target if writer == "target" else source
     for path in published_files(side):
         assert rewrite(path, how, unprivileged=True) == "PermissionError", path
-    assert digest(source.checkpoints) == before
-    assert digest(target.checkpoints) == before
+    assert tree_digest(source.checkpoints) == before
+    assert tree_digest(target.checkpoints) == before
 
 
 @pytest.mark.parametrize("how", ["truncate", "append", "overwrite"])
@@ -154,13 +147,13 @@ def test_rewriting_a_copied_loose_file_in_place_never_reaches_the_other_trial(
     how: str, writer: str, open_root: Path
 ) -> None:
     source = make_source(open_root)
-    before = digest(source.checkpoints)
+    before = tree_digest(source.checkpoints)
     target = target_of(open_root)
     _storage.copy_checkpoint_folder(source, target)
     side, other = (target, source) if writer == "target" else (source, target)
     assert rewrite(side.checkpoints / "model.pt", how) == "ok"
-    assert digest(other.checkpoints) == before
-    assert digest(side.checkpoints)["model.pt"] != before["model.pt"]
+    assert tree_digest(other.checkpoints) == before
+    assert tree_digest(side.checkpoints)["model.pt"] != before["model.pt"]
 
 
 def test_a_checkpoint_saved_in_the_target_is_a_new_folder_and_the_source_keeps_its_own(
@@ -173,7 +166,7 @@ def test_a_checkpoint_saved_in_the_target_is_a_new_folder_and_the_source_keeps_i
         assert statuses[source_id][1] == Status.completed, format_logs(backend, [source_id])
         wait_not_busy(backend, [source_id])
         source = backend.trial_dir(source_id) / "checkpoints"
-        before = digest(source)
+        before = tree_digest(source)
         inodes = {p: os.stat(p).st_ino for p in source.rglob("*") if p.is_file()}
         target_id = backend.new_trial_id()
         backend.copy_checkpoint(source_id, target_id)
@@ -186,7 +179,7 @@ def test_a_checkpoint_saved_in_the_target_is_a_new_folder_and_the_source_keeps_i
         assert statuses[trial.trial_id][1] == Status.completed, format_logs(backend)
         assert [r["epoch"] for _, r in results] == [2, 3, 4]
         wait_not_busy(backend, [trial.trial_id])
-        assert digest(source) == before
+        assert tree_digest(source) == before
         assert {p: os.stat(p).st_ino for p in inodes} == inodes
         target = backend.trial_dir(trial.trial_id) / "checkpoints"
         assert checkpoint.load_json(directory=target) == {"epoch": 4}
