@@ -63,6 +63,7 @@ def _comparable(facts: dict[str, Any]) -> dict[str, Any]:
     facts = dict(facts)
     facts.pop("random")
     facts.pop("numpy_random", None)
+    facts.pop("torch_seed", None)
     facts["environ"] = {k: v for k, v in facts["environ"].items() if k not in _PER_RUN}
     return facts
 
@@ -110,6 +111,19 @@ def test_random_states_are_reseeded_and_blas_gets_its_threads_back(tmp_path: Pat
     assert first["blas_threads"] == second["blas_threads"] == cold_count
 
 
+def test_torch_trials_start_warm_with_their_threads_and_fresh_seeds(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    _, cold, _ = _run_probe(tmp_path / "cold", ["torch"], None)
+    backend, warm, caught = _run_probe(tmp_path / "warm", ["torch", "torch"], ["torch"])
+    assert not caught, [str(w.message) for w in caught]
+    assert set(_modes(backend).values()) == {None}
+    first, second = warm[0]["facts"], warm[1]["facts"]
+    assert first["torch_seed"] != second["torch_seed"]
+    assert first["torch_threads"] == second["torch_threads"] == cold[0]["facts"]["torch_threads"]
+    assert not first["torch_cuda_initialized"]
+    assert _comparable(first) == _comparable(cold[0]["facts"])
+
+
 def test_exit_codes_tracebacks_atexit_and_threads_end_as_cold(tmp_path: Path) -> None:
     endings = ["exit3", "message", "raise", "atexit"]
     _, cold, _ = _run_probe(tmp_path / "cold", endings, None)
@@ -132,7 +146,8 @@ def test_a_warm_trial_ends_on_sigterm_and_resumes_warm_exactly_once(tmp_path: Pa
         backend.pause_trial(0)
         _, during = collect(backend, [0], until_status(Status.paused))
         wait_for(lambda: not backend.busy_trial_ids(), what="the paused run to end")
-        _, late = backend.fetch_status_results([0])
+        paused, late = backend.fetch_status_results([0])
+        assert paused[0][0].exit_signal == "SIGTERM"  # default handling, as cold
         backend.resume_trial(0)
         statuses, after = drain(backend, [0])
         assert statuses[0][1] == Status.completed, format_logs(backend, [0])
@@ -142,6 +157,25 @@ def test_a_warm_trial_ends_on_sigterm_and_resumes_warm_exactly_once(tmp_path: Pa
         assert _modes(backend) == {(0, 0): None, (0, 1): None}
         trial = statuses[0][0]
         assert trial.exit_code == 0
+
+
+def test_a_stop_right_after_a_warm_start_reaches_only_that_trial(tmp_path: Path) -> None:
+    # The keeper signals the trial's process groups as soon as it has the PID;
+    # a child not yet in its own session would share the supervisor's group.
+    with LocalBackend(STEPS, experiment_dir=tmp_path / "exp", preload=["json"]) as backend:
+        backend.start_trial({"steps": 100000, "step_seconds": 0.05})
+        collect(backend, [0], lambda s, r: len(r) >= 1)
+        for trial_id in range(1, 6):
+            backend.start_trial({"steps": 100000, "step_seconds": 0.05})
+            backend.stop_trial(trial_id)
+        ids = list(range(6))
+        wait_for(
+            lambda: {t for t, _ in backend.busy_trial_ids()} == {0}, timeout=30,
+            what="the stopped trials to end", on_fail=lambda: format_logs(backend, ids),
+        )
+        statuses, _ = collect(backend, [0], lambda s, r: len(r) >= 3)
+        assert statuses[0][1] == Status.in_progress, format_logs(backend, [0])
+        assert set(_modes(backend).values()) == {None}
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,9 @@
 
 Used by tests/test_warm_start.py to compare a warm start with a cold one.
 Endings: ok, exit3 (sys.exit(3)), message (sys.exit("bye")), raise
-(ValueError), numpy (import numpy first), atexit (an atexit handler and a non-daemon thread print
-after the script's end), sigterm (wait for SIGTERM, with default handling).
+(ValueError), numpy or torch (import it first), atexit (an atexit handler
+and a non-daemon thread print after the script's end), sigterm (wait for
+SIGTERM, with default handling).
 """
 
 import atexit
@@ -18,6 +19,8 @@ import time
 ending = sys.argv[sys.argv.index("--ending") + 1] if "--ending" in sys.argv else "ok"
 if ending == "numpy":
     import numpy  # noqa: F401
+if ending == "torch":
+    import torch  # noqa: F401
 
 
 def environ_of_a_child() -> dict[str, str]:
@@ -35,6 +38,15 @@ def numpy_facts() -> dict[str, object]:
     import numpy
 
     return {"numpy_random": float(numpy.random.rand())}
+
+
+def torch_facts() -> dict[str, object]:
+    if "torch" not in sys.modules:
+        return {}
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(), "torch_seed": torch.initial_seed(),
+            "torch_cuda_initialized": torch.cuda.is_initialized()}
 
 
 def blas_threads() -> object:
@@ -86,6 +98,7 @@ facts = {
     "threads": len(os.listdir("/proc/self/task")),
     "blas_threads": blas_threads(),
     **numpy_facts(),
+    **torch_facts(),
 }
 with open(os.path.join(os.environ["LOCALBACKEND_TRIAL_DIR"], "facts.json"), "w") as out:
     json.dump(facts, out)
