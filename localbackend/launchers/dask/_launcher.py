@@ -26,22 +26,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..._errors import BackendConfigurationError, SupervisorError
-from ..._files import read_json_object
 from ..._paths import ExperimentPaths, TrialPaths
 from .._base import (
     Launcher,
     LauncherCapabilities,
     RunEvent,
-    RunExited,
     RunHandle,
     RunLost,
     RunNotStarted,
     RunSpec,
 )
+from ..local._launcher import attached_run_end
 from . import _task as task
 from ._connect import connect
 from ._lease import LeaseWriter
-from ._outcomes import KEEPER_DIED, end_event, failure_event, started_event
+from ._outcomes import end_event, failure_event, started_event
 from ._shared import check_shared_folder
 
 # Beyond the grace period, how long shutdown waits for the runs' tasks to return.
@@ -324,11 +323,7 @@ class DaskLauncher(Launcher):
             if self.is_alive(handle):
                 continue
             del self._attached[(trial_id, run)]
-            exit_status = read_json_object(paths.exit_status)
-            if exit_status is not None and exit_status.get("run") == run:
-                ends.append(RunExited.from_record(exit_status))
-            else:
-                ends.append(RunLost(trial_id, run, KEEPER_DIED))
+            ends.append(attached_run_end(trial_id, run, paths))
         return ends
 
     def wait_for_run_end(self, handle: RunHandle, timeout: float) -> None:

@@ -1,45 +1,37 @@
 """What a run's Dask task said, as the typed run events of the ``Launcher`` interface.
 
 A task publishes its run's start as a Dask event and returns the
-supervisor's last event for the run, with the worker's address; a task
-whose worker died fails with ``KilledWorker`` instead.
+supervisor's last event for the run, with the worker's address: both are
+the supervisor's own events, typed as ``LocalLauncher`` types them, with
+the worker named in the reasons. A task whose worker died fails with
+``KilledWorker`` instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from .._base import RunEvent, RunExited, RunHandle, RunLost, RunNotStarted, RunStarted
-
-KEEPER_DIED = "the process supervising this trial died"
+from .._base import RunEvent, RunLost, RunNotStarted, RunStarted
+from ..local._launcher import typed_event
 
 
 def started_event(message: Mapping[str, Any]) -> RunStarted:
     """The ``RunStarted`` of a task's start message (the keeper's ``started`` event)."""
-    trial_id, run = int(message["trial"]), int(message["run"])
-    return RunStarted(trial_id, run, RunHandle(
-        trial_id, run, pid=int(message["pid"]), create_time=float(message["create_time"]),
-        keeper=int(message["keeper"]), keeper_create_time=float(message["keeper_create_time"]),
-        host=str(message.get("host") or ""),
-    ))
+    event = typed_event(message, str(message.get("host") or ""))
+    if not isinstance(event, RunStarted):
+        raise ValueError(f"not a start: {dict(message)}")
+    return event
 
 
 def end_event(trial_id: int, run: int, outcome: Mapping[str, Any]) -> RunEvent:
     """The end of a run from what its task returned (see ``_task.run_on_worker``)."""
-    kind = outcome.get("ev")
     host = outcome.get("host") or "an unknown worker"
-    if kind == "exited":
-        return RunExited.from_record(outcome)
-    if kind == "spawn_failed":
-        return RunNotStarted(
-            trial_id, run, f"the process could not be started on {host}: {outcome.get('error')}"
-        )
-    if kind == "cancelled":
-        return RunNotStarted(trial_id, run, "cancelled before it started", cancelled=True)
-    if kind == "keeper_died":
-        return RunLost(trial_id, run, f"{KEEPER_DIED} (on Dask worker {host})")
-    return RunLost(trial_id, run, f"the supervisor process on Dask worker {host} ended")
+    event = typed_event({"trial": trial_id, "run": run, **outcome}, str(host))
+    if isinstance(event, RunLost) or (isinstance(event, RunNotStarted) and not event.cancelled):
+        return dataclasses.replace(event, reason=f"{event.reason} (on Dask worker {host})")
+    return event
 
 
 def failure_event(

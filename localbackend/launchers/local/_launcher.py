@@ -91,7 +91,7 @@ class LocalLauncher(Launcher):
 
     def events(self) -> list[RunEvent]:
         events = [] if self._client is None else [
-            _typed(event, self._host) for event in self._client.read_events()
+            typed_event(event, self._host) for event in self._client.read_events()
         ]
         for (trial_id, run), (handle, paths) in list(self._attached.items()):
             # Only once the keeper is gone: after exit.json it still settles the
@@ -99,11 +99,7 @@ class LocalLauncher(Launcher):
             if self.is_alive(handle):
                 continue
             del self._attached[(trial_id, run)]
-            exit_status = read_json_object(paths.exit_status)
-            if exit_status is not None and exit_status.get("run") == run:
-                events.append(RunExited.from_record(exit_status))
-            else:
-                events.append(RunLost(trial_id, run, _KEEPER_DIED))
+            events.append(attached_run_end(trial_id, run, paths))
         return events
 
     def fileno(self) -> Optional[int]:
@@ -148,6 +144,14 @@ class LocalLauncher(Launcher):
         self._attached.clear()
 
 
+def attached_run_end(trial_id: int, run: int, paths: TrialPaths) -> RunEvent:
+    """The end of a followed run whose keeper is gone: what its ``exit.json`` says, or lost."""
+    exit_status = read_json_object(paths.exit_status)
+    if exit_status is not None and exit_status.get("run") == run:
+        return RunExited.from_record(exit_status)
+    return RunLost(trial_id, run, _KEEPER_DIED)
+
+
 def resolve_program(program: str) -> str:
     """The absolute path of a program on this host, as ``posix_spawn`` needs it."""
     if os.sep in program:
@@ -155,8 +159,8 @@ def resolve_program(program: str) -> str:
     return shutil.which(program) or program
 
 
-def _typed(event: dict[str, Any], host: str) -> RunEvent:
-    """The typed form of one of the supervisor's JSON events."""
+def typed_event(event: Mapping[str, Any], host: str) -> RunEvent:
+    """The typed form of one of the supervisor's JSON events (a keeper on ``host``)."""
     kind = event["ev"]
     trial_id, run = int(event["trial"]), int(event["run"])
     if kind == "started":
