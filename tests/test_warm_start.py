@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from localbackend import BackendConfigurationError, LocalBackend, Status
-from localbackend.launchers.local._zygote import ColdStartWarning
+from localbackend.launchers.local import ColdStartWarning
 from tests.crash_helpers import alive, kill_pids
 from tests.helpers import collect, drain, format_logs, script, until_status, wait_for
 

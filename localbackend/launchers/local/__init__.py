@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._launcher import LocalLauncher
+    from ._zygote import ColdStartWarning
 
-__all__ = ["LocalLauncher"]
+__all__ = ["ColdStartWarning", "LocalLauncher"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from ._launcher import LocalLauncher
 
         return LocalLauncher
+    if name == "ColdStartWarning":  # a warm start (preload) that started cold
+        from ._zygote import ColdStartWarning
+
+        return ColdStartWarning
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
