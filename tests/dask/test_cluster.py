@@ -215,3 +215,17 @@ def test_detached_trials_outlive_their_driver_and_restore_reattaches(
         statuses, _ = restored.fetch_status_results([0, 1])
         assert [statuses[t][1] for t in (0, 1)] == ["Stopped", "Paused"]
         assert alive(pids) == []
+
+
+def test_an_experiment_run_on_the_cluster_restores_on_this_machine(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A restore with the local launcher waits for the dead driver's lease, then resumes here."""
+    experiment, pids = kill_a_driver(cluster, tmp_path)
+    with LocalBackend.restore(experiment) as restored:
+        assert alive(pids) == [], "restore went on before the dead driver's trials ended"
+        statuses, _ = restored.fetch_status_results([0, 1])
+        assert [statuses[t][1] for t in (0, 1)] == ["Paused", "Paused"], format_logs(restored)
+        restored.resume_trial(1, {"epochs": 4, "block_at": -1})
+        collect(restored, [1], until_status("Completed"), timeout=DEADLINE)
+        assert "starting at epoch 3" in "".join(restored.stdout(1))

@@ -36,7 +36,7 @@ from .._base import (
     RunNotStarted,
     RunSpec,
 )
-from ..local._launcher import attached_run_end
+from ..local._launcher import LocalLauncher, attached_run_end
 from . import _task as task
 from ._connect import connect
 from ._lease import LeaseWriter
@@ -161,7 +161,8 @@ class DaskLauncher(Launcher):
         check_shared_folder(self.dask_client, root, self._token)
         lease = ExperimentPaths(root).driver_lease(self._token)
         self._lease = LeaseWriter(lease, self._lease_timeout / 4)
-        self._on_session({"launcher": "dask", "token": self._token, "lease": str(lease)})
+        self._on_session({"launcher": "dask", "token": self._token, "lease": str(lease),
+                          "lease_timeout": self._lease_timeout})
 
     def _submit(self, spec: RunSpec) -> None:
         if self._gpu_cluster is None:
@@ -331,6 +332,10 @@ class DaskLauncher(Launcher):
                   float(timeout))
 
     def wait_for_session_end(self, session: Mapping[str, Any], timeout: float) -> None:
+        if "token" not in session:
+            # The earlier driver ran its trials on its own machine (LocalLauncher).
+            LocalLauncher().wait_for_session_end(session, timeout)
+            return
         try:
             self.dask_client.run(task.wait_for_session, str(session["token"]), float(timeout),
                                  on_error="ignore")
@@ -388,6 +393,8 @@ class DaskLauncher(Launcher):
         try:
             if end_sessions and self._lease is not None:
                 client.run(task.end_session, self._token, on_error="ignore")
+                # Every session of this driver has ended: nobody reads it again.
+                self._lease.path.unlink(missing_ok=True)
             client.unsubscribe_topic(self._topic)
         finally:
             self._connection.close()

@@ -19,6 +19,8 @@ from pathlib import Path
 from ..._files import atomic_write_bytes, read_json_object
 
 FRESH, STALE, CLOSED = "fresh", "stale", "closed"
+# After its lease went, how long a worker may take to end the trees (the keepers' fast end).
+END_MARGIN_SECONDS = 3.0
 
 
 class LeaseWriter:
@@ -75,3 +77,17 @@ class LeaseWatch:
         if beat is not None and beat != self._seen:
             self._seen, self._changed = beat, now
         return STALE if now - self._changed > self.timeout else FRESH
+
+
+def wait_for_lease_end(path: str, lease_timeout: float, timeout: float) -> None:
+    """Wait until a driver's lease has gone (closed, or stale) and its trees have had time to end.
+
+    For a driver that restores, on another launcher, an experiment whose
+    earlier driver ran its trials through a lease: it waits at most
+    ``timeout`` seconds, since it has no way to end those trees itself.
+    """
+    deadline = time.monotonic() + timeout
+    watch = LeaseWatch(path, lease_timeout)
+    while watch.verdict() == FRESH and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(max(0.0, min(END_MARGIN_SECONDS, deadline - time.monotonic())))

@@ -122,6 +122,13 @@ class LocalLauncher(Launcher):
         _wait_for_exit(handle.keeper, handle.keeper_create_time, timeout, whole_tree=True)
 
     def wait_for_session_end(self, session: Mapping[str, Any], timeout: float) -> None:
+        if "lease" in session:
+            # The earlier driver ran its trials elsewhere (DaskLauncher): they
+            # end once its lease has gone.
+            from ..dask._lease import wait_for_lease_end
+
+            wait_for_lease_end(str(session["lease"]), float(session["lease_timeout"]), timeout)
+            return
         # The supervisor ends every trial tree, then exits, once its driver is gone.
         _wait_for_exit(int(session["pid"]), float(session["create_time"]), timeout)
 
