@@ -229,3 +229,23 @@ def test_an_experiment_run_on_the_cluster_restores_on_this_machine(
         restored.resume_trial(1, {"epochs": 4, "block_at": -1})
         collect(restored, [1], until_status("Completed"), timeout=DEADLINE)
         assert "starting at epoch 3" in "".join(restored.stdout(1))
+
+
+def test_an_experiment_run_on_this_machine_restores_on_the_cluster(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    from tests.crash_helpers import kill_driver, start_driver, trial_pids
+
+    driver = start_driver(tmp_path, steps=400, step_seconds=0.05)
+    kill_driver(driver)
+    with LocalBackend.restore(driver.experiment_dir,
+                              launcher=DaskLauncher(cluster.address)) as restored:
+        assert alive(trial_pids(driver.experiment_dir)) == []
+        statuses, _ = restored.fetch_status_results([0, 1])
+        assert [statuses[t][1] for t in (0, 1)] == ["Paused", "Paused"], format_logs(restored)
+        restored.resume_trial(0, {"steps": 3, "step_seconds": 0.0})
+        collect(restored, [0], until_status("Completed"), timeout=DEADLINE)
+        assert restored.fetch_status_results([0])[0][0][1] == "Completed"
+    snapshot = json.loads((driver.experiment_dir / "experiment.json").read_text())
+    resumed = snapshot["trials"]["0"]["runs"][-1]
+    assert resumed.get("host") in cluster.worker_addresses().values(), resumed
