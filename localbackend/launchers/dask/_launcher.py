@@ -254,7 +254,12 @@ class DaskLauncher(Launcher):
             out.append(failure_event(trial_id, number, error, run.address, run.started))
         queue = self._queued.get(trial_id)
         if queue:
-            self._submit(queue.popleft())
+            spec = queue.popleft()
+            try:
+                self._submit(spec)
+            except Exception as err:  # the client is gone: that run cannot start
+                out.append(RunNotStarted(trial_id, spec.run, f"could not be submitted to "
+                                         f"the Dask scheduler: {type(err).__name__}: {err}"))
 
     def fileno(self) -> Optional[int]:
         return None if self._closed else self._wake_r
