@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -159,8 +160,13 @@ class Zygote:
         if len(argv) < 2 or argv[1].startswith("-"):
             words = " ".join(argv[:2])
             return f"the binary passes options to Python ({words}); give binary=None"
-        if not os.path.isfile(argv[1]):
-            return f"the entry point {argv[1]} is not a plain file"
+        try:
+            with open(argv[1], "rb") as script:
+                head = script.read(4)
+        except OSError as err:
+            return f"the entry point {argv[1]} cannot be read ({err.strerror})"
+        if head == b"PK\x03\x04" or head == importlib.util.MAGIC_NUMBER:
+            return f"the entry point {argv[1]} is a zip application or compiled code, not source"
         return None
 
     def _environment_reason(
