@@ -61,6 +61,13 @@ class GpuAllocator:
     def release(self, trial_id: int) -> None:
         self.holders.pop(trial_id, None)
 
+    def undo(self, trial_id: int, held_before: Sequence[str] | None) -> None:
+        """Take back an ``allocate`` whose launch failed: as if it had not happened."""
+        for device in self.holders.pop(trial_id, []):
+            self.times_assigned[device] = max(0, self.times_assigned.get(device, 0) - 1)
+        if held_before is not None:
+            self.hold(trial_id, held_before)
+
     def in_use(self) -> dict[str, int]:
         return {d: sum(d in h for h in self.holders.values()) for d in self.devices}
 

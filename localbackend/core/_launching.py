@@ -66,11 +66,12 @@ def launch(
     paths = record.paths
     held_before = allocator.holders.get(record.trial_id)
     run = record.runs
-    logged = False
+    logged = allocated = False
     try:
         if record.runs:  # start_trial prepared the first run's files already
             prepare_files(paths)
         gpus = allocator.allocate(record.trial_id)
+        allocated = True
         run_start = time.time()
         spec = build_launch_spec(
             trial_id=record.trial_id,
@@ -107,10 +108,8 @@ def launch(
             delete_checkpoints_on_completion=template.delete_checkpoints, limits=limits,
         ))
     except (OSError, LocalBackendError) as err:
-        if held_before is None:
-            allocator.release(record.trial_id)
-        else:
-            allocator.hold(record.trial_id, held_before)
+        if allocated:  # the GPUs go back, and their counts of assignments too
+            allocator.undo(record.trial_id, held_before)
         if cpus is not None:
             cpus.release(record.trial_id)
         if logged:
