@@ -194,7 +194,8 @@ def enable_stack_dumps() -> None:
         return
     _stack_dumps_enabled = True
     try:
-        if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
+        # None: a handler installed outside Python, which is not ours to replace.
+        if signal.getsignal(signal.SIGUSR1) is not signal.SIG_DFL:
             return
         faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     except (ValueError, OSError, RuntimeError):

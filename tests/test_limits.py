@@ -29,10 +29,8 @@ TRIAL = script("limits_trial.py")
 
 
 def _backend(experiment_dir: Path, **options: Any) -> LocalBackend:
-    return LocalBackend(
-        TRIAL, experiment_dir=experiment_dir, binary=[sys.executable], grace_period=1.0,
-        **options,
-    )
+    options.setdefault("grace_period", 1.0)
+    return LocalBackend(TRIAL, experiment_dir=experiment_dir, binary=[sys.executable], **options)
 
 
 def _trial(backend: LocalBackend, trial_id: int) -> Any:
@@ -212,3 +210,51 @@ def test_status_shows_the_failure_reason(experiment_dir: Path) -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )
     assert "trial 0: time limit (0.5 s)" in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_a_resume_right_after_a_pause_counts_the_ending_runs_time(experiment_dir: Path) -> None:
+    # The paused run takes 1.5 s to obey SIGTERM; the resume is asked for at
+    # once, before the driver knows how long that run ran. Its keeper counts it.
+    with _backend(experiment_dir, time_limit=3.0, grace_period=5.0) as backend:
+        backend.start_trial({"mode": "slow_term", "seconds": 0.1, "term_seconds": 1.5})
+        collect(backend, [0], lambda _s, results: len(results) >= 5, timeout=30)
+        backend.pause_trial(0)
+        backend.resume_trial(0)
+        statuses, _ = collect(backend, [0], until_status(Status.failed), timeout=60)
+        assert statuses[0][0].failure_reason == "time limit (3 s)", format_logs(backend)
+        runs = [json.loads(line) for line in (experiment_dir / "journal.jsonl").read_text()
+                .splitlines() if '"exited"' in line]
+        used = sum(entry["running_time"] for entry in runs if entry.get("op") == "exited")
+        # The limit, plus the 1.5 s the second run takes to obey its own SIGTERM
+        # at the limit; without counting the first run's end, about 6.5 s.
+        assert used == pytest.approx(4.5, abs=0.8), runs
+
+
+def test_a_forked_pool_sharing_its_pages_is_not_taken_for_a_memory_hog(
+    experiment_dir: Path,
+) -> None:
+    # 4 processes share 60 MiB: their resident sizes sum to 240 MiB, their
+    # proportional sizes to about 60 MiB, under the 150 MiB limit.
+    with _backend(experiment_dir, memory_limit="150MiB") as backend:
+        backend.start_trial({"mode": "fork_pool", "megabytes": 60, "seconds": 2})
+        statuses, _ = collect(backend, [0], until_status(Status.completed, Status.failed),
+                              timeout=60)
+        assert statuses[0][1] == Status.completed, format_logs(backend)
+
+
+def test_numpy_numbers_are_limits_and_other_things_are_not(experiment_dir: Path) -> None:
+    import numpy as np
+
+    from localbackend import BackendConfigurationError
+
+    with _backend(experiment_dir, time_limit=np.float64(60), memory_limit=np.int64(1 << 30),
+                  max_failures=np.int64(1)) as backend:
+        for bad in (5, ["time_limit"], {"time_limit": 10**400}):
+            with pytest.raises(BackendConfigurationError):
+                backend.start_trial({"mode": "sleep"}, limits=bad)  # type: ignore[arg-type]
+        backend.start_trial({"mode": "sleep", "seconds": 60},
+                            limits={"time_limit": np.float64(0.5)})
+        statuses, _ = collect(backend, [0], until_status(Status.failed), timeout=30)
+        assert statuses[0][0].failure_reason == "time limit (0.5 s)"
+    with pytest.raises(BackendConfigurationError, match=r"'0\.1B'"):
+        _backend(experiment_dir, memory_limit="0.1B")

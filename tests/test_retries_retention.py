@@ -155,3 +155,63 @@ if args.block:
     while time.monotonic() < deadline:
         time.sleep(0.05)
 '''
+
+
+def test_keep_best_after_a_restore_still_knows_the_best(
+    experiment_dir: Path, tmp_path: Path
+) -> None:
+    entry = tmp_path / "loss_trial.py"
+    entry.write_text(LOSS_TRIAL)
+    options: dict[str, Any] = {"keep_best": 1, "metric": "loss", "mode": "min"}
+    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
+                      **options) as backend:
+        for loss in (1, 5):
+            backend.start_trial({"loss": loss})
+        collect(backend, [0, 1], until_status(Status.completed), timeout=30)
+        assert [t for t in range(2) if _checkpoints(backend, t)] == [0]
+    restored = LocalBackend.restore(experiment_dir)
+    try:
+        restored.start_trial({"loss": 3})
+        collect(restored, [2], until_status(Status.completed), timeout=30)
+        assert [t for t in range(3) if _checkpoints(restored, t)] == [0]
+    finally:
+        restored.close()
+
+
+def test_a_copy_sharing_its_files_is_counted_once_against_the_budget(
+    experiment_dir: Path, tmp_path: Path
+) -> None:
+    entry = tmp_path / "loss_trial.py"
+    entry.write_text(LOSS_TRIAL)
+    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
+                      checkpoint_budget=150_000, metric="loss") as backend:
+        backend.start_trial({"loss": 1, "size": 100_000})
+        collect(backend, [0], until_status(Status.completed), timeout=30)
+        backend.copy_checkpoint(0, 1)
+        backend.start_trial({"loss": 2, "size": 10}, checkpoint_trial_id=0)
+        collect(backend, [1], until_status(Status.completed), timeout=30)
+        # About 100 kB on disk, shared by both trials: under the budget, nothing goes.
+        assert _checkpoints(backend, 0) and _checkpoints(backend, 1)
+        assert not any(h.get("action") for t in (0, 1) for h in status_history(backend, t))
+
+
+def test_a_failure_reason_outlives_a_retention_deletion_and_a_restore(
+    experiment_dir: Path, tmp_path: Path
+) -> None:
+    entry = tmp_path / "loss_trial.py"
+    entry.write_text(LOSS_TRIAL + "\nif args.loss > 4:\n    raise SystemExit(3)\n")
+    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
+                      keep_best=1, metric="loss") as backend:
+        backend.start_trial({"loss": 5})
+        collect(backend, [0], until_status(Status.failed), timeout=30)
+        backend.start_trial({"loss": 1})
+        collect(backend, [1], until_status(Status.completed), timeout=30)
+        assert not _checkpoints(backend, 0)
+        statuses, _ = backend.fetch_status_results([0])
+        assert statuses[0][0].failure_reason == "exit code 3"
+    restored = LocalBackend.restore(experiment_dir)
+    try:
+        statuses, _ = restored.fetch_status_results([0])
+        assert statuses[0][0].failure_reason == "exit code 3"
+    finally:
+        restored.close()

@@ -110,9 +110,9 @@ def trial_rows(files: TunerPaths, tuner: Optional[dict[str, Any]], metric: Optio
                 "last_result": last,
                 "runtime": runtime,
                 "config": read_json(paths.config) or {},
-                "failure_reason": (
-                    history[-1].get("failure") if status == Status.failed else None
-                ),
+                "failure_reason": next(
+                    (e["failure"] for e in reversed(history) if e.get("failure")), None
+                ) if status == Status.failed else None,
                 "history": history,
             }
         )

@@ -420,6 +420,8 @@ class LocalBackend(BackendCore):
             checkpoints.check_copy(self._table, self._paths, source, target_id)
             self._ensure_experiment_dir()
             checkpoints.copy(self._paths, source.trial_id, target_id)
+            self._retention.copied()
+            self._retention.forget(target_id)
 
     def delete_checkpoint(self, trial_id: int) -> None:
         """Delete a trial's checkpoints: now, or as soon as its processes are gone.

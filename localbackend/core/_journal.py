@@ -79,7 +79,7 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
         trial["history"].append(
             {k: entry[k] for k in (
                 "time", "status", "run", "reason", "returncode", "signal", "failure",
-                "failure_kind", "retry", "action",
+                "failure_kind", "retry", "ran_for", "action",
             ) if k in entry}
         )
     elif op == "launch":
@@ -101,7 +101,7 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
     elif op == "delivered":
         trial["delivered"] = {
             "results": entry["results"], "stdout": entry["stdout"],
-            "iterations": entry["iterations"],
+            "iterations": entry["iterations"], "last_metric": entry.get("last_metric"),
         }
     elif op == "accept_until":
         trial["accept_until"] = {"results": entry["results"], "stdout": entry["stdout"]}

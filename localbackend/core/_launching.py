@@ -138,7 +138,9 @@ def run_limits(
     if limits.time_limit is not None:
         # Paused time does not count: only the runs' own running time does.
         remaining = max(limits.time_limit - record.used_time, MIN_RUN_TIME)
+    ending = [run for run in record.alive_runs if run not in record.timed_runs]
     return RunLimits(
+        uncounted_run=max(ending) if ending and remaining is not None else None,
         time_limit=remaining, memory_limit=limits.memory_limit,
         heartbeat_timeout=limits.heartbeat_timeout, cpus=tuple(int(c) for c in cores),
         cpus_per_trial=len(cores) or cpus_per_trial,

@@ -10,6 +10,7 @@ with the backend's options, so a ``restore`` applies them again.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -42,6 +43,7 @@ def parse_bytes(name: str, value: object) -> Optional[int]:
     """A byte count from an int or a string such as ``"2GiB"`` or ``"512M"``; None stays None."""
     if value is None:
         return None
+    given = value
     if isinstance(value, str):
         match = _SIZE.fullmatch(value)
         unit = match[2].lower() if match else ""
@@ -51,9 +53,11 @@ def parse_bytes(name: str, value: object) -> Optional[int]:
                 "Give a number of bytes, or a number with a unit such as '512MiB' or '2G'.",
             )
         value = int(float(match[1]) * _UNITS[unit])
+    elif not isinstance(value, bool) and isinstance(value, numbers.Integral):
+        value = int(value)  # numpy integers
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise BackendConfigurationError(
-            name, value, "must be a positive number of bytes",
+            name, given, "must be a positive number of bytes",
             f"Use for example {name}='2GiB', or leave it unset for no limit.",
         )
     return value
@@ -62,20 +66,25 @@ def parse_bytes(name: str, value: object) -> Optional[int]:
 def _seconds(name: str, value: object) -> Optional[float]:
     if value is None:
         return None
-    if (
-        isinstance(value, bool) or not isinstance(value, (int, float))
-        or not math.isfinite(value) or value <= 0
-    ):
+    number: Optional[float] = None
+    if not isinstance(value, (bool, str)) and isinstance(value, numbers.Real):
+        try:  # numpy scalars are Real too; a huge int does not fit a float
+            number = float(value)
+        except (OverflowError, ValueError):
+            number = None
+    if number is None or not math.isfinite(number) or number <= 0:
         raise BackendConfigurationError(
             name, value, "must be a positive, finite number of seconds",
             f"Use for example {name}=600, or leave it unset for no limit.",
         )
-    return float(value)
+    return number
 
 
 def _count(name: str, value: object, *, low: int, allow_none: bool = True) -> Optional[int]:
     if value is None and allow_none:
         return None
+    if not isinstance(value, bool) and isinstance(value, numbers.Integral):
+        value = int(value)  # numpy integers
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise BackendConfigurationError(
             name, value, f"must be a whole number >= {low}",
@@ -109,6 +118,11 @@ class TrialLimits:
 
     def override(self, overrides: Mapping[str, Any]) -> TrialLimits:
         """These limits with one trial's overrides (``None`` values keep the backend's)."""
+        if not isinstance(overrides, Mapping):
+            raise BackendConfigurationError(
+                "limits", overrides, "must be a dict of per-trial limits",
+                "Pass e.g. limits={'time_limit': 600}.",
+            )
         unknown = sorted(set(overrides) - set(asdict(self)))
         if unknown:
             raise BackendConfigurationError(
@@ -190,17 +204,20 @@ def check_cpus_per_trial(value: object, available: int) -> Optional[int]:
 
 
 def seconds_text(value: float) -> str:
-    return f"{value:g}"
+    """Seconds for people: ``60``, ``0.5``, ``86400`` (never in exponent form)."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
 def bytes_text(value: int) -> str:
-    """A byte count for people: ``512 MiB``, ``1.5 GiB``."""
+    """A byte count for people: ``512 MiB``, ``1.5 GiB``, ``1000 MiB``."""
     amount = float(value)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if amount < 1024:
-            return f"{amount:.3g} {unit}" if unit != "B" else f"{int(amount)} B"
+            if unit == "B":
+                return f"{int(amount)} B"
+            return f"{amount:.1f}".rstrip("0").rstrip(".") + f" {unit}"
         amount /= 1024
-    return f"{amount:.3g} TiB"
+    return f"{amount:.1f}".rstrip("0").rstrip(".") + " TiB"
 
 
 def limit_reason(kind: str, limits: TrialLimits, peak: Optional[int]) -> str:

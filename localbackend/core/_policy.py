@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable
 
-from .._errors import LocalBackendError, TrialLaunchError
+from .._errors import LocalBackendError
 from .._types import FINISHED_STATUSES, Status
 from ._limits import QUICK_FAILURE_SECONDS, RETRIED_KINDS, Retention, bytes_text
 from ._storage import delete_checkpoint_folder, has_checkpoint
@@ -32,14 +31,15 @@ logger = logging.getLogger("localbackend")
 class Retries:
     """Retries failed trials from their checkpoints, or lets them fail, with the reason."""
 
-    def __init__(self, table: TrialTable, relaunch: Callable[[TrialRecord, str, int], None]):
+    def __init__(
+        self, table: TrialTable, relaunch: Callable[[TrialRecord, str, int, float], None]
+    ) -> None:
         self.table = table
         self.relaunch = relaunch
 
-    def __call__(self, record: TrialRecord, failure: tuple[str, str]) -> None:
+    def __call__(self, record: TrialRecord, failure: tuple[str, str], ran_for: float) -> None:
         kind, reason = failure
         allowed = record.limits.max_failures
-        ran_for = max(time.time() - record.run_start_time, 0.0)
         if record.status != Status.in_progress:
             return  # paused or stopped in the meantime: not a failure any more
         if kind not in RETRIED_KINDS or allowed == 0:
@@ -51,8 +51,8 @@ class Retries:
         record.retries.append(ran_for)
         number = len(record.retries)
         try:
-            self.relaunch(record, f"retry {number} of {allowed} after: {reason}", number)
-        except (TrialLaunchError, LocalBackendError, OSError) as err:
+            self.relaunch(record, f"retry {number} of {allowed} after: {reason}", number, ran_for)
+        except (LocalBackendError, OSError) as err:
             self.table.fail(record, (kind, f"{reason}; the retry could not start: {err}"))
 
 
@@ -73,8 +73,8 @@ class RetentionPolicy:
     def __init__(self, rules: Retention, table: TrialTable) -> None:
         self.rules = rules
         self.table = table
-        # Sizes of finished trials' checkpoints, which no longer change.
-        self._sizes: dict[int, int] = {}
+        # Files of finished trials' checkpoints, which no longer change.
+        self._sizes: dict[int, dict[tuple[int, int], tuple[int, bool]]] = {}
         self._cleared: set[int] = set()
         self._warned = False
 
@@ -113,47 +113,58 @@ class RetentionPolicy:
         return sorted(records, key=key)
 
     def _meet_budget(self, budget: int) -> None:
-        sizes = {r.trial_id: self._size(r) for r in self.table.records}
-        total = sum(sizes.values())
+        usage = {r.trial_id: self._files(r) for r in self.table.records}
+        everything: dict[tuple[int, int], int] = {}
+        for files in usage.values():
+            everything.update({inode: size for inode, (size, _own) in files.items()})
+        total = sum(everything.values())
         if total <= budget:
             return
         candidates = [
             r for r in reversed(self._ranked(self.table.records))
-            if r.status in FINISHED_STATUSES and not r.alive_runs and sizes[r.trial_id]
+            if r.status in FINISHED_STATUSES and not r.alive_runs and usage[r.trial_id]
         ]
         for record in candidates:
             if total <= budget:
-                return
+                break
+            # Only files with no link outside this trial's folder free space;
+            # a copy shares the published files of its source by hard link.
+            freed = sum(size for size, own in usage[record.trial_id].values() if own)
+            if not freed:
+                continue
             self._delete(record, (
                 f"checkpoint deleted: the experiment's checkpoints took {bytes_text(total)}, "
                 f"over checkpoint_budget={bytes_text(budget)}"
             ))
-            total -= sizes[record.trial_id]
+            if record.trial_id in self._cleared:
+                total -= freed
+                usage[record.trial_id] = {}
         if total > budget and not self._warned:
             self._warned = True
+            held = {t: sum(size for size, _ in files.values()) for t, files in usage.items()}
             logger.warning(
                 "The checkpoints take %s, over checkpoint_budget=%s, and what is left belongs to "
                 "trials that are paused or running (%s); they are kept, since they are needed "
                 "to resume. Raise the budget or stop some trials.",
                 bytes_text(total), bytes_text(budget),
-                ", ".join(f"trial {t}: {bytes_text(n)}" for t, n in sizes.items() if n),
+                ", ".join(f"trial {t}: {bytes_text(n)}" for t, n in held.items() if n),
             )
 
-    def _size(self, record: TrialRecord) -> int:
+    def _files(self, record: TrialRecord) -> dict[tuple[int, int], tuple[int, bool]]:
+        """The trial's checkpoint files: size, and whether every link is in its folder."""
         if record.trial_id in self._cleared:
-            return 0
+            return {}
         known = self._sizes.get(record.trial_id)
         if known is not None:
             return known
-        size = folder_size(str(record.paths.checkpoints))
+        files = checkpoint_files(str(record.paths.checkpoints))
         if record.status in FINISHED_STATUSES and not record.alive_runs:
-            self._sizes[record.trial_id] = size
-        return size
+            self._sizes[record.trial_id] = files
+        return files
 
     def _delete(self, record: TrialRecord, reason: str) -> None:
-        self._cleared.add(record.trial_id)
-        self._sizes[record.trial_id] = 0
         if not has_checkpoint(record.paths):
+            self._cleared.add(record.trial_id)
             return
         try:
             delete_checkpoint_folder(record.paths)
@@ -161,7 +172,18 @@ class RetentionPolicy:
             logger.warning("Could not delete the checkpoints of trial %d: %s",
                            record.trial_id, err)
             return
-        record.set_status(record.status, reason=reason, action="checkpoint_deleted")
+        self._cleared.add(record.trial_id)
+        self._sizes.pop(record.trial_id, None)
+        failure = (
+            (record.failure_kind or "exit", record.failure_reason)
+            if record.failure_reason else None
+        )
+        record.set_status(record.status, reason=reason, action="checkpoint_deleted",
+                          failure=failure)
+
+    def copied(self) -> None:
+        """A checkpoint was copied: links into other trials' files changed, count again."""
+        self._sizes.clear()
 
     def forget(self, trial_id: int) -> None:
         """A trial's checkpoint changed outside a run (a copy into it, a resume)."""
@@ -169,10 +191,9 @@ class RetentionPolicy:
         self._sizes.pop(trial_id, None)
 
 
-def folder_size(top: str) -> int:
-    """Bytes in the files under ``top``; a file linked twice counts once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
+def checkpoint_files(top: str) -> dict[tuple[int, int], tuple[int, bool]]:
+    """Every file under ``top`` by inode: its size, and whether all its links are under ``top``."""
+    seen: dict[tuple[int, int], list[int]] = {}
     stack = [top]
     while stack:
         try:
@@ -185,12 +206,12 @@ def folder_size(top: str) -> int:
                         info = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    if (info.st_dev, info.st_ino) not in seen:
-                        seen.add((info.st_dev, info.st_ino))
-                        total += info.st_size
+                    found = seen.setdefault((info.st_dev, info.st_ino), [info.st_size, 0,
+                                                                         info.st_nlink])
+                    found[1] += 1
         except OSError:
             continue
-    return total
+    return {inode: (size, links >= nlink) for inode, (size, links, nlink) in seen.items()}
 
 
-__all__ = ["RetentionPolicy", "Retries", "folder_size", "give_up_reason"]
+__all__ = ["RetentionPolicy", "Retries", "checkpoint_files", "give_up_reason"]

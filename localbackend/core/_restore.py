@@ -99,12 +99,16 @@ def _restore_trial(backend: Rebuild, saved: dict[str, Any], journal: Journal) ->
         if run_entry.get("running_time"):
             record.used_time += float(run_entry["running_time"])
             record.timed_runs.add(int(run_entry["run"]))
-    record.retries = [0.0 for entry in saved.get("history", []) if entry.get("retry")]
+    record.retries = [
+        float(entry.get("ran_for") or 0.0) for entry in saved.get("history", [])
+        if entry.get("retry")
+    ]
+    record.last_metric = saved["delivered"].get("last_metric")
     record.status = saved.get("status") or Status.in_progress
-    last = saved["history"][-1] if saved.get("history") else {}
-    if record.status == Status.failed and last.get("failure"):
-        record.failure_reason = str(last["failure"])
-        record.failure_kind = str(last.get("failure_kind") or "exit")
+    failed = [entry for entry in saved.get("history", []) if entry.get("failure")]
+    if record.status == Status.failed and failed:
+        record.failure_reason = str(failed[-1]["failure"])
+        record.failure_kind = str(failed[-1].get("failure_kind") or "exit")
     runs: list[dict[str, Any]] = saved["runs"]
     record.runs = len(runs)
     delivered = saved["delivered"]

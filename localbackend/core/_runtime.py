@@ -92,6 +92,8 @@ class BackendCore:
                 grace_period=self._o.grace_period, limits=self._o.limits,
             ), state)
             self._table.on_failure = retries
+            self._table.settle_failures()
+            self._cpu_allocator()
         except BaseException:
             self._folder.close()
             raise
@@ -171,6 +173,7 @@ class BackendCore:
             paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             if checkpoint_trial_id is not None:
                 checkpoints.copy(self._paths, int(checkpoint_trial_id), trial_id)
+                self._retention.copied()
             atomic_write_json(paths.config, clean)
             launching.prepare_files(paths)
             self._launcher.ensure_ready()
@@ -190,7 +193,8 @@ class BackendCore:
         record.log(
             "trial", config=clean, time=record.creation_time.timestamp(),
             checkpoint_trial_id=checkpoint_trial_id,
-            limits={k: v for k, v in (limits or {}).items() if v is not None} or None,
+            limits={k: getattr(record.limits, k) for k, v in (limits or {}).items()
+                    if v is not None} or None,
         )
         try:
             self._launch(record, reason="start_trial")
@@ -226,9 +230,9 @@ class BackendCore:
                 raise
             raise self._launch_error(record.trial_id, err) from err
 
-    def _retry(self, record: TrialRecord, reason: str, number: int) -> None:
+    def _retry(self, record: TrialRecord, reason: str, number: int, ran_for: float) -> None:
         """Run a failed trial again from its latest checkpoint (see ``_policy.Retries``)."""
-        self._launch(record, reason=reason, retry=number)
+        self._launch(record, reason=reason, retry=number, ran_for=round(ran_for, 3))
 
     def _cpu_allocator(self) -> GpuAllocator | None:
         """Cores for ``cpus_per_trial``, handed out least-used first as GPUs are."""
@@ -236,8 +240,14 @@ class BackendCore:
             return None
         if self._cpus is None:
             cores = self._launcher.cpu_devices()
+            if not cores:
+                raise BackendConfigurationError(
+                    "cpus_per_trial", self._o.cpus_per_trial,
+                    f"is not supported by {type(self._launcher).__name__}, which has no cores "
+                    "to pin trials to", "Leave it unset, and set OMP_NUM_THREADS through env.",
+                )
             check_cpus_per_trial(self._o.cpus_per_trial, len(cores))
-            self._cpus = GpuAllocator(cores, None, self._o.cpus_per_trial) if cores else None
+            self._cpus = GpuAllocator(cores, None, self._o.cpus_per_trial)
             self._table.cpus = self._cpus
         return self._cpus
 
@@ -282,6 +292,8 @@ class BackendCore:
                 return
             if record.status == Status.paused and status == Status.stopped:
                 record.set_status(status, reason=reason)
+                if not record.alive_runs and self._table.on_runs_ended is not None:
+                    self._table.on_runs_ended(record)  # now finished: retention applies
                 return
             if record.status == status:
                 return

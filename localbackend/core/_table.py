@@ -57,8 +57,9 @@ class TrialTable:
         self.delete_checkpoints = False
         # Trials whose run failed and that may be retried: the backend decides,
         # once the failed run's tree is gone (see ``pump``).
-        self.failed_runs: list[tuple[TrialRecord, tuple[str, str]]] = []
-        self.on_failure: Callable[[TrialRecord, tuple[str, str]], None] | None = None
+        # Each with its failure (kind, reason) and how long the failed run ran.
+        self.failed_runs: list[tuple[TrialRecord, tuple[str, str], float]] = []
+        self.on_failure: Callable[[TrialRecord, tuple[str, str], float], None] | None = None
         # Called once every run of a trial has ended (checkpoint retention).
         self.on_runs_ended: Callable[[TrialRecord], None] | None = None
         # Cores handed out for ``cpus_per_trial``, given back as GPUs are.
@@ -91,11 +92,17 @@ class TrialTable:
         a process of the failed run is alive, and its GPUs are free again.
         """
         while self.failed_runs:
-            record, failure = self.failed_runs.pop(0)
-            if self.on_failure is not None and not record.alive_runs:
-                self.on_failure(record, failure)
-            else:
+            record, failure, ran_for = self.failed_runs.pop(0)
+            if self.on_failure is None:
+                # Being rebuilt by a restore: the retry is decided once it is done.
+                self.failed_runs.insert(0, (record, failure, ran_for))
+                return
+            if record.alive_runs:
                 self.fail(record, failure)
+            else:
+                self.on_failure(record, failure, ran_for)
+            if not record.alive_runs and self.on_runs_ended is not None:
+                self.on_runs_ended(record)
 
     def fail(self, record: TrialRecord, failure: tuple[str, str]) -> None:
         """The trial ends ``Failed`` with ``failure`` (its kind and reason)."""
@@ -158,7 +165,9 @@ class TrialTable:
         if record.delete_checkpoint_on_exit:
             record.delete_checkpoint_on_exit = False
             delete_checkpoint_folder(record.paths)
-        if self.on_runs_ended is not None:
+        pending = any(failed is record for failed, _, _ in self.failed_runs)
+        if self.on_runs_ended is not None and not pending:
+            # A failure still to settle runs the hook once it is settled.
             self.on_runs_ended(record)
 
     def run_exited(self, record: TrialRecord, event: RunExited) -> None:
@@ -196,6 +205,9 @@ class TrialTable:
     def _conclude(self, record: TrialRecord, event: RunExited) -> None:
         """The status of a trial whose accepted run has ended."""
         code, signal_name = event.returncode, event.signal
+        ran_for = event.running_time if event.running_time is not None else max(
+            event.time - record.run_start_time, 0.0
+        )
         if event.terminated_by == "driver_lost":
             record.set_status(Status.paused, reason="the driver ended while the trial ran",
                               news=True)
@@ -204,18 +216,18 @@ class TrialTable:
             reason = limit_reason(kind, record.limits, event.peak_memory)
             self._note_in_stderr(record, reason)
             record.stderr_tail = record.read_stderr_tail() or reason
-            self.failed_runs.append((record, (kind, reason)))
+            self.failed_runs.append((record, (kind, reason), ran_for))
         elif event.terminated_by == "supervisor_lost":
             reason = "the supervisor process ended unexpectedly"
             record.stderr_tail = record.read_stderr_tail() or reason
-            self.failed_runs.append((record, ("lost", reason)))
+            self.failed_runs.append((record, ("lost", reason), ran_for))
         elif code == 0:
             record.set_status(Status.completed, reason="exited", news=True, returncode=0)
             if self.delete_checkpoints:
                 record.delete_checkpoint_on_exit = True
         else:
             record.stderr_tail = record.read_stderr_tail()
-            self.failed_runs.append((record, exit_failure(code, signal_name)))
+            self.failed_runs.append((record, exit_failure(code, signal_name), ran_for))
 
     @staticmethod
     def _note_in_stderr(record: TrialRecord, reason: str) -> None:
@@ -234,7 +246,12 @@ class TrialTable:
             self._accept_until(record)
             self._note_in_stderr(record, reason)
             record.stderr_tail = record.read_stderr_tail() or reason
-            self.failed_runs.append((record, (kind, reason)))
+            # No keeper said how long it ran: the time since its launch counts.
+            ran_for = max(time.time() - record.run_start_time, 0.0)
+            if run not in record.timed_runs:
+                record.timed_runs.add(run)
+                record.used_time += ran_for
+            self.failed_runs.append((record, (kind, reason), ran_for))
         self.run_gone(record, run)
         self.settle_failures()
 
@@ -317,6 +334,7 @@ class TrialTable:
             results=record.results_reader.offset,
             stdout=record.stdout_reader.offset,
             iterations=record.iterations,
+            last_metric=record.last_metric,
         )
 
 

@@ -39,13 +39,17 @@ class RunLimits:
     heartbeat_timeout: Optional[float] = None
     cpus: tuple[int, ...] = ()
     cpus_per_trial: Optional[int] = None
+    # A run of the trial that was still ending when this one was launched:
+    # its running time was not yet known, and the keeper, which starts only
+    # once it has ended, takes it off ``time_limit`` from its ``exit.json``.
+    uncounted_run: Optional[int] = None
 
     def as_record(self) -> dict[str, Any]:
         """The form the keeper reads from its spawn command."""
         return {
             "time_limit": self.time_limit, "memory_limit": self.memory_limit,
             "heartbeat_timeout": self.heartbeat_timeout, "cpus": list(self.cpus),
-            "cpus_per_trial": self.cpus_per_trial,
+            "cpus_per_trial": self.cpus_per_trial, "uncounted_run": self.uncounted_run,
         }
 
 

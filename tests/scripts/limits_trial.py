@@ -90,3 +90,32 @@ elif mode == "crash_until":
 elif mode == "crash":
     print("failing at once", file=sys.stderr, flush=True)
     sys.exit(1)
+elif mode == "slow_term":
+    # Steps as in "steps", but a SIGTERM takes --term_seconds to be obeyed.
+    import signal
+
+    def on_term(signum: int, frame: object) -> None:
+        time.sleep(float(trialkit.option("term_seconds", "1")))
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    state = checkpoint.load_json()
+    start = 0 if state is None else state["step"] + 1
+    for step in range(start, 100000):
+        checkpoint.save_json({"step": step})
+        report(step=step)
+        time.sleep(seconds)
+elif mode == "fork_pool":
+    # Touch --megabytes MiB, then fork 3 children that share those pages.
+    data = bytearray(int(trialkit.option("megabytes", "60")) << 20)
+    report(step=0)
+    children = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(seconds)
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    report(step=1)

@@ -97,8 +97,7 @@ class Keeper:
         self.start_offsets: dict[str, int] = {}
         self.spawned_at = time.monotonic()
         self.monitor = Monitor(
-            spec.get("limits") or {}, [spec["results"], spec["stdout"], spec["stderr"]],
-            os.getpid(),
+            _limits_now(spec), [spec["results"], spec["stdout"], spec["stderr"]], os.getpid(),
         )
 
     # -- signalling ---------------------------------------------------------
@@ -183,6 +182,7 @@ class Keeper:
             self._confine()
             self.leader = self._spawn()
         except OSError as err:
+            self.monitor.close()  # a cgroup made for the run goes with it
             write_event(
                 self.event_fd,
                 {
@@ -227,6 +227,8 @@ class Keeper:
         )
         signal.pthread_sigmask(signal.SIG_UNBLOCK, deferred)
         status = self._reap_all() if self.monitor.active else self._reap_all_blocking()
+        if self.monitor.oom_killed() and self.terminated_by in (None, "leftovers"):
+            self.terminated_by = "memory_limit"  # the kernel enforced it, not the keeper
         self.monitor.close()
         code = os.waitstatus_to_exitcode(status)
         exit_status = {
@@ -391,7 +393,9 @@ class Keeper:
                     if grace <= 0:
                         self._kill_everything()
                     continue
-            signal.sigtimedwait({signal.SIGCHLD}, self.monitor.timeout(now))
+            # Once ending, the alarm kills what is left; only SIGCHLD matters.
+            wait = 0.5 if self.terminating else self.monitor.timeout(now)
+            signal.sigtimedwait({signal.SIGCHLD}, wait)
         signal.setitimer(signal.ITIMER_REAL, 0)
         return leader_status
 
@@ -400,6 +404,23 @@ class Keeper:
             # The trial's main process is done; what it left behind
             # must not outlive it (and hold a GPU).
             self.begin_termination(self.grace, "leftovers")
+
+
+def _limits_now(spec: dict[str, Any]) -> dict[str, Any]:
+    """The run's limits, less the running time of an earlier run the driver had not counted.
+
+    The keeper starts only once every earlier run of the trial has ended, so
+    the ``exit.json`` of the run still ending at launch is there to read.
+    """
+    limits = dict(spec.get("limits") or {})
+    uncounted = limits.get("uncounted_run")
+    if limits.get("time_limit") and isinstance(uncounted, int):
+        ended = read_json_object(spec["exit_file"])
+        if ended is not None and ended.get("run") == uncounted:
+            used = ended.get("running_time")
+            if isinstance(used, (int, float)):
+                limits["time_limit"] = max(float(limits["time_limit"]) - used, 0.01)
+    return limits
 
 
 def _stderr_note(text: str) -> None:

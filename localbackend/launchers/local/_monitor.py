@@ -10,7 +10,8 @@ signals that end it never race the reaping:
   goes into one of its own and the kernel enforces the limit for every
   descendant (``setsid`` and double-forked ones included); otherwise the
   keeper sums the resident set size of every process of the tree as often
-  as ``MEMORY_SAMPLE_SECONDS``;
+  as ``MEMORY_SAMPLE_SECONDS``, and when that is over the limit, their
+  proportional set size, which counts shared pages once;
 - ``heartbeat_timeout``: how long the tree may write nothing to its
   results, stdout or stderr. Before the tree is ended, every process of
   it that catches SIGUSR1 (``localbackend.report`` registers
@@ -92,7 +93,7 @@ class Monitor:
     def timeout(self, now: float) -> float:
         """Seconds until the next check is due."""
         due = []
-        if self.time_limit:
+        if self.time_limit and now < self.started + self.time_limit:
             due.append(self.started + self.time_limit - now)
         if self.memory_limit:
             due.append(MEMORY_SAMPLE_SECONDS if self.cgroup is None else 0.25)
@@ -124,6 +125,11 @@ class Monitor:
                 return Verdict("memory_limit", grace=0.0)
             return None
         used = tree_rss(self.keeper)
+        if used > self.memory_limit:
+            # Resident sizes count a page shared by two processes (a forked
+            # worker pool, the libraries) twice: the proportional set size,
+            # dearer to read, says whether the tree is really over.
+            used = tree_pss(self.keeper)
         self.peak_memory = max(self.peak_memory, used)
         if used > self.memory_limit:
             # Over its budget, the tree gets no grace: the kernel would not give any.
@@ -163,6 +169,10 @@ class Monitor:
             self._dump_deadline = now + STACK_DUMP_WAIT_SECONDS
             return None
         return Verdict("hang")
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel killed a process of the tree at the cgroup's ``memory.max``."""
+        return self.cgroup is not None and self.cgroup.oom_kills() > 0
 
     def close(self) -> None:
         if self.cgroup is not None:
@@ -224,6 +234,31 @@ def tree_rss(root: int) -> int:
     return total
 
 
+def tree_pss(root: int) -> int:
+    """The proportional set size of every descendant of ``root``, in bytes, summed.
+
+    A page shared by N processes counts 1/N in each: the sum is what the
+    tree uses. Read from ``/proc/<pid>/smaps_rollup``; a process whose file
+    cannot be read counts its resident size.
+    """
+    total = 0
+    for pid in tree(root):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+                line = next((line for line in rollup if line.startswith(b"Pss:")), None)
+            if line is not None:
+                total += int(line.split()[1]) * 1024
+                continue
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as statm:
+                total += int(statm.read().split()[1]) * _PAGE_SIZE
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def ask_for_stacks(root: int) -> bool:
     """SIGUSR1 to every process of the tree that catches it; True if any did."""
     asked = False
@@ -272,11 +307,13 @@ class Cgroup:
         group = cls(path, parent)
         try:
             group._write("memory.max", str(limit))
+        except OSError:
+            group.remove()
+            return None
+        try:
             group._write("memory.swap.max", "0")
         except OSError:
-            if not os.path.exists(os.path.join(path, "memory.max")):
-                group.remove()
-                return None
+            pass  # no swap accounting: memory.max still holds
         try:
             group._write("cgroup.procs", str(os.getpid()))
         except OSError:
@@ -285,17 +322,26 @@ class Cgroup:
         return group
 
     def protect_keeper(self) -> None:
-        """After the spawn: let the kernel's OOM kill take the whole tree, but not the keeper.
+        """After the spawn: leave the tree alone in the cgroup, which the OOM kill takes whole.
 
-        The keeper lives in the cgroup it watches. With ``oom_score_adj`` at
-        -1000 (set only now, so the trial did not inherit it) it is exempt
-        from the group kill of ``memory.oom.group``; where that is not
-        allowed, the kernel kills the largest process only and the keeper
-        ends the rest of the tree when it sees the OOM kill.
+        The keeper moved in before the spawn so that the trial starts inside;
+        now it moves back to its parent cgroup, which the kernel allows where
+        the parent could delegate the memory controller (the root cgroup of
+        a namespace). Where it cannot, it stays, exempt from the group kill by
+        ``oom_score_adj`` -1000 if it may set that (set only now, so the trial
+        did not inherit it); else the kernel kills the largest process alone
+        and the keeper ends the rest of the tree when it sees the OOM kill.
         """
         try:
-            with open("/proc/self/oom_score_adj", "w", encoding="ascii") as adjust:
-                adjust.write("-1000")
+            with open(os.path.join(self.parent, "cgroup.procs"), "w", encoding="ascii") as procs:
+                procs.write(str(os.getpid()))
+        except OSError:
+            try:
+                with open("/proc/self/oom_score_adj", "w", encoding="ascii") as adjust:
+                    adjust.write("-1000")
+            except OSError:
+                return
+        try:
             self._write("memory.oom.group", "1")
         except OSError:
             pass
