@@ -286,3 +286,20 @@ def test_a_killed_driver_leaves_no_warm_trial_behind(tmp_path: Path) -> None:
         assert driver.stderr is not None
         driver.stderr.close()
         kill_pids(pids)
+
+
+def test_the_zygote_refuses_to_fork_with_cuda_initialised_or_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Injected faults: no GPU is needed to see that either state means cold.
+    from types import SimpleNamespace
+
+    from localbackend.launchers.local import _zygote
+
+    monkeypatch.setattr(_zygote, "thread_count", lambda: 1)  # this test process may have more
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(is_initialized=lambda: True))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    assert "CUDA was initialised" in str(_zygote.Zygote.process_reason(["torch"]))
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(_zygote, "_mapped_libraries", lambda: ["/usr/lib/libcuda.so.1"])
+    assert "libcuda.so.1" in str(_zygote.Zygote._libraries_reason())
