@@ -8,33 +8,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .._errors import (
-    BackendConfigurationError,
-    InvalidTransitionError,
-    LocalBackendError,
-)
+from .._errors import InvalidTransitionError, LocalBackendError
 from .._paths import default_experiment_dir
 from .._types import Status, Trial, TrialResult
 from ..launchers._base import Launcher
 from . import _checkpoints as checkpoints
 from . import _waiting as waiting
-from ._command import (
-    check_entry_point,
-    normalize_config,
-)
+from ._command import check_entry_point, normalize_config
 from ._experiment import ExperimentFolder
 from ._limits import Retention, TrialLimits
+from ._logs import TrialLogs
 from ._options import BackendOptions, check_experiment_dir
-from ._results import read_log_text
 from ._runtime import BackendCore
-from ._storage import (
-    has_checkpoint,
-)
-
-_LOG_STREAMS = ("stdout", "stderr")
+from ._storage import has_checkpoint
 
 
-class LocalBackend(BackendCore):
+class LocalBackend(BackendCore, TrialLogs):
     """Runs trials as local processes, with pause and resume through checkpoints.
 
     The methods, arguments, return shapes and status strings are those of
@@ -67,28 +56,18 @@ class LocalBackend(BackendCore):
             Defaults to a ``LocalLauncher``, which runs them on this machine.
         preload: Modules imported once, so that runs start warm, by fork
             (README, "Warm starts"); any doubt starts a run cold and warns once.
-        time_limit: Seconds of running time a trial may use, summed over its
-            runs (paused time does not count). Then its tree gets SIGTERM,
-            SIGKILL after ``grace_period``, and it ends ``Failed`` with the
-            reason ``time limit (N s)``.
-        memory_limit: Bytes (or a size such as ``"2GiB"``) the whole process
-            tree of a trial may use; over it the tree is killed and the trial
-            ends ``Failed``, with the limit and the peak in the reason.
-        cpus_per_trial: Pin each trial to this many cores of its own, least
-            used first, and set ``OMP_NUM_THREADS`` and the like to match.
-        heartbeat_timeout: A trial that writes no result and no output for
-            this many seconds is hung: its Python stacks are asked for
-            (into its stderr), then it is stopped and ends ``Failed``.
-        max_failures: Retry a failed trial from its latest checkpoint up to
-            this many times.
-        keep_checkpoints: Keep the newest K checkpoints of each trial
-            (``checkpoint.save()`` keeps no more).
-        keep_best: Keep the checkpoints of the K best trials by the last
-            value of ``metric``; delete those of other finished trials.
-        metric: The reported metric ``keep_best`` and the budget rank by.
-        mode: ``"min"`` or ``"max"``: which values of ``metric`` are best.
-        checkpoint_budget: Bytes (or a size) the experiment's checkpoints
-            may take; over it, the worst finished trials' checkpoints go.
+        time_limit, memory_limit, cpus_per_trial, heartbeat_timeout,
+        max_failures: What every trial may use, enforced on its whole process
+            tree: running time in seconds (paused time does not count),
+            memory in bytes or a size such as ``"2GiB"``, cores of its own,
+            seconds without output before it counts as hung, and how often a
+            failed trial is retried from its latest checkpoint. A trial ended
+            at a limit is ``Failed``, with ``failure_reason`` saying why.
+        keep_checkpoints, keep_best, metric, mode, checkpoint_budget: Which
+            checkpoints are kept: the newest K of each trial; those of the K
+            best trials by the last reported ``metric`` (``mode`` "min" or
+            "max"); within a byte budget for the experiment. See the README's
+            "Limits, retries and checkpoint retention".
     """
 
     def __init__(
@@ -123,8 +102,7 @@ class LocalBackend(BackendCore):
             entry_point=entry_point, binary=binary, pass_args_as_json=pass_args_as_json,
             delete_checkpoints=delete_checkpoints, grace_period=grace_period, env=env,
             num_gpus=num_gpus, num_gpus_per_trial=num_gpus_per_trial, gpus_to_use=gpus_to_use,
-            detach=detach, cwd=Path.cwd(), rotate_gpus=rotate_gpus,
-            preload=preload,
+            detach=detach, cwd=Path.cwd(), rotate_gpus=rotate_gpus, preload=preload,
             limits=TrialLimits.check(
                 time_limit=time_limit, memory_limit=memory_limit,
                 heartbeat_timeout=heartbeat_timeout, max_failures=max_failures,
@@ -382,28 +360,6 @@ class LocalBackend(BackendCore):
             if not running or remaining <= 0:
                 return []
             self._sleep_until_event(remaining)
-
-    def stdout(self, trial_id: int) -> list[str]:
-        """Every line the trial printed on stdout, across all its runs."""
-        return self._log_lines(trial_id, "stdout")
-
-    def stderr(self, trial_id: int) -> list[str]:
-        """Every line the trial printed on stderr, across all its runs."""
-        return self._log_lines(trial_id, "stderr")
-
-    def read_log(self, trial_id: int, stream: str = "stdout", offset: int = 0) -> tuple[str, int]:
-        """Log text from byte ``offset`` on, and the offset to pass next time."""
-        record = self._record(trial_id)
-        if stream not in _LOG_STREAMS:
-            raise BackendConfigurationError(
-                "stream", stream, "is not a log stream", "Use 'stdout' or 'stderr'."
-            )
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise BackendConfigurationError(
-                "offset", offset, "must be a byte offset >= 0",
-                "Pass 0, or the offset returned by the previous read_log call.",
-            )
-        return read_log_text(record.paths.log(stream), offset)
 
     # -- checkpoints -------------------------------------------------------
 

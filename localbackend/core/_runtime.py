@@ -361,14 +361,6 @@ class BackendCore:
     def _sleep_until_event(self, seconds: float) -> None:
         waiting.sleep_until_news(self._launcher, self._watcher, seconds)
 
-    def _log_lines(self, trial_id: int, stream: str) -> list[str]:
-        paths = self._record(trial_id).paths
-        try:
-            with open(paths.log(stream), encoding="utf-8", errors="replace") as log:
-                return log.readlines()
-        except FileNotFoundError:
-            return []
-
     def _checkpoint_target(self, trial_id: int) -> int:
         if (
             isinstance(trial_id, int)
