@@ -119,5 +119,12 @@ def summarize(results: list[JobResult], profile: Profile) -> Section:
         "reaps everything); memory is the peak of the tree's summed PSS, sampled every "
         "100 ms, so shared pages count once."
     )
+    section.notes.append(
+        "Epochs trained shows how much work each ASHA actually cut. A tuner that polls "
+        "rarely sees a rung's result only after the trial has run past it (at Syne Tune's "
+        "default `sleep_time` of 5 s, short epochs mean trials finish before they can be "
+        "stopped), so fewer epochs at the same best loss is the better outcome, and CPU per "
+        "epoch compares the cost of the work done."
+    )
     section.errors += errors_of(results)
     return section
