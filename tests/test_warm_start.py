@@ -25,6 +25,7 @@ from tests.crash_helpers import alive, kill_pids
 from tests.helpers import collect, drain, format_logs, script, until_status, wait_for
 
 PROBE = script("warm_probe.py")
+REPO = Path(__file__).resolve().parent.parent
 STEPS = Path(__file__).resolve().parent / "drivers" / "steps.py"
 # Read only when a trial starts, so they differ between any two runs.
 _PER_RUN = ("LOCALBACKEND_RUN_START_TIME",)
@@ -109,6 +110,25 @@ def test_random_states_are_reseeded_and_blas_gets_its_threads_back(tmp_path: Pat
     cold_count = cold[0]["facts"]["blas_threads"]
     assert cold_count is not None
     assert first["blas_threads"] == second["blas_threads"] == cold_count
+
+
+def test_a_python_dash_m_entry_point_starts_warm_as_it_would_cold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FunctionBackend runs its trials as python -m localbackend._function_trial.
+    monkeypatch.chdir(REPO)
+    binary = [sys.executable, "-m", "tests.scripts.warm_probe"]
+    endings = ["ok", "raise"]
+    _, cold, _ = _run_probe(tmp_path / "cold", endings, None, binary=binary)
+    backend, warm, caught = _run_probe(tmp_path / "warm", endings, ["json"], binary=binary)
+    assert not caught, [str(w.message) for w in caught]
+    assert set(_modes(backend).values()) == {None}
+    for c, w in zip(cold, warm):
+        assert _comparable(w["facts"]) == _comparable(c["facts"])
+        assert (w["exit_code"], w["stderr"]) == (c["exit_code"], c["stderr"])
+    assert warm[0]["facts"]["path"][0] == str(REPO)
+    assert warm[0]["facts"]["argv"][0] == str(PROBE)
+    assert "<frozen runpy>" in warm[1]["stderr"]
 
 
 def test_torch_trials_start_warm_with_their_threads_and_fresh_seeds(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ facts = {
     "name": __name__,
     "main_is_this": main_module.__dict__ is globals(),
     "file": __file__,
-    "spec": repr(__spec__),
+    "spec": None if __spec__ is None else [__spec__.name, __spec__.origin],
     "package": __package__,
     "cached": __cached__,
     "loader": type(__loader__).__name__,

@@ -22,11 +22,12 @@ import builtins
 import io
 import os
 import random
+import runpy
 import signal
 import sys
 import threading
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.machinery import SourceFileLoader
 from typing import Any, Optional
 
@@ -36,6 +37,8 @@ from ._zygote import WarmState, prepared_state
 SETUP_FAILED = 70
 # What Python exits with when flushing stdout at exit fails.
 _FLUSH_FAILED = 120
+# Where the traceback of ``python -m module`` begins.
+_RUNPY_FILE = runpy._run_module_as_main.__code__.co_filename  # type: ignore[attr-defined]
 
 
 def fork_trial(spec: Mapping[str, Any], env: Mapping[str, str], out: int, err: int) -> int:
@@ -81,12 +84,18 @@ def _run(
     os.environ.clear()
     os.environ.update(env)
     argv = [str(word) for word in spec["argv"]]
-    script = argv[1]
-    _fresh_interpreter_state(argv, script, env, state)
+    module = argv[2] if argv[1] == "-m" else None
+    if module is not None:  # python -m module: sys.argv[0] becomes its file, path[0] the cwd
+        _fresh_interpreter_state(argv, ["-m", *argv[3:]], os.getcwd(), env, state)
+    else:
+        first = os.path.dirname(os.path.realpath(argv[1]))
+        _fresh_interpreter_state(argv, argv[1:], first, env, state)
     _reseed()
     _give_back_threads(env, state)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    return _run_script(script)
+    if module is not None:
+        return _run_main(_module_runner(module), _RUNPY_FILE)
+    return _run_main(_script_runner(argv[1]), os.path.abspath(argv[1]))
 
 
 def _default_signals() -> None:
@@ -113,11 +122,12 @@ def _fresh_descriptors(out: int, err: int) -> None:
 
 
 def _fresh_interpreter_state(
-    argv: list[str], script: str, env: Mapping[str, str], state: WarmState
+    argv: list[str], script_argv: list[str], path0: str, env: Mapping[str, str],
+    state: WarmState,
 ) -> None:
-    sys.argv = argv[1:]
+    sys.argv = script_argv
     sys.orig_argv = argv
-    first = [] if sys.flags.safe_path else [os.path.dirname(os.path.realpath(script))]
+    first = [] if sys.flags.safe_path else [path0]
     sys.path[:] = [*first, *state.cold_path]
     sys.path_importer_cache.clear()
     unbuffered = bool(env.get("PYTHONUNBUFFERED"))
@@ -183,26 +193,55 @@ def _cold_openblas_threads(env: Mapping[str, str]) -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def _run_script(script: str) -> int:
-    """Run the script as ``__main__`` and end as the interpreter would; the exit code."""
+def _script_runner(script: str) -> Callable[[], None]:
+    """``python script.py``: the file compiled and run in a fresh ``__main__``."""
     filename = os.path.abspath(script)
-    main = types.ModuleType("__main__")
-    main.__dict__.update(
-        __file__=filename, __cached__=None, __package__=None, __spec__=None,
-        __loader__=SourceFileLoader("__main__", script), __builtins__=builtins,
-    )
-    sys.modules["__main__"] = main
-    interrupted = False
-    try:
+
+    def run() -> None:
+        main = _fresh_main()
+        main.__dict__.update(
+            __file__=filename, __cached__=None, __package__=None, __spec__=None,
+            __loader__=SourceFileLoader("__main__", script),
+        )
         with io.open_code(script) as source:
             code = compile(source.read(), filename, "exec", dont_inherit=True)
         exec(code, main.__dict__)
+
+    return run
+
+
+def _module_runner(module: str) -> Callable[[], None]:
+    """``python -m module``: what the interpreter calls for it, in a fresh ``__main__``."""
+
+    def run() -> None:
+        _fresh_main()
+        runpy._run_module_as_main(module, alter_argv=True)  # type: ignore[attr-defined]
+
+    return run
+
+
+def _fresh_main() -> types.ModuleType:
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main
+    return main
+
+
+def _run_main(run: Callable[[], None], first_file: str) -> int:
+    """Run ``__main__`` and end as the interpreter would; the exit code.
+
+    ``first_file`` is where a cold start's traceback begins: the script, or
+    runpy for ``-m``.
+    """
+    interrupted = False
+    try:
+        run()
         status = 0
     except SystemExit as exit_request:
         status = _exit_status(exit_request)
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt)
-        _print_uncaught(error, filename)
+        _print_uncaught(error, first_file)
         status = 1
     status = _finish(status)
     if interrupted:

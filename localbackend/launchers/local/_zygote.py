@@ -157,6 +157,10 @@ class Zygote:
                 f"the trial runs {executable}, not the Python the supervisor runs "
                 f"({sys.executable}); only Python entry points start warm"
             )
+        if len(argv) >= 3 and argv[1] == "-m":
+            if all(part.isidentifier() for part in argv[2].split(".")):
+                return None  # python -m module, as FunctionBackend runs its trials
+            return f"{argv[2]!r} after -m is not a module name"
         if len(argv) < 2 or argv[1].startswith("-"):
             words = " ".join(argv[:2])
             return f"the binary passes options to Python ({words}); give binary=None"
