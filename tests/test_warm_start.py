@@ -323,3 +323,15 @@ def test_the_zygote_refuses_to_fork_with_cuda_initialised_or_loaded(
     monkeypatch.delitem(sys.modules, "torch")
     monkeypatch.setattr(_zygote, "_mapped_libraries", lambda: ["/usr/lib/libcuda.so.1"])
     assert "libcuda.so.1" in str(_zygote.Zygote._libraries_reason())
+
+
+def test_function_backend_trials_start_warm(tmp_path: Path) -> None:
+    from localbackend import FunctionBackend
+    from tests.test_function_backend import train
+
+    with FunctionBackend(train, experiment_dir=tmp_path / "exp", preload=["json"]) as backend:
+        backend.start_trial({"lr": 0.1, "epochs": 3})
+        statuses, results = drain(backend, [0])
+        assert statuses[0][1] == Status.completed, format_logs(backend, [0])
+        assert len(results) >= 3
+        assert _modes(backend) == {(0, 0): None}
