@@ -7,7 +7,8 @@ a first rung at 1 epoch, judged on the validation loss.
 
 * localbackend: ``localbackend tune`` as a user runs it (its own process);
   its ASHA pauses trials at a rung and resumes the ones it promotes from
-  their checkpoints, each in a new Python process.
+  their checkpoints, each in a new Python process; also with ``--preload
+  numpy``, where each such process is forked warm with numpy imported.
 * Syne Tune: ``Tuner`` with its ``LocalBackend`` and its ``ASHA`` (stopping:
   a trial not promoted is stopped, a promoted one goes on running), in this
   driver, running the unchanged script; at ``sleep_time``.
@@ -84,6 +85,7 @@ def run_localbackend(params: dict[str, Any]) -> dict[str, Any]:
         "--max-trials", str(params["trials"]), "--workers", str(params["workers"]),
         "--reduction-factor", str(params["reduction_factor"]), "--min-resource", "1",
         "--seed", str(params["seed"]), "--experiment-dir", experiment, "--view", "plain",
+        *(["--preload", params["preload"]] if params.get("preload") else []),
     ]
     log_path = scratch(params, "tune.log")
     with TreeMeter() as meter, open(log_path, "wb") as log:
