@@ -6,7 +6,7 @@ Source (MIT License): ax-platform 1.3.1, ``ax/orchestration/tests/test_orchestra
 Adapted: Ax's test drives ``RunnerWithEarlyStoppingStrategy``, whose trials
 change status on a fixed schedule of polls, with ``stop`` mocked away, and a
 simulated Branin map metric. Here every trial is a real process
-(``tests/integrations/scripts/lb_epochs.py``, 20 epochs of 0.05 s), the
+(``tests/integrations/scripts/lb_epochs.py``, 40 epochs of 0.1 s), the
 metric is ``LocalBackendMapMetric`` and ``stop`` really ends the process
 tree; a spy counts the calls. The sets ``trials_early_stopped_so_far`` and
 ``trials_completed_so_far``, which Ax's ``MockOrchestrator`` reports, are read
@@ -14,7 +14,8 @@ off the experiment's trials. What depends on the mock's poll schedule (the
 exact results of each step, the row counts of a fixed number of
 timestamps) is replaced by what must hold whatever the timing: trial 1 alone
 is early-stopped, by one ``stop``, with the strategy's reason; 0 and 2
-complete; each trial has data; the savings estimate is Ax's 1/3. The
+complete; each trial has data; the savings estimate is at most Ax's 1/3
+(which is for a stop at the very first step). The
 strategy stops trial 1 once it has data, since Ax refuses to early-stop a
 trial without any, which the mock's trials always had.
 """
@@ -42,6 +43,10 @@ from tests.integrations.conftest import SCRIPTS
 from tests.integrations.test_ax import make_experiment, results_of, sobol
 
 pytestmark = pytest.mark.integration
+
+# Long enough (4 s) that trial 1 is still running when its first data arrive,
+# even on a loaded machine.
+EPOCHS = 40
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +93,7 @@ def test_orchestrator_with_odd_index_early_stopping_strategy(tmp_path: Any) -> N
     CountingRunner.stops = []
     runner = CountingRunner(
         str(SCRIPTS / "lb_epochs.py"), str(tmp_path / "exp"),
-        fixed_config={"epochs": 20, "epoch_seconds": 0.05}, max_parallel=3, grace_period=5.0,
+        fixed_config={"epochs": EPOCHS, "epoch_seconds": 0.1}, max_parallel=3, grace_period=5.0,
     )
     experiment = make_experiment(runner)
     orchestrator = Orchestrator(
@@ -114,13 +119,14 @@ def test_orchestrator_with_odd_index_early_stopping_strategy(tmp_path: Any) -> N
     looked_up_data = orchestrator.experiment.lookup_data()
     assert set(looked_up_data.full_df["trial_index"]) == {0, 1, 2}, logs
     stopped_results = results_of(experiment.trials[1].run_metadata["trial_dir"])
-    assert len(stopped_results) < 20, logs
+    assert len(stopped_results) < EPOCHS, logs
     assert not psutil.pid_exists(stopped_results[0]["pid"]), logs
 
     ess = orchestrator.options.early_stopping_strategy
     assert ess is not None
-    assert ess.estimate_early_stopping_savings(orchestrator.experiment) == pytest.approx(
-        1.0 / 3.0, abs=0.1)
+    # Ax's 1/3 is for a stop at the first step; a real stop comes a few steps in.
+    savings = ess.estimate_early_stopping_savings(orchestrator.experiment)
+    assert 0.0 < savings <= 1.0 / 3.0 + 1e-9, savings
 
     # Verify that the status reason from early stopping strategy is retained.
     early_stopped_trial = orchestrator.experiment.trials[1]
