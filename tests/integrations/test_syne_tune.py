@@ -259,7 +259,7 @@ def test_syne_tune_local_backend_surface(tmp_path: Path) -> None:
 
 
 def test_stop_all_hides_results_the_tuner_never_fetched(backend: SyneTuneBackend) -> None:
-    trial = backend.start_trial({"epochs": 1000, "epoch_seconds": 0.001})
+    trial = backend.start_trial({"epochs": 100_000, "epoch_seconds": 0.001})
     wait_for(lambda: sum("[tune-metric]" in line for line in backend.stdout(trial.trial_id)) > 5,
              what="results to be written", on_fail=lambda: format_logs(backend.local))
     backend.stop_all()
