@@ -22,10 +22,12 @@ objective (``report(loss=...)``); a script
 that prints SMAC's own ``cost=<value>`` line instead works too. A trial that
 exits non-zero is ``CRASHED`` and its ``additional_info`` holds the stderr
 tail (``error``), exit code or signal and trial folder. With
-``Scenario(trial_walltime_limit=...)`` a trial that runs longer is stopped
-and reported as ``TIMEOUT``; so is one the backend's ``time_limit`` ended,
-and one its ``memory_limit`` ended is ``MEMORYOUT`` (``status_type``), with
-the failure reason as ``error``.
+``Scenario(trial_walltime_limit=..., trial_memory_limit=...)`` each trial
+gets them as its own ``time_limit`` and ``memory_limit`` (MB read as MiB),
+which the keeper enforces on the trial's whole process tree: a trial ended
+at the first is ``TIMEOUT``, at the second ``MEMORYOUT`` (``status_type``),
+with the failure reason as ``error``; so are trials the backend's own limits
+ended.
 
 SMAC's ``smac.validate(config)`` submits the validation trials and reads the
 results at once, which only a runner that runs a trial inside
@@ -116,6 +118,13 @@ class SMACRunner(AbstractRunner):
         # Values of trials started by ``run``, which returns them instead of queueing.
         self._finished_values: dict[int, TrialValue] = {}
         self._trial_walltime_limit = scenario.trial_walltime_limit
+        # SMAC's own per-trial limits become the keeper's, enforced on the whole
+        # process tree (memory in SMAC's MB, as pynisher reads it: MiB).
+        self._limits: dict[str, Any] = {}
+        if scenario.trial_walltime_limit is not None:
+            self._limits["time_limit"] = float(scenario.trial_walltime_limit)
+        if getattr(scenario, "trial_memory_limit", None) is not None:
+            self._limits["memory_limit"] = int(scenario.trial_memory_limit) << 20
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -136,7 +145,7 @@ class SMACRunner(AbstractRunner):
         config = self._trial_config(
             trial_info.config, trial_info.instance, trial_info.budget, trial_info.seed
         )
-        started = self.backend.start_trial(config)
+        started = self.backend.start_trial(config, limits=self._limits or None)
         self._pending[started.trial_id] = _Pending(trial_info, time.time())
 
     def iter_results(self) -> Iterator[tuple[TrialInfo, TrialValue]]:
@@ -165,7 +174,9 @@ class SMACRunner(AbstractRunner):
     ) -> tuple[StatusType, Cost, float, float, dict[str, Any]]:
         """Run one trial to its end; SMAC's ``(status, cost, runtime, cpu_time, info)``."""
         trial_info = TrialInfo(config=config, instance=instance, seed=seed, budget=budget)
-        started = self.backend.start_trial(self._trial_config(config, instance, budget, seed))
+        started = self.backend.start_trial(
+            self._trial_config(config, instance, budget, seed), limits=self._limits or None
+        )
         pending = _Pending(trial_info, time.time())
         self._pending[started.trial_id] = pending
         try:

@@ -238,3 +238,22 @@ def test_validate_waits_for_the_parallel_trials(tmp_path: Path) -> None:
         losses = [results_of(backend, t)[-1]["loss"] for t in ran]
         assert cost == pytest.approx(sum(losses) / len(losses))
         assert backend.busy_trial_ids() == []
+
+
+def test_the_scenarios_trial_limits_are_the_keepers(tmp_path: Path) -> None:
+    hog = tmp_path / "hog.py"
+    hog.write_text(
+        "import time\nfrom localbackend import report\n"
+        "blocks = [bytearray(8 << 20) for _ in range(50)]\nreport(loss=1.0)\ntime.sleep(60)\n"
+    )
+    scenario = Scenario(space(), deterministic=True, output_directory=tmp_path / "smac",
+                        objectives="loss", trial_memory_limit=100, trial_walltime_limit=30)
+    with LocalBackend(hog, experiment_dir=tmp_path / "exp", binary=[sys.executable],
+                      grace_period=1.0) as backend:
+        runner = SMACRunner(scenario, backend, n_parallel=1)
+        status, _, _, _, info = runner.run(trial_info().config)
+        command = json.loads((backend.trial_dir(0) / "command.json").read_text())
+    assert status == StatusType.MEMORYOUT, info
+    assert info["failure_kind"] == "memory_limit"
+    assert command["limits"]["memory_limit"] == 100 << 20
+    assert command["limits"]["time_limit"] == 30.0
