@@ -123,8 +123,9 @@ class SMACRunner(AbstractRunner):
         self._limits: dict[str, Any] = {}
         if scenario.trial_walltime_limit is not None:
             self._limits["time_limit"] = float(scenario.trial_walltime_limit)
-        if getattr(scenario, "trial_memory_limit", None) is not None:
-            self._limits["memory_limit"] = int(scenario.trial_memory_limit) << 20
+        memory_mb = getattr(scenario, "trial_memory_limit", None)
+        if memory_mb is not None:
+            self._limits["memory_limit"] = int(memory_mb) << 20
 
     @property
     def meta(self) -> dict[str, Any]:
