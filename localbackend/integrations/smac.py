@@ -208,8 +208,9 @@ class SMACRunner(AbstractRunner):
         while self.is_running():
             self._wait_for_any()
         wanted = {id(trial_info) for trial_info in trials}
-        costs = [value.cost for info, value in self._results_queue if id(info) in wanted]
-        self._results_queue = [item for item in self._results_queue if id(item[0]) not in wanted]
+        queue: list[tuple[Any, Any]] = self._results_queue
+        costs = [value.cost for info, value in queue if id(info) in wanted]
+        queue[:] = [item for item in queue if id(item[0]) not in wanted]
         mean = np.mean(np.array(costs, dtype=float), axis=0)
         return mean.tolist() if isinstance(mean, np.ndarray) and mean.ndim else float(mean)
 
