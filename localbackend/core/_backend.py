@@ -98,29 +98,35 @@ class LocalBackend(BackendCore, TrialLogs):
         mode: str = "min",
         checkpoint_budget: int | str | None = None,
     ) -> None:
-        self._configure(BackendOptions.check(
-            entry_point=entry_point, binary=binary, pass_args_as_json=pass_args_as_json,
-            delete_checkpoints=delete_checkpoints, grace_period=grace_period, env=env,
-            num_gpus=num_gpus, num_gpus_per_trial=num_gpus_per_trial, gpus_to_use=gpus_to_use,
-            detach=detach, cwd=Path.cwd(), rotate_gpus=rotate_gpus, preload=preload,
-            limits=TrialLimits.check(
-                time_limit=time_limit, memory_limit=memory_limit,
-                heartbeat_timeout=heartbeat_timeout, max_failures=max_failures,
-            ),
-            retention=Retention.check(
-                keep_checkpoints=keep_checkpoints, keep_best=keep_best, metric=metric,
-                mode=mode, checkpoint_budget=checkpoint_budget,
-            ),
-            cpus_per_trial=cpus_per_trial,
-        ))
-        if experiment_dir is not None:
-            root = Path(experiment_dir).expanduser().absolute()
-            check_experiment_dir(root)
-        else:
-            root = default_experiment_dir()
-        self._folder = ExperimentFolder(root, created=False)
-        self._setup_runtime(launcher)
-        self._cpu_allocator()  # cpus_per_trial is checked against the cores here
+        try:
+            self._configure(BackendOptions.check(
+                entry_point=entry_point, binary=binary, pass_args_as_json=pass_args_as_json,
+                delete_checkpoints=delete_checkpoints, grace_period=grace_period, env=env,
+                num_gpus=num_gpus, num_gpus_per_trial=num_gpus_per_trial, gpus_to_use=gpus_to_use,
+                detach=detach, cwd=Path.cwd(), rotate_gpus=rotate_gpus, preload=preload,
+                limits=TrialLimits.check(
+                    time_limit=time_limit, memory_limit=memory_limit,
+                    heartbeat_timeout=heartbeat_timeout, max_failures=max_failures,
+                ),
+                retention=Retention.check(
+                    keep_checkpoints=keep_checkpoints, keep_best=keep_best, metric=metric,
+                    mode=mode, checkpoint_budget=checkpoint_budget,
+                ),
+                cpus_per_trial=cpus_per_trial,
+            ))
+            if experiment_dir is not None:
+                root = Path(experiment_dir).expanduser().absolute()
+                check_experiment_dir(root)
+            else:
+                root = default_experiment_dir()
+            self._folder = ExperimentFolder(root, created=False)
+            self._setup_runtime(launcher)
+            self._cpu_allocator()  # cpus_per_trial is checked against the cores here
+        except BaseException:
+            # A launcher handed in (a Dask client, a cluster) is not left connected.
+            if launcher is not None:
+                launcher.let_go()
+            raise
 
     @property
     def pass_args_as_json(self) -> bool:

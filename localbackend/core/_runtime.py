@@ -69,10 +69,15 @@ class BackendCore:
 
     def _reopen(self, root: Path, launcher: Launcher | None) -> None:
         """Set up a new instance on an existing experiment folder (``LocalBackend.restore``)."""
-        self._configure(BackendOptions.from_saved(load_state(root)["options"]))
-        self._folder = ExperimentFolder(root, created=True)
-        self._setup_runtime(launcher)
-        self._folder.lock.acquire(self._take_over_callback(), take_over=True)
+        try:
+            self._configure(BackendOptions.from_saved(load_state(root)["options"]))
+            self._folder = ExperimentFolder(root, created=True)
+            self._setup_runtime(launcher)
+            self._folder.lock.acquire(self._take_over_callback(), take_over=True)
+        except BaseException:
+            if launcher is not None:
+                launcher.let_go()  # not left connected (a Dask client, a cluster)
+            raise
         try:
             # Re-read under the lock: the old driver may have written until now,
             # and may have changed the options it journals (delete_checkpoints,
@@ -96,6 +101,7 @@ class BackendCore:
             self._cpu_allocator()
         except BaseException:
             self._folder.close()
+            self._launcher.let_go()  # runs it follows in detach mode run on
             raise
 
     def _setup_runtime(self, launcher: Launcher | None) -> None:

@@ -30,6 +30,7 @@ DEADLINE = 60.0
 def backend_on(cluster: Cluster, experiment: Path, entry: str, **options: Any) -> LocalBackend:
     return LocalBackend(
         script(entry), experiment_dir=experiment, grace_period=options.pop("grace", 1.0),
+        detach=options.pop("detach", False),
         launcher=DaskLauncher(cluster.address, lease_timeout=LEASE, **options),
     )
 
@@ -167,6 +168,18 @@ def test_an_unreachable_scheduler_is_a_clear_error_at_construction() -> None:
     assert address in str(raised.value) and "cannot be reached" in str(raised.value)
 
 
+def test_a_port_that_accepts_and_never_answers_is_a_clear_error_not_a_hang() -> None:
+    # A wedged scheduler, or another service: the handshake after the connection
+    # would wait for good without a deadline of its own.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(BackendConfigurationError) as raised:
+            DaskLauncher(address, connect_timeout=1.0)
+    assert address in str(raised.value) and "cannot be reached" in str(raised.value)
+
+
 def test_a_folder_the_workers_do_not_see_fails_the_first_start(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -194,10 +207,10 @@ def test_detached_trials_outlive_their_driver_and_restore_reattaches(
 
     def sessions_ending() -> list[bool]:
         """On a worker (sent by value): whether the dead driver's session saw its lease go."""
-        from localbackend.launchers.dask import _session
+        from localbackend.launchers.dask import _lease, _session
 
         session = _session.existing(token)
-        return [] if session is None else [session.ending]
+        return [] if session is None else [session.lease.verdict() != _lease.FRESH]
 
     with Client(cluster.address, set_as_default=False) as client:
         wait_for(

@@ -19,11 +19,13 @@ pytestmark = pytest.mark.dask
 pytest.importorskip("distributed")
 
 
+@pytest.mark.parametrize("detach", [False, True], ids=["attached", "detached"])
 def test_a_sigkilled_worker_fails_its_trial_as_lost_and_ends_its_tree(
-    own_cluster: Cluster, tmp_path: Path
+    own_cluster: Cluster, tmp_path: Path, detach: bool
 ) -> None:
+    # Detached trials outlive their driver, never their worker.
     cluster = own_cluster
-    with backend_on(cluster, tmp_path / "exp", "checkpointing.py") as backend:
+    with backend_on(cluster, tmp_path / "exp", "checkpointing.py", detach=detach) as backend:
         ids = [backend.start_trial({"epochs": 1000, "block_at": 2}).trial_id for _ in range(2)]
         collect(backend, ids, blocked(ids), timeout=DEADLINE)
         records = {t: run_record(backend, t, 0) for t in ids}

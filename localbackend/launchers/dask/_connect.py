@@ -47,9 +47,7 @@ def connect(target: Any, security: Any, timeout: float) -> Connection:
     elif isinstance(target, str) and target:
         _check_tls(target, security)
         try:
-            client = Client(  # type: ignore[no-untyped-call]
-                target, security=security, timeout=timeout, set_as_default=False
-            )
+            client = _client_within(target, security, timeout)
         except (OSError, TimeoutError, TypeError) as err:
             raise BackendConfigurationError(
                 "scheduler", target, f"cannot be reached within {timeout:g} s ({err})",
@@ -62,12 +60,59 @@ def connect(target: Any, security: Any, timeout: float) -> Connection:
             "scheduler", target, "is not a scheduler address, 'local:N' or a distributed.Client",
             "Pass for example 'tcp://host:8786', 'tls://host:8786' or 'local:4'.",
         )
+
+    def forbid_retries(dask_scheduler: Any) -> None:
+        # Nested, so that it is sent by value: the scheduler need not import localbackend.
+        dask_scheduler.allowed_failures = 0
+
     try:
-        connection.client.run_on_scheduler(_forbid_retries)
-    except Exception:
+        connection.client.run_on_scheduler(forbid_retries)
+    except Exception as err:
         connection.close()
-        raise
+        raise BackendConfigurationError(
+            "scheduler", target, f"refused to stop retrying tasks of lost workers ({err!r})",
+            "Check that the scheduler runs the same Python and distributed versions as here.",
+        ) from err
     return connection
+
+
+def _client_within(target: str, security: Any, timeout: float) -> Any:
+    """A client of ``target``, or ``TimeoutError`` after ``timeout`` seconds whatever hangs.
+
+    ``Client(timeout=)`` bounds the connection, not the handshake after it: a
+    port that accepts and never answers would block for good. The client is
+    made in a thread; one that arrives after the deadline is closed there.
+    """
+    import threading
+
+    from distributed import Client
+
+    made: list[Any] = []
+    failed: list[BaseException] = []
+    late = threading.Event()
+
+    def make() -> None:
+        try:
+            client = Client(  # type: ignore[no-untyped-call]
+                target, security=security, timeout=timeout, set_as_default=False
+            )
+        except BaseException as err:  # handed to the caller
+            failed.append(err)
+            return
+        if late.is_set():
+            client.close()  # type: ignore[no-untyped-call]
+        else:
+            made.append(client)
+
+    thread = threading.Thread(target=make, name="localbackend-dask-connect", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    if thread.is_alive():
+        late.set()
+        raise TimeoutError(f"no answer from {target} within {timeout:g} s")
+    if failed:
+        raise failed[0]
+    return made[0]
 
 
 def _check_tls(address: str, security: Optional[Any]) -> None:
@@ -106,8 +151,3 @@ def _local_cluster(target: str, security: Optional[Any]) -> Connection:
         cluster.close()
         raise
     return Connection(client, cluster)
-
-
-def _forbid_retries(dask_scheduler: Any) -> None:
-    """On the scheduler: a task whose worker dies fails instead of running elsewhere."""
-    dask_scheduler.allowed_failures = 0

@@ -165,7 +165,9 @@ class DaskLauncher(Launcher):
                           "lease_timeout": self._lease_timeout})
 
     def _submit(self, spec: RunSpec) -> None:
-        if self._gpu_cluster is None:
+        if not self._gpu_cluster and self._gpus_per_trial:
+            # Asked again until a GPU worker is seen: workers may join late
+            # (dask-jobqueue's scale() returns before they arrive).
             workers = self.dask_client.scheduler_info().get("workers", {}).values()
             self._gpu_cluster = any("GPU" in (w.get("resources") or {}) for w in workers)
         asks = self._gpus_per_trial if self._gpu_cluster else 0
@@ -296,14 +298,26 @@ class DaskLauncher(Launcher):
         if self._closed:
             return
         client = self.dask_client
-        self._calls.submit(
-            lambda: client.run(function, *args, workers=workers, on_error="ignore")
-        )
+
+        def call() -> None:
+            live = self._live_workers()
+            targets = [w for w in workers if w in live] if workers is not None else None
+            if targets != []:  # a worker that is gone took its trees with it
+                client.run(function, *args, workers=targets, on_error="ignore")
+
+        self._calls.submit(call)
 
     # -- runs of an earlier driver ----------------------------------------------------
 
     def _ask(self, function: Callable[..., Any], handle: RunHandle, *args: Any) -> dict[str, Any]:
-        """``function`` on the worker of ``handle`` (every worker if it is not known)."""
+        """``function`` on the worker of ``handle`` (every worker if it is not known).
+
+        A worker the scheduler no longer lists is gone, and so is every process
+        it ran: it is not asked (a call to a dead address waits for the
+        connect timeout, 30 s by default).
+        """
+        if handle.host and handle.host not in self._live_workers():
+            return {}
         try:
             answers = self.dask_client.run(
                 function, *args, workers=[handle.host] if handle.host else None,
@@ -312,6 +326,12 @@ class DaskLauncher(Launcher):
         except Exception:  # that worker is gone, or so is the scheduler
             return {}
         return {k: v for k, v in answers.items() if not isinstance(v, BaseException)}
+
+    def _live_workers(self) -> set[str]:
+        try:
+            return set(self.dask_client.scheduler_info().get("workers", {}))
+        except Exception:  # the scheduler is gone: so is every worker's answer
+            return set()
 
     def is_alive(self, handle: RunHandle) -> bool:
         if self._closed:

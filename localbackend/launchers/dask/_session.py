@@ -6,7 +6,8 @@ as ``LocalLauncher`` starts one for its driver. A reader thread takes the
 supervisor's events and hands each to the task that waits for its run, and
 watches the driver's lease: when it goes stale or is closed, the
 supervisor's stdin is closed, as a local driver's death would close it, and
-the supervisor ends every tree fast (or, in detach mode, lets them run on).
+the supervisor ends every tree fast; in detach mode the trees run on, and
+the session ends once they have.
 
 The supervisor's stdin is held by the worker process, so if the worker dies
 (even by SIGKILL), the supervisor sees end-of-file and ends the trees: a
@@ -17,15 +18,12 @@ ends.
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from typing import Any
 
 from ..._files import wait_readable
 from ..local._client import SupervisorClient
-from ..local._launcher import process_matches
 from ._lease import FRESH, LeaseWatch
 
 # Events after which the supervisor no longer owns a run.
@@ -42,7 +40,11 @@ class Session:
 
     def __init__(self, token: str, detach: bool, lease: LeaseWatch) -> None:
         self.token = token
-        self.client = SupervisorClient(detach=detach, on_start=self._supervisor_started)
+        # The supervisor always runs attached: its stdin closes when the worker
+        # process dies, and then every tree must end, detached or not. Detach
+        # mode only means that a stale lease (the driver's loss) ends nothing.
+        self.client = SupervisorClient(detach=False, on_start=self._supervisor_started)
+        self.detach = detach
         self.supervisor: tuple[int, float] | None = None
         self.lease = lease
         self.condition = threading.Condition()
@@ -93,16 +95,6 @@ class Session:
             self.client.close_commands()
             self.condition.notify_all()
 
-    def kill(self) -> None:
-        """SIGKILL the supervisor: its keepers then end their trees fast, detached or not."""
-        with self.condition:
-            self.ending = True
-            if self.supervisor is not None and process_matches(*self.supervisor):
-                try:
-                    os.kill(self.supervisor[0], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
     def _supervisor_started(self, pid: int, create_time: float) -> None:
         self.supervisor = (pid, create_time)
 
@@ -128,7 +120,8 @@ class Session:
             now = time.monotonic()
             if not self.ending and now - checked >= LEASE_CHECK_SECONDS:
                 checked = now
-                if self.lease.verdict() != FRESH:
+                # Detached runs outlive their driver: the session ends once they have.
+                if self.lease.verdict() != FRESH and (not self.detach or not self.mailboxes):
                     self.end()
 
 

@@ -157,10 +157,8 @@ async def wait_for_session(token: str, timeout: float) -> None:
     while session is not None and not session.ended and loop.time() < deadline:
         await asyncio.sleep(0.02)
     if session is not None and not session.ended:
-        # A lost driver's end (trials come back Paused); detached trees need a kill.
-        if session.client.detach:
-            session.kill()
-        else:
-            session.end()
+        # A lost driver's end: the supervisor, attached, ends every tree fast
+        # (the trials come back Paused), detach mode or not.
+        session.end()
         while not session.ended and loop.time() < deadline + _SESSION_END_SECONDS:
             await asyncio.sleep(0.02)
