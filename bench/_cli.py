@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -296,17 +297,32 @@ def load_raw(path: Path) -> tuple[dict[str, list[JobResult]], list[str], Profile
     return results, raw["header"], profile, raw["command"], raw["took_s"], raw["date"]
 
 
-def target_table(sections: list[Section]) -> Table:
+def not_run(results: dict[str, list[JobResult]], profile: Profile) -> list[Section]:
+    """The scenarios this run left out, summarized from no results: their targets."""
+    sections = []
+    done = {SCENARIOS[name] for name in results}
+    for scenario, (module_name, summarize) in SCENARIOS.items():
+        if scenario not in results and (module_name, summarize) not in done:
+            sections.append(getattr(_module(module_name), summarize)([], profile))
+    return sections
+
+
+def target_table(sections: list[Section], left_out: Sequence[Section] = ()) -> Table:
+    """Every target of the issue: those of this run's sections, then the scenarios left out."""
     table = Table(["scenario", "target", "this run", "verdict"])
     for section in sections:
         for check in section.checks:
             table.add(section.title.split(":")[0], check.name, check.detail, f"**{check.verdict}**")
+    for section in left_out:
+        for check in section.checks:
+            table.add(section.title.split(":")[0], check.name, "scenario not in this run",
+                      f"**{check.verdict}**")
     return table
 
 
 def render(
     sections: list[Section], header: list[str], profile: Profile, command: str, took: float,
-    for_file: bool, date: str,
+    for_file: bool, date: str, left_out: Sequence[Section] = (),
 ) -> str:
     parts = [
         "# Benchmark results",
@@ -322,7 +338,7 @@ def render(
         "",
         "## Targets",
         "",
-        target_table(sections).markdown(),
+        target_table(sections, left_out).markdown(),
         "",
         WHAT_EACH_READS,
     ]
@@ -344,11 +360,14 @@ def main(argv: list[str] | None = None) -> int:
         took = time.monotonic() - started
         date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     sections = summarize_all(results, profile)
-    print(render(sections, header, profile, command, took, for_file=False, date=date))
+    left_out = not_run(results, profile)
+    print(render(sections, header, profile, command, took, for_file=False, date=date,
+                 left_out=left_out))
     if args.output != "-":
         output = Path(args.output)
         output.write_text(
-            render(sections, header, profile, command, took, for_file=True, date=date),
+            render(sections, header, profile, command, took, for_file=True, date=date,
+                   left_out=left_out),
             encoding="utf-8",
         )
         print(f"bench: wrote {output}", file=sys.stderr)

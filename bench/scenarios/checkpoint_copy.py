@@ -99,9 +99,11 @@ def _samples(results: list[JobResult], label: str, key: str) -> Summary | None:
 
 def summarize(results: list[JobResult], profile: Profile) -> Section:
     params = results[0].job.params if results else {}
-    size = params.get("bytes", profile.checkpoint_large_bytes)
+    size = params.get("bytes", profile.checkpoint_large_bytes
+                      + profile.checkpoint_small_files * profile.checkpoint_small_bytes)
     section = Section(
-        f"5. Checkpoint copy: {MEBIBYTES.show(size)} in {params.get('files', '?')} files",
+        f"5. Checkpoint copy: {MEBIBYTES.show(size)} in "
+        f"{params.get('files', profile.checkpoint_small_files + 1)} files",
         f"One checkpoint of one {MEBIBYTES.show(profile.checkpoint_large_bytes)} file and "
         f"{profile.checkpoint_small_files} files of "
         f"{profile.checkpoint_small_bytes // 1024} KiB, copied to another trial; median "

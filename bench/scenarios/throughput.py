@@ -35,6 +35,12 @@ from bench._stats import (
 # localbackend with a time, memory and heartbeat limit on every trial.
 LIMITED = "localbackend, limits on"
 
+# Issue 13's targets, as ratios to the floor of the same run.
+WALL_LIMIT = 1.10  # 200 trivial trials, 2 at a time: wall time (the verdict)
+WALL_AIM = 1.05  # what the wall time aims at (reported beside the verdict)
+CPU_LIMIT = 1.5  # the same: driver CPU, and the memory section's process CPU
+RSS_LIMIT = 1.3  # the memory section: driver peak RSS
+
 
 def jobs(profile: Profile, contenders: list[str]) -> list[Job]:
     base = {"trials": profile.throughput_trials, "concurrency": profile.throughput_concurrency}
@@ -132,11 +138,14 @@ def summarize(results: list[JobResult], profile: Profile) -> Section:
     ))
     wall_ratio = ratio(summary(results, LOCALBACKEND, "wall_s"), floor_wall)
     cpu_ratio = ratio(summary(results, LOCALBACKEND, "cpu_s"), floor_cpu)
+    aim = "" if wall_ratio is None else (
+        f"; aim {WALL_AIM:.2f}x {'met' if wall_ratio <= WALL_AIM else 'not met'}")
     section.checks += [
-        Check("wall time ≤ 1.05x the floor", f"localbackend {format_ratio(wall_ratio)}",
-              None if wall_ratio is None else wall_ratio <= 1.05),
-        Check("driver CPU ≤ 1.3x the floor", f"localbackend {format_ratio(cpu_ratio)}",
-              None if cpu_ratio is None else cpu_ratio <= 1.3),
+        Check(f"wall time ≤ {WALL_LIMIT:.2f}x the floor (aiming at {WALL_AIM:.2f}x)",
+              f"localbackend {format_ratio(wall_ratio)}{aim}",
+              None if wall_ratio is None else wall_ratio <= WALL_LIMIT),
+        Check(f"driver CPU ≤ {CPU_LIMIT:g}x the floor", f"localbackend {format_ratio(cpu_ratio)}",
+              None if cpu_ratio is None else cpu_ratio <= CPU_LIMIT),
     ]
     section.notes.append(
         f"\"{LIMITED}\" runs every trial with time_limit, memory_limit (RSS sampled every "
@@ -196,10 +205,12 @@ def summarize_memory(results: list[JobResult], profile: Profile) -> Section:
     rss_ratio = ratio(process_summary(results, LOCALBACKEND, "peak_rss_bytes"), floor_rss)
     cpu_ratio = ratio(process_summary(results, LOCALBACKEND, "cpu_s"), floor_cpu)
     section.checks += [
-        Check("peak RSS ≤ 1.3x the floor", f"localbackend {format_ratio(rss_ratio)}",
-              None if rss_ratio is None else rss_ratio <= 1.3),
-        Check("driver CPU ≤ 1.3x the floor", f"localbackend {format_ratio(cpu_ratio)}",
-              None if cpu_ratio is None else cpu_ratio <= 1.3),
+        Check(f"driver peak RSS ≤ {RSS_LIMIT:g}x the floor",
+              f"localbackend {format_ratio(rss_ratio)}",
+              None if rss_ratio is None else rss_ratio <= RSS_LIMIT),
+        Check(f"driver process CPU ≤ {CPU_LIMIT:g}x the floor",
+              f"localbackend {format_ratio(cpu_ratio)}",
+              None if cpu_ratio is None else cpu_ratio <= CPU_LIMIT),
     ]
     section.notes.append(
         f"\"{LIMITED}\" runs every trial with time_limit, memory_limit (RSS sampled every "
