@@ -53,8 +53,13 @@ def test_every_scenario_runs_for_floor_and_localbackend(tmp_path: Path) -> None:
         assert f"## {section}" in report, f"section {section!r} missing from:\n{report}"
     assert "Machine: " in report and "python -m bench --profile smoke" in report
     assert "error:" not in report, report
-    # Every target has a verdict, none is left unmeasured.
-    assert "not measured" not in report, report
+    # Every target has a verdict, none is left unmeasured, except the end-to-end
+    # comparisons, which need a contender this run leaves out.
+    unmeasured = [
+        line for line in report.splitlines()
+        if "not measured" in line and "no other contender ran" not in line
+    ]
+    assert not unmeasured, report
     # The saved raw results give back the same report.
     rendered = tmp_path / "RENDERED.md"
     done = subprocess.run(
