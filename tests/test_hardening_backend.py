@@ -33,6 +33,7 @@ from localbackend import (
     LocalBackend,
     LocalBackendError,
     Status,
+    SupervisorError,
     TrialLaunchError,
 )
 from localbackend.core._lock import experiment_is_held
@@ -364,16 +365,24 @@ def test_pause_and_stop_with_a_dead_supervisor_start_nothing(tmp_path: Path) -> 
 # -- a failed call changes nothing ----------------------------------------------
 
 
-def _fail_command_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A full disk just when command.json is published."""
-    real = os.replace
+class _BrokenPipe:
+    """The supervisor's stdin, failing as a pipe whose reader is gone fails."""
 
-    def failing(src: Any, dst: Any, **kwargs: Any) -> None:
-        if os.path.basename(os.fspath(dst)) == "command.json":
-            raise OSError(errno.ENOSPC, "No space left on device (injected)")
-        real(src, dst, **kwargs)
+    def __init__(self, real: Any) -> None:
+        self._real = real
 
-    monkeypatch.setattr(os, "replace", failing)
+    def write(self, data: bytes) -> int:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe (injected)")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def _fail_spawn(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's pipe breaks just when the run is handed to it: the last step."""
+    client = backend._supervisor
+    client.ensure_started()
+    monkeypatch.setattr(client, "_stdin", _BrokenPipe(client._stdin))
 
 
 def test_a_start_that_fails_after_the_record_exists_leaves_nothing(
@@ -384,19 +393,20 @@ def test_a_start_that_fails_after_the_record_exists_leaves_nothing(
         script, experiment_dir=tmp_path / "exp", num_gpus=2, num_gpus_per_trial=1
     ) as backend:
         with monkeypatch.context() as patch:
-            _fail_command_json(patch)
+            _fail_spawn(backend, patch)
             with pytest.raises(TrialLaunchError) as caught:
                 backend.start_trial({})
-        assert isinstance(caught.value.__cause__, OSError)
+        assert isinstance(caught.value.__cause__, SupervisorError)
         assert caught.value.trial_id == 0
         assert backend.new_trial_id() == 0
         assert backend.busy_trial_ids() == []
         assert not (tmp_path / "exp" / "0").exists()
         trial = backend.start_trial({})  # gets the id, and GPU 0: nothing was leaked
         assert trial.trial_id == 0
+        drain(backend, [0])
+        # The run's keeper publishes command.json before the trial starts.
         command = json.loads((backend.trial_dir(0) / "command.json").read_text())
         assert command["env"]["CUDA_VISIBLE_DEVICES"] == "0"
-        drain(backend, [0])
     with LocalBackend.restore(tmp_path / "exp") as restored:
         assert restored.new_trial_id() == 1
 
@@ -413,7 +423,7 @@ def test_a_resume_that_fails_leaves_the_trial_paused(
         backend.pause_trial(0)
         drain(backend, [0])
         with monkeypatch.context() as patch:
-            _fail_command_json(patch)
+            _fail_spawn(backend, patch)
             with pytest.raises(TrialLaunchError):
                 backend.resume_trial(0, {"x": 1})
         statuses, _ = backend.fetch_status_results([0])

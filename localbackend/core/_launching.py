@@ -11,7 +11,7 @@ import errno
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +22,6 @@ from ..launchers._base import Launcher, RunLimits, RunSpec
 from ._command import ENV_DEFAULTS, build_launch_spec
 from ._gpus import GpuAllocator
 from ._limits import THREAD_VARIABLES
-from ._notify import FileWatcher
-from ._storage import atomic_write_json
 from ._table import TrialTable
 from ._trials import TrialRecord
 
@@ -56,7 +54,6 @@ def launch(
     launcher: Launcher,
     allocator: GpuAllocator,
     table: TrialTable,
-    watcher: Callable[[], FileWatcher],
     cpus: GpuAllocator | None = None,
 ) -> None:
     """Start the next run of ``record``; on failure, raise ``TrialLaunchError``.
@@ -68,8 +65,6 @@ def launch(
     run = record.runs
     logged = allocated = False
     try:
-        if record.runs:  # start_trial prepared the first run's files already
-            prepare_files(paths)
         gpus = allocator.allocate(record.trial_id)
         allocated = True
         run_start = time.time()
@@ -94,11 +89,6 @@ def launch(
         cores = cpus.allocate(record.trial_id) if cpus is not None else []
         limits = run_limits(record, cores, template.cpus_per_trial)
         overrides.update(_policy_env(template, len(cores) or template.cpus_per_trial or 0))
-        atomic_write_json(
-            paths.command,
-            {"run": run, "argv": list(spec.argv), "cwd": str(spec.cwd), "env": overrides,
-             "limits": limits.as_record()},
-        )
         record.log("launch", run=run, time=run_start, gpus=gpus)
         logged = True
         launcher.start(RunSpec(
@@ -119,10 +109,6 @@ def launch(
     record.launched(run, run_start, gpus)
     record.cpus = cores
     table.live.add(record.trial_id)
-    if launcher.capabilities.local_files:
-        files = watcher()
-        files.watch(paths.results)
-        files.watch(paths.stdout)
 
 
 def run_limits(
@@ -169,12 +155,15 @@ def launch_error(trial_id: int, argv: Sequence[str], err: BaseException) -> Tria
     return TrialLaunchError(trial_id, list(argv), problem, hint)
 
 
-def prepare_files(paths: TrialPaths) -> None:
-    """Create the trial folder and its files, so they can be watched before the trial runs."""
-    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for path in (paths.results, paths.stdout, paths.stderr):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        os.close(fd)
+def create_results_file(paths: TrialPaths) -> None:
+    """Create the trial's results file, so that it exists once ``start_trial`` returns.
+
+    The run's keeper creates ``stdout.log`` and ``stderr.log`` (and the
+    results file again, for later runs) before it starts the trial; each file
+    created here is a cost on the driver's launch path.
+    """
+    fd = os.open(paths.results, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    os.close(fd)
 
 
 def remove_unstarted(paths: TrialPaths) -> None:

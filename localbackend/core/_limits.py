@@ -130,6 +130,8 @@ class TrialLimits:
                 f"Use one of {', '.join(sorted(asdict(self)))}.",
             )
         given = {key: value for key, value in overrides.items() if value is not None}
+        if not given:
+            return self
         checked = TrialLimits.check(**{**asdict(self), **given})
         return replace(self, **{key: getattr(checked, key) for key in given})
 

@@ -22,9 +22,8 @@ from ..launchers._base import Launcher, RunExited, RunHandle
 from ._gpus import GpuAllocator
 from ._journal import Journal, new_trial
 from ._limits import TrialLimits
-from ._notify import FileWatcher
 from ._table import TrialTable
-from ._trials import TrialRecord
+from ._trials import TrialRecord, with_run
 
 # How long restore waits for the trees of a dead driver's trials to end.
 _ORPHAN_WAIT_MARGIN = 5.0
@@ -38,7 +37,6 @@ class Rebuild:
     table: TrialTable
     launcher: Launcher
     allocator: Callable[[], GpuAllocator]
-    watcher: Callable[[], FileWatcher]
     journal: Journal
     detach: bool
     grace_period: float
@@ -98,7 +96,7 @@ def _restore_trial(backend: Rebuild, saved: dict[str, Any], journal: Journal) ->
     for run_entry in saved["runs"]:
         if run_entry.get("running_time"):
             record.used_time += float(run_entry["running_time"])
-            record.timed_runs.add(int(run_entry["run"]))
+            record.timed_runs = with_run(record.timed_runs, int(run_entry["run"]))
     record.retries = [
         float(entry.get("ran_for") or 0.0) for entry in saved.get("history", [])
         if entry.get("retry")
@@ -281,10 +279,7 @@ def _attach(
         backend.allocator().hold(record.trial_id, gpus)
         record.gpus = list(gpus)
     if streaming:
-        if backend.launcher.capabilities.local_files:
-            watcher = backend.watcher()
-            watcher.watch(record.paths.results)
-            watcher.watch(record.paths.stdout)
+        backend.table.watch(record)
     else:
         # A keeper already ending its tree keeps its first deadline.
         backend.launcher.terminate(record.trial_id, run)

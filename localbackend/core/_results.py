@@ -73,9 +73,19 @@ class _Tail:
 
     source = "file"
     max_line = MAX_RESULT_LINE
+    # One reader per stream per trial, kept for the experiment's life: no __dict__.
+    __slots__ = (
+        "_identity",
+        "_skipping_line",
+        "line_number",
+        "offset",
+        "path",
+        "poll",
+        "trial_id",
+    )
 
     def __init__(
-        self, trial_id: int, path: Path, offset: int = 0, *, poll: bool = False
+        self, trial_id: int, path: str | os.PathLike[str], offset: int = 0, *, poll: bool = False
     ) -> None:
         self.trial_id = trial_id
         self.path = path
@@ -297,6 +307,8 @@ class _Tail:
 class ResultsReader(_Tail):
     """Parses the JSON lines a trial appends to its results file."""
 
+    __slots__ = ()
+
     def _parse_block(self, block: bytes, results: list[dict[str, Any]]) -> None:
         loads = orjson.loads
         append = results.append
@@ -336,6 +348,8 @@ class ResultsReader(_Tail):
 
 class TuneMetricReader(_Tail):
     """Picks Syne Tune ``[tune-metric]: {...}`` lines out of a stdout log."""
+
+    __slots__ = ()
 
     max_line = 64 * 1024 * 1024
 

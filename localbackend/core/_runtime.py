@@ -10,6 +10,7 @@ when a restore in this process takes it over.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -92,7 +93,7 @@ class BackendCore:
             retries, self._table.on_failure = self._table.on_failure, None
             rebuild_table(Rebuild(
                 paths=self._paths, table=self._table, launcher=self._launcher,
-                allocator=self._allocator, watcher=self._file_watcher,
+                allocator=self._allocator,
                 journal=self._journal_or_fail(), detach=self._o.detach,
                 grace_period=self._o.grace_period, limits=self._o.limits,
             ), state)
@@ -122,6 +123,8 @@ class BackendCore:
         self._table.delete_checkpoints = self._o.delete_checkpoints
         self._lock = BackendLock(self._folder)
         self._cpus: GpuAllocator | None = None
+        # The entry point's identity when it last passed check_entry_point.
+        self._entry_point_seen: tuple[int, int, int, int] | None = None
         self._retention = RetentionPolicy(self._o.retention, self._table)
         if self._o.retention.active:
             self._table.on_runs_ended = self._retention.after_run
@@ -159,7 +162,17 @@ class BackendCore:
         return self._o.saved()
 
     def _check_entry_point_still_there(self) -> None:
-        check_entry_point(self._o.entry_point, must_be_executable=not self._o.binary)
+        """Our error if the entry point went away; one stat while it is unchanged."""
+        try:
+            st = os.stat(self._o.entry_point)
+            seen: tuple[int, int, int, int] | None = (
+                st.st_dev, st.st_ino, st.st_mode, st.st_ctime_ns,
+            )
+        except OSError:
+            seen = None
+        if seen is None or seen != self._entry_point_seen:
+            check_entry_point(self._o.entry_point, must_be_executable=not self._o.binary)
+            self._entry_point_seen = seen
 
     def _wait_for_runs_to_end(self, record: TrialRecord) -> None:
         deadline = time.monotonic() + self._o.grace_period + WAIT_MARGIN
@@ -181,7 +194,7 @@ class BackendCore:
                 checkpoints.copy(self._paths, int(checkpoint_trial_id), trial_id)
                 self._retention.copied()
             atomic_write_json(paths.config, clean)
-            launching.prepare_files(paths)
+            launching.create_results_file(paths)
             self._launcher.ensure_ready()
         except (OSError, LocalBackendError) as err:
             # Leave no half-made trial behind: the id is not used.
@@ -273,7 +286,7 @@ class BackendCore:
                 cpus_per_trial=self._o.cpus_per_trial,
             ),
             launcher=self._launcher, allocator=self._allocator(), table=self._table,
-            watcher=self._file_watcher, cpus=self._cpu_allocator(),
+            cpus=self._cpu_allocator(),
         )
         self._retention.forget(record.trial_id)
         record.set_status(Status.in_progress, reason=reason, **details)

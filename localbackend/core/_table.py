@@ -30,7 +30,7 @@ from ._gpus import GpuAllocator
 from ._limits import limit_reason
 from ._notify import FileWatcher
 from ._storage import delete_checkpoint_folder
-from ._trials import TrialRecord
+from ._trials import TrialRecord, with_run
 
 # Why a keeper ended a tree at one of the run's limits (``RunExited.terminated_by``).
 LIMIT_KINDS = frozenset({"time_limit", "memory_limit", "hang"})
@@ -128,6 +128,7 @@ class TrialTable:
             )
             if run == record.runs - 1:
                 record.pid = handle.pid
+                self.watch(record)
         elif isinstance(event, RunExited):
             self.run_exited(record, event)
         elif isinstance(event, RunNotStarted):
@@ -137,6 +138,13 @@ class TrialTable:
                 self.run_failed(record, run, event.reason, None, kind="launch")
         elif isinstance(event, RunLost):
             self.run_failed(record, run, event.reason, event.signal, kind="lost")
+
+    def watch(self, record: TrialRecord) -> None:
+        """Be woken by writes to the trial's results and stdout (its keeper has created both)."""
+        if self.launcher.capabilities.local_files:
+            watcher = self.watcher()
+            watcher.watch(record.paths.results)
+            watcher.watch(record.paths.stdout)
 
     def take_in_exit(self, record: TrialRecord) -> None:
         """Apply the end of the current run if its keeper has recorded it, without waiting.
@@ -179,7 +187,7 @@ class TrialTable:
         )
         current = run == record.runs - 1
         if event.running_time and run not in record.timed_runs:
-            record.timed_runs.add(run)
+            record.timed_runs = with_run(record.timed_runs, run)
             record.used_time += event.running_time
         ended_at = datetime.datetime.fromtimestamp(event.time) if event.time else None
         if current and record.accepting and record.status == Status.in_progress:
@@ -249,7 +257,7 @@ class TrialTable:
             # No keeper said how long it ran: the time since its launch counts.
             ran_for = max(time.time() - record.run_start_time, 0.0)
             if run not in record.timed_runs:
-                record.timed_runs.add(run)
+                record.timed_runs = with_run(record.timed_runs, run)
                 record.used_time += ran_for
             self.failed_runs.append((record, (kind, reason), ran_for))
         self.run_gone(record, run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,9 +18,26 @@ from ._limits import TrialLimits
 from ._results import ResultsReader, TuneMetricReader
 
 STDERR_TAIL_LINES = 20
+# Sets of runs are frozen and rebound when they change, so that the many
+# trials with none share this one (a record is kept for the experiment's life).
+NO_RUNS: frozenset[int] = frozenset()
 
 
-@dataclass
+@functools.lru_cache(maxsize=64)
+def _only(run: int) -> frozenset[int]:
+    return frozenset((run,))
+
+
+def with_run(runs: frozenset[int], run: int) -> frozenset[int]:
+    # Most trials have one run or few: their one-run sets are shared too.
+    return _only(run) if not runs else runs | {run}
+
+
+def without_run(runs: frozenset[int], run: int) -> frozenset[int]:
+    return (runs - {run}) or NO_RUNS
+
+
+@dataclass(slots=True)
 class TrialRecord:
     """One trial: its config, status, current run and unread results."""
 
@@ -33,7 +51,7 @@ class TrialRecord:
     # Number of runs launched; the current run is ``runs - 1``.
     runs: int = 0
     # Runs launched whose process tree the supervisor has not yet reported gone.
-    alive_runs: set[int] = field(default_factory=set)
+    alive_runs: frozenset[int] = NO_RUNS
     pid: Optional[int] = None
     # Results from each source are queued here until fetched; new ones are
     # read only while ``accepting`` (the run has not been paused or stopped).
@@ -59,13 +77,13 @@ class TrialRecord:
     # how long the failed run ran.
     limits: TrialLimits = field(default_factory=TrialLimits)
     used_time: float = 0.0
-    timed_runs: set[int] = field(default_factory=set)  # runs counted in used_time
+    timed_runs: frozenset[int] = NO_RUNS  # runs counted in used_time
     retries: list[float] = field(default_factory=list)
     # The last value of the retention metric the trial reported (keep_best).
     last_metric: Optional[float] = None
     # Runs started by an earlier driver that the launcher follows for this one
     # (detach mode, after a restore).
-    attached: set[int] = field(default_factory=set)
+    attached: frozenset[int] = NO_RUNS
     journal: Optional[Journal] = None
 
     @classmethod
@@ -85,8 +103,8 @@ class TrialRecord:
             config=config,
             creation_time=creation_time or datetime.datetime.now(),
             paths=paths,
-            results_reader=ResultsReader(trial_id, paths.results, poll=poll),
-            stdout_reader=TuneMetricReader(trial_id, paths.stdout, poll=poll),
+            results_reader=ResultsReader(trial_id, os.fspath(paths.results), poll=poll),
+            stdout_reader=TuneMetricReader(trial_id, os.fspath(paths.stdout), poll=poll),
             journal=journal,
         )
 
@@ -95,7 +113,7 @@ class TrialRecord:
     def launched(self, run: int, start_time: float, gpus: list[str]) -> None:
         """A new run was handed to the launcher; its output is accepted."""
         self.runs = run + 1
-        self.alive_runs.add(run)
+        self.alive_runs = with_run(self.alive_runs, run)
         self.accepting = True
         self.run_start_time = start_time
         self.gpus = gpus
@@ -106,10 +124,10 @@ class TrialRecord:
 
     def following(self, run: int, *, accepted: bool, attached: bool = False) -> None:
         """A restore found ``run`` still to be followed (ended unheard of, or alive)."""
-        self.alive_runs.add(run)
+        self.alive_runs = with_run(self.alive_runs, run)
         self.accepting = accepted
         if attached:
-            self.attached.add(run)
+            self.attached = with_run(self.attached, run)
 
     def interrupted(self) -> None:
         """A pause or a stop: nothing the current run writes from now on is accepted."""
@@ -134,8 +152,8 @@ class TrialRecord:
 
     def run_gone(self, run: int) -> bool:
         """Forget a run whose tree is gone; True when no run of the trial is left."""
-        self.alive_runs.discard(run)
-        self.attached.discard(run)
+        self.alive_runs = without_run(self.alive_runs, run)
+        self.attached = without_run(self.attached, run)
         return not self.alive_runs
 
     def log(self, op: str, **fields: Any) -> None:

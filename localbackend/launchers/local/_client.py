@@ -379,6 +379,11 @@ def spawn_command(spec: RunSpec, *, executable: str, env: Mapping[str, str]) -> 
         "checkpoints": str(paths.checkpoints),
         "checkpoint_request": str(paths.checkpoint_request),
         "command_file": str(paths.command),
+        # What the keeper publishes as command.json: the variables we set, not the host's.
+        "command": {
+            "run": spec.run, "argv": list(spec.argv), "cwd": str(spec.cwd),
+            "env": dict(spec.env), "limits": spec.limits.as_record(),
+        },
         "delete_on_completion": spec.delete_checkpoints_on_completion,
         "grace": spec.grace_period,
         "limits": spec.limits.as_record(),

@@ -180,6 +180,7 @@ class Keeper:
         deferred = KEEPER_SIGNALS
         try:
             self._confine()
+            self._write_command()
             self.leader = self._spawn()
         except OSError as err:
             self.monitor.close()  # a cgroup made for the run goes with it
@@ -196,7 +197,6 @@ class Keeper:
             return
         self.spawned_at = time.monotonic()
         self.monitor.started_now()
-        self._record_mechanism()
         leader_created = keeper_created = 0.0
         try:
             keeper_created = create_time(os.getpid(), self.boot_time)
@@ -291,24 +291,28 @@ class Keeper:
             os.sched_setaffinity(0, [int(cpu) for cpu in cpus])
         self.monitor.prepare(f"localbackend-{os.getpid()}")
 
-    def _record_mechanism(self) -> None:
-        """Add how the memory limit is enforced to the run's ``command.json``."""
-        path = self.spec.get("command_file")
-        if not path or self.monitor.mechanism is None:
+    def _write_command(self) -> None:
+        """Publish the run's ``command.json``: what runs, and how its memory limit is enforced.
+
+        A run that cannot record what it runs does not start (the error is
+        the spawn's): the file is the one exact account of the command.
+        """
+        path, command = self.spec.get("command_file"), self.spec.get("command")
+        if not path or command is None:
             return
-        command = read_json_object(path)
-        if command is None or command.get("run") != self.spec["run"]:
-            return
-        command["memory_limit"] = {
-            "bytes": self.monitor.memory_limit, "mechanism": self.monitor.mechanism,
-        }
-        _write_json(path, command)
+        if self.monitor.mechanism is not None:
+            command = dict(command, memory_limit={
+                "bytes": self.monitor.memory_limit, "mechanism": self.monitor.mechanism,
+            })
+        atomic_write_bytes(path, json.dumps(command, indent=2).encode())
 
     def _spawn(self) -> int:
         spec = self.spec
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         out = os.open(spec["stdout"], flags, 0o600)
         err = os.open(spec["stderr"], flags, 0o600)
+        # The driver watches the results file from the run's start on.
+        os.close(os.open(spec["results"], flags, 0o600))
         try:
             os.chdir(spec["cwd"])
             if spec.get("warm"):  # the supervisor preloaded modules: fork the trial
