@@ -244,7 +244,7 @@ def test_copy_checkpoint_on_full_disk_leaves_the_target_untouched(
                 raise OSError(errno.ENOSPC, "No space left on device")
             return dst
 
-        monkeypatch.setattr(_storage.shutil, "copytree", full_disk)
+        monkeypatch.setattr(shutil, "copytree", full_disk)
         with pytest.raises(CheckpointCopyError, match="No space left") as caught:
             backend.copy_checkpoint(0, 1)
         assert "left as it was" in str(caught.value)

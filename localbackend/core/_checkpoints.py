@@ -8,9 +8,8 @@ to be gone, which the run's keeper carries out if the driver is not there.
 
 from __future__ import annotations
 
-import logging
-
 from .._errors import CheckpointCopyError, InvalidTransitionError
+from .._log import LazyLogger
 from .._paths import ExperimentPaths
 from .._types import Status
 from ._storage import (
@@ -24,7 +23,7 @@ from ._storage import (
 from ._table import TrialTable
 from ._trials import TrialRecord
 
-logger = logging.getLogger(__name__)
+logger = LazyLogger(__name__)
 
 
 def check_copy(table: TrialTable, paths: ExperimentPaths, source: TrialRecord,

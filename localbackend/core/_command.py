@@ -11,7 +11,6 @@ import math
 import os
 import re
 import shlex
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +69,8 @@ def parse_binary(binary: str | Sequence[str] | None) -> tuple[str, ...]:
     if os.sep in program:
         found = program if os.access(program, os.X_OK) and os.path.isfile(program) else None
     else:
+        import shutil  # only for a bare program name: off the import path
+
         found = shutil.which(program)
     if found is None:
         raise BackendConfigurationError(

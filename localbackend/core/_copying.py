@@ -30,7 +30,6 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -66,10 +65,14 @@ class TreeCopier:
             self.linked += 1
             return dst
         if not stat.S_ISREG(os.lstat(src).st_mode):
+            import shutil
+
             shutil.copy2(src, dst)  # what copytree does: a fifo or device raises
             self.copied += 1
             return dst
         self._copy_data(src, dst)
+        import shutil
+
         shutil.copystat(src, dst)
         return dst
 

@@ -8,7 +8,6 @@ process if need be, and opens the journal where the saved state ends.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +68,8 @@ class ExperimentFolder:
         if self.created and new_root != self.paths.root:
             # Only copied checkpoints of trials not yet started can be here;
             # carry them over and start the bookkeeping afresh.
+            import shutil
+
             self.close()
             new_root.mkdir(parents=True, exist_ok=True, mode=0o700)
             ours = (self.paths.metadata.name, self.paths.journal.name, self.paths.lock.name)

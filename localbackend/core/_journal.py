@@ -16,7 +16,6 @@ No lock is needed to read.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 import weakref
@@ -26,10 +25,11 @@ from typing import Any
 import orjson
 
 from .._errors import ExperimentError
+from .._log import LazyLogger
 from .._paths import ExperimentPaths
 from ._storage import atomic_write_json
 
-logger = logging.getLogger(__name__)
+logger = LazyLogger(__name__)
 
 FORMAT_VERSION = 1
 # The journal is folded into the snapshot once it grows past this size.

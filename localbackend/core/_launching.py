@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -168,6 +167,8 @@ def create_results_file(paths: TrialPaths) -> None:
 
 def remove_unstarted(paths: TrialPaths) -> None:
     """Remove the folder of a trial that failed to start, even with no descriptor to spare."""
+    import shutil
+
     shutil.rmtree(paths.root, ignore_errors=True)
     if not paths.root.exists():
         return

@@ -27,7 +27,6 @@ import datetime
 import errno
 import fcntl
 import os
-import socket
 import threading
 import weakref
 from collections.abc import Callable
@@ -96,7 +95,7 @@ class ExperimentLock:
             self.paths.driver,
             {
                 "pid": os.getpid(),
-                "host": socket.gethostname(),
+                "host": os.uname().nodename,  # socket.gethostname(), without importing socket
                 "since": datetime.datetime.now().isoformat(timespec="seconds"),
             },
         )

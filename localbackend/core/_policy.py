@@ -14,18 +14,18 @@ that need every trial in view are taken here, in the driver:
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterable
 
 from .._errors import LocalBackendError
+from .._log import LazyLogger
 from .._types import FINISHED_STATUSES, Status
 from ._limits import QUICK_FAILURE_SECONDS, RETRIED_KINDS, Retention, bytes_text
 from ._storage import delete_checkpoint_folder, has_checkpoint
 from ._table import TrialTable
 from ._trials import TrialRecord
 
-logger = logging.getLogger("localbackend")
+logger = LazyLogger("localbackend")
 
 
 class Retries:

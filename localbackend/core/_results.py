@@ -34,7 +34,6 @@ Readers work in one of two modes, chosen when they are made:
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
@@ -43,8 +42,9 @@ from typing import Any
 import orjson
 
 from .. import _protocol as proto
+from .._log import LazyLogger
 
-logger = logging.getLogger(__name__)
+logger = LazyLogger(__name__)
 
 # At most this many bytes are read per system call, so a flood of output
 # never makes the driver hold more than this at once.

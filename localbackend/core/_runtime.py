@@ -41,7 +41,6 @@ from ._lock import ExperimentLock
 from ._notify import FileWatcher
 from ._options import BackendOptions
 from ._policy import RetentionPolicy, Retries
-from ._restore import Rebuild, rebuild_table
 from ._storage import atomic_write_json
 from ._table import TrialTable
 from ._trials import TrialRecord
@@ -91,6 +90,8 @@ class BackendCore:
             # A run that failed while no driver ran is concluded as Failed:
             # nothing is launched while the table is being rebuilt.
             retries, self._table.on_failure = self._table.on_failure, None
+            from ._restore import Rebuild, rebuild_table  # a restore only
+
             rebuild_table(Rebuild(
                 paths=self._paths, table=self._table, launcher=self._launcher,
                 allocator=self._allocator,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from .._files import (
     temporary_checkpoint_name,
 )
 from .._paths import TrialPaths
-from ._copying import TreeCopier, make_durable
 
 
 class CheckpointFolderError(OSError):
@@ -92,6 +90,10 @@ def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
         raise _symlink_error(src.checkpoints, "source")
     tgt.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = tgt.checkpoint_staging()
+    import shutil  # copies only: off the driver's import path
+
+    from ._copying import TreeCopier, make_durable
+
     try:
         # A published checkpoint may be pruned by the running source trial
         # while we copy; try again from the newer state.
@@ -204,6 +206,8 @@ def _discard(path: Path) -> None:
     if path.is_symlink():
         path.unlink(missing_ok=True)
     else:
+        import shutil
+
         shutil.rmtree(path, ignore_errors=True)
 
 

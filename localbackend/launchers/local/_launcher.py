@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
@@ -49,7 +48,7 @@ class LocalLauncher(Launcher):
 
     def __init__(self) -> None:
         self._client: SupervisorClient | None = None
-        self._host = socket.gethostname()
+        self._host = os.uname().nodename  # socket.gethostname(), without importing socket
         # Runs of an earlier driver that this one follows, by (trial, run).
         self._attached: dict[tuple[int, int], tuple[RunHandle, TrialPaths]] = {}
 
