@@ -52,6 +52,20 @@ def count_lines(path: str | os.PathLike[str], start: int = 0, end: int | None = 
     return count
 
 
+def which(program: str, path: str | None = None) -> str | None:
+    """The first executable ``program`` on ``path`` (default ``$PATH``), as ``shutil.which``.
+
+    For a bare name only; ``shutil`` costs the driver an import it otherwise
+    never needs.
+    """
+    search = os.environ.get("PATH", os.defpath) if path is None else path
+    for folder in search.split(os.pathsep):
+        candidate = os.path.join(folder, program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """A JSON object from a small file, or None when it is missing or not an object."""
     try:

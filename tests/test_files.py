@@ -203,3 +203,19 @@ def test_fsync_tree_skips_fifos_and_symlinks(tmp_path: Path) -> None:
     (top / "dangling").symlink_to(tmp_path / "nowhere")
     _files.fsync_tree(top)
     _files.fsync_tree(str(top))
+
+
+def test_which_finds_what_shutil_which_finds(tmp_path: Path) -> None:
+    import shutil
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "tool").write_text("#!/bin/sh\n")  # not executable: skipped
+    (second / "tool").write_text("#!/bin/sh\n")
+    (second / "tool").chmod(0o755)
+    (first / "sub").mkdir()  # a folder of that name is not a program
+    search = os.pathsep.join([str(first), str(second)])
+    for name in ("tool", "sub", "missing"):
+        assert _files.which(name, search) == shutil.which(name, path=search)
+    assert _files.which("tool", search) == str(second / "tool")

@@ -256,6 +256,31 @@ def test_bare_import_loads_only_the_package_itself() -> None:
     assert json.loads(outcome) == ["localbackend"]
 
 
+def test_a_driver_running_a_trial_loads_only_what_a_trial_needs(tmp_path: Path) -> None:
+    """What a start, a wait and a fetch never use stays unimported (the driver's RSS)."""
+    script = tmp_path / "trial.py"
+    script.write_text('print(\'[tune-metric]: {"x": 1}\')\n')
+    outcome = _run_python(
+        f"""
+        import json, sys
+        from localbackend import LocalBackend
+        with LocalBackend({str(script)!r}, experiment_dir={str(tmp_path / "exp")!r}) as backend:
+            backend.start_trial({{}})
+            results, status = [], "InProgress"
+            while status == "InProgress":
+                backend.wait(timeout=5)
+                statuses, new = backend.fetch_status_results([0])
+                results += new
+                status = statuses[0][1]
+        unused = ["logging", "shutil", "socket", "localbackend.core._restore",
+                  "localbackend.core._copying"]
+        print(json.dumps({{"status": status, "results": len(results),
+                          "loaded": [m for m in unused if m in sys.modules]}}))
+        """
+    )
+    assert json.loads(outcome) == {"status": "Completed", "results": 1, "loaded": []}
+
+
 def test_the_supported_python_versions_agree_everywhere() -> None:
     """pyproject's classifiers name the versions ``.ci/run`` tests; the rest must follow them."""
     import configparser

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import _protocol as proto
 from .._errors import BackendConfigurationError, ConfigError, EntryPointError
+from .._files import which
 from .._paths import TrialPaths
 
 # An option name a script's argparse can declare: no spaces, no leading dash,
@@ -69,9 +70,7 @@ def parse_binary(binary: str | Sequence[str] | None) -> tuple[str, ...]:
     if os.sep in program:
         found = program if os.access(program, os.X_OK) and os.path.isfile(program) else None
     else:
-        import shutil  # only for a bare program name: off the import path
-
-        found = shutil.which(program)
+        found = which(program)
     if found is None:
         raise BackendConfigurationError(
             "binary",

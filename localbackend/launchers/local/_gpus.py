@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Mapping
+
+from ..._files import which
 
 
 def detect_gpus(environ: Mapping[str, str]) -> list[str]:
@@ -16,7 +17,7 @@ def detect_gpus(environ: Mapping[str, str]) -> list[str]:
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [device.strip() for device in visible.split(",") if device.strip()]
-    smi = shutil.which("nvidia-smi")
+    smi = which("nvidia-smi")
     if smi is None:
         return []
     try:

@@ -10,13 +10,12 @@ running in detach mode, whose keepers are not this supervisor's children.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
-from ..._files import read_json_object
+from ..._files import read_json_object, which
 from ..._paths import TrialPaths
 from .._base import (
     Launcher,
@@ -162,7 +161,7 @@ def resolve_program(program: str) -> str:
     """The absolute path of a program on this host, as ``posix_spawn`` needs it."""
     if os.sep in program:
         return os.path.abspath(program)
-    return shutil.which(program) or program
+    return which(program) or program
 
 
 def typed_event(event: Mapping[str, Any], host: str) -> RunEvent:
