@@ -24,7 +24,7 @@ from smac.runhistory import StatusType, TrialInfo
 
 from localbackend import IntegrationError, LocalBackend
 from localbackend.integrations.smac import SMACRunner, status_type
-from tests.helpers import format_logs
+from tests.helpers import format_logs, status_history
 from tests.integrations.conftest import EXAMPLES, SCRIPTS
 
 pytestmark = pytest.mark.integration
@@ -46,12 +46,18 @@ def results_of(backend: LocalBackend, trial_id: int) -> list[dict[str, Any]]:
 
 
 def overlapping(backend: LocalBackend) -> bool:
-    """Whether two trials ever ran at the same time, judged by their results' timestamps."""
+    """Whether a trial was started while another was still running, by the status history.
+
+    The driver's own record (started, then seen finished) is what shows that
+    the runner kept two trials going; the trials' result timestamps would
+    not, for trials whose epochs take no time.
+    """
     spans = []
     for trial_id in range(backend.new_trial_id()):
-        stamps = [r["st_worker_timestamp"] for r in results_of(backend, trial_id)]
-        if stamps:
-            spans.append((min(stamps), max(stamps)))
+        history = status_history(backend, trial_id)
+        started = min(h["time"] for h in history if h["status"] == "InProgress")
+        ended = max(h["time"] for h in history)
+        spans.append((started, ended))
     spans.sort()
     return any(later[0] < earlier[1] for earlier, later in pairwise(spans))
 
