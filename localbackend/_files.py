@@ -58,8 +58,13 @@ def which(program: str, path: str | None = None) -> str | None:
     For a bare name only; ``shutil`` costs the driver an import it otherwise
     never needs.
     """
-    search = os.environ.get("PATH", os.defpath) if path is None else path
-    for folder in search.split(os.pathsep):
+    if path is None:
+        path = os.environ.get("PATH")
+        if path is None:
+            path = os.confstr("CS_PATH") or os.defpath
+    if not path:  # an empty PATH finds nothing, as for shutil.which
+        return None
+    for folder in path.split(os.pathsep):
         candidate = os.path.join(folder, program)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate

@@ -746,3 +746,12 @@ def test_shlex_quoted_interpreter_path_works(experiment_dir: Path) -> None:
         backend.start_trial({"n": 2})
         _, results = finish(backend, [0])
         assert [r["i"] for _, r in results] == [0, 1]
+
+
+def test_no_file_watch_outlives_a_trial_that_completed_or_failed(experiment_dir: Path) -> None:
+    # A watch left behind per failed trial would use up the inotify limit.
+    with LocalBackend(script("fail.py"), experiment_dir=experiment_dir) as backend:
+        backend.start_trial({"mode": "exit"})
+        statuses, _ = finish(backend, [0])
+        assert statuses[0][1] == Status.failed, format_logs(backend)
+        assert backend._file_watcher()._watches == {}

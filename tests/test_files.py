@@ -219,3 +219,17 @@ def test_which_finds_what_shutil_which_finds(tmp_path: Path) -> None:
     for name in ("tool", "sub", "missing"):
         assert _files.which(name, search) == shutil.which(name, path=search)
     assert _files.which("tool", search) == str(second / "tool")
+
+
+def test_which_with_an_empty_path_finds_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    program = tmp_path / "tool"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "")
+    assert _files.which("tool") is None
+    assert shutil.which("tool") is None

@@ -154,15 +154,19 @@ def launch_error(trial_id: int, argv: Sequence[str], err: BaseException) -> Tria
     return TrialLaunchError(trial_id, list(argv), problem, hint)
 
 
-def create_results_file(paths: TrialPaths) -> None:
+def create_output_files(paths: TrialPaths, *, logs_too: bool = False) -> None:
     """Create the trial's results file, so that it exists once ``start_trial`` returns.
 
-    The run's keeper creates ``stdout.log`` and ``stderr.log`` (and the
-    results file again, for later runs) before it starts the trial; each file
-    created here is a cost on the driver's launch path.
+    The run's keeper creates ``stdout.log`` and ``stderr.log`` before it
+    starts the trial; each file created here is a cost on the driver's launch
+    path. ``logs_too`` creates them here as well, for a launcher whose keeper
+    writes through a shared filesystem: a driver that polls a log before it
+    exists could otherwise be told it is missing by a client's cache for
+    longer than it waits for a run's last bytes.
     """
-    fd = os.open(paths.results, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    os.close(fd)
+    for path in (paths.results, paths.stdout, paths.stderr) if logs_too else (paths.results,):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.close(fd)
 
 
 def remove_unstarted(paths: TrialPaths) -> None:

@@ -195,7 +195,9 @@ class BackendCore:
                 checkpoints.copy(self._paths, int(checkpoint_trial_id), trial_id)
                 self._retention.copied()
             atomic_write_json(paths.config, clean)
-            launching.create_results_file(paths)
+            launching.create_output_files(
+                paths, logs_too=not self._launcher.capabilities.local_files,
+            )
             self._launcher.ensure_ready()
         except (OSError, LocalBackendError) as err:
             # Leave no half-made trial behind: the id is not used.

@@ -167,9 +167,9 @@ class TrialTable:
         self.allocator().release(record.trial_id)
         if self.cpus is not None:
             self.cpus.release(record.trial_id)
-        if record.status != Status.in_progress:
-            self.watcher().unwatch(record.paths.results)
-            self.watcher().unwatch(record.paths.stdout)
+        # No run is left to write: a later run is watched again once it starts.
+        self.watcher().unwatch(record.paths.results)
+        self.watcher().unwatch(record.paths.stdout)
         if record.delete_checkpoint_on_exit:
             record.delete_checkpoint_on_exit = False
             delete_checkpoint_folder(record.paths)
