@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import statistics
@@ -481,3 +482,33 @@ def test_resume_after_a_kill_carries_on_from_the_last_batch(tmp_path: Path) -> N
     started = [e["trial"] for e in events() if e["event"] == "start"]
     assert len(started) == len(set(started)) == 6, started
     assert_results_continue(experiment)
+
+
+def test_the_plain_view_builds_the_trial_table_only_when_it_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Wrapped only to count: a table built on every turn of the loop costs
+    # the driver events times trials.
+    from localbackend.cli import _tune_loop
+
+    built: list[int] = []
+    real_snapshot = _tune_loop.snapshot
+
+    def snapshot(*args: Any) -> Any:
+        built.append(1)
+        return real_snapshot(*args)
+
+    monkeypatch.setattr(_tune_loop, "snapshot", snapshot)
+    started = time.monotonic()
+    code = main([
+        "tune", str(TRAIN), "--metric", "loss", "--scheduler", "random", "-p", "epochs=10",
+        "-p", "lr=loguniform(1e-3,1e-1)", "--max-trials", "4", "--workers", "2", "--seed", "0",
+        "--experiment-dir", str(tmp_path / "view"), "--view", "plain",
+    ])
+    output = capsys.readouterr()
+    assert code == 0, shown((output.out, output.err))
+    assert len(jsonl(tmp_path / "view" / "results.jsonl")) == 40
+    progress_lines = len(re.findall(r"^\d\d:\d\d:\d\d progress: ", output.out, re.MULTILINE))
+    # One per progress line, and one for the end.
+    took = time.monotonic() - started
+    assert len(built) <= progress_lines + 1, (len(built), progress_lines, took)

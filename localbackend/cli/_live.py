@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
@@ -12,6 +14,8 @@ from ._common import format_duration, format_value
 
 # A plain-mode progress line at most this often, so CI logs stay readable.
 PROGRESS_EVERY_SECONDS = 10.0
+# The live table is redrawn at most this often.
+LIVE_REFRESH_PER_SECOND = 4
 # The live table shows at most this many trials: running and paused first, then the best.
 LIVE_TABLE_ROWS = 16
 
@@ -39,11 +43,19 @@ class Snapshot:
 
 
 class View:
-    """Plain view: timestamped lines, and a progress line every few seconds."""
+    """Plain view: timestamped lines, and a progress line every few seconds.
+
+    The tune's loop calls :meth:`show` on every turn with a function that
+    builds the snapshot; it is built only when the view will show it, so
+    the cost of the display does not grow with events times trials.
+    """
+
+    # Seconds between two updates: the plain view's progress line.
+    interval = PROGRESS_EVERY_SECONDS
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdout
-        self._last_progress = time.monotonic()
+        self._last_shown = time.monotonic()
 
     def message(self, text: str) -> None:
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
@@ -51,14 +63,18 @@ class View:
             self.stream.write(f"{stamp} {line}\n")
         self.stream.flush()
 
-    def update(self, snapshot: Snapshot) -> None:
+    def show(self, make: Callable[[], Snapshot]) -> None:
+        """Show the snapshot ``make`` builds, if an update is due."""
         now = time.monotonic()
-        if now - self._last_progress >= PROGRESS_EVERY_SECONDS:
-            self._last_progress = now
-            self.message(snapshot.progress)
+        if now - self._last_shown >= self.interval:
+            self._last_shown = now
+            self.update(make())
 
-    def close(self) -> None:
-        """Nothing to tear down for plain lines."""
+    def update(self, snapshot: Snapshot) -> None:
+        self.message(snapshot.progress)
+
+    def close(self, last: Snapshot | None = None) -> None:
+        """Nothing to tear down for plain lines (the summary follows)."""
 
     def print(self, text: str) -> None:
         """Untimestamped output, such as the final summary."""
@@ -69,6 +85,8 @@ class View:
 class LiveView(View):
     """A rich live table of the trials, with messages printed above it."""
 
+    interval = 1 / LIVE_REFRESH_PER_SECOND
+
     def __init__(self, stream: TextIO | None = None, force_terminal: bool = False) -> None:
         super().__init__(stream)
         from rich.console import Console
@@ -78,9 +96,11 @@ class LiveView(View):
             file=self.stream, force_terminal=force_terminal or None, highlight=False
         )
         self.live = Live(
-            console=self.console, refresh_per_second=4, transient=False, auto_refresh=True
+            console=self.console, refresh_per_second=LIVE_REFRESH_PER_SECOND, transient=False,
+            auto_refresh=True,
         )
         self.live.start()
+        self._last_shown = -math.inf  # the table appears at the first turn of the loop
 
     def message(self, text: str) -> None:
         from rich.text import Text
@@ -91,7 +111,9 @@ class LiveView(View):
     def update(self, snapshot: Snapshot) -> None:
         self.live.update(render_table(snapshot))
 
-    def close(self) -> None:
+    def close(self, last: Snapshot | None = None) -> None:
+        if last is not None:  # the table left on screen shows how the tune ended
+            self.live.update(render_table(last))
         self.live.stop()
 
     def print(self, text: str) -> None:

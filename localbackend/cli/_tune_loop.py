@@ -168,7 +168,7 @@ class Tuner:
                 # Nothing ran, nothing could start, and nothing came in: done.
                 return _Outcome("finished", 0)
             self.state.save_changes()
-            self.view.update(snapshot(self.state, self.log))
+            self.view.show(lambda: snapshot(self.state, self.log))
 
     # -- free workers ----------------------------------------------------------
 
@@ -358,7 +358,7 @@ class Tuner:
                 self.view.message(f"could not save the tuner state: {err}")
         finally:
             self.state.close()
-            self.view.close()
+            self.view.close(snapshot(self.state, self.log))
             try:
                 self.backend.close()
             except KeyboardInterrupt:
