@@ -87,6 +87,10 @@ CONSTRUCTOR_CASES: list[tuple[str, dict[str, Any], type[LocalBackendError], str]
     ("env value not a string", {"env": {"OMP_NUM_THREADS": 1}}, BackendConfigurationError,
      "OMP_NUM_THREADS"),
     ("env name with '='", {"env": {"A=B": "x"}}, BackendConfigurationError, "A=B"),
+    ("zero threads per trial", {"threads_per_trial": 0}, BackendConfigurationError,
+     "threads_per_trial=0"),
+    ("threads per trial not a number", {"threads_per_trial": "2"}, BackendConfigurationError,
+     "threads_per_trial='2'"),
     ("gpus_to_use out of range", {"num_gpus": 2, "gpus_to_use": [0, 5]},
      BackendConfigurationError, "5"),
 ]

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
+
+from localbackend.cli._tune import threads_per_trial
+from localbackend.core._limits import THREAD_VARIABLES
 from tests.test_cli_tune import SPACE, TRAIN, cli
 
 
@@ -47,3 +52,64 @@ def test_a_bad_limit_is_one_clear_line(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "memory_limit='lots' is not a size" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_threads_per_trial_auto_splits_the_cores_between_the_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    root = tmp_path / "run"
+    done = cli(
+        "tune", str(TRAIN), "--config", str(SPACE), "--metric", "loss", "--scheduler",
+        "random", "--max-trials", "2", "--workers", "2", "--experiment-dir", str(root),
+        "--seed", "1", "--view", "plain", "-p", "epochs=1",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert _options(root)["threads_per_trial"] == expected
+    for trial in ("0", "1"):
+        command = json.loads((root / trial / "command.json").read_text())
+        assert command["env"]["OMP_NUM_THREADS"] == str(expected), command
+        assert command["env"]["OPENBLAS_NUM_THREADS"] == str(expected), command
+
+
+@pytest.mark.parametrize(
+    ("value", "workers", "options", "environ", "expected"),
+    [
+        ("auto", 2, {}, {}, "split"),
+        ("auto", 1, {}, {}, None),  # one trial at a time keeps the libraries' default
+        ("auto", 2, {}, {"OMP_NUM_THREADS": "4"}, None),  # the user's choice stands
+        ("auto", 2, {"pinned": True}, {}, None),  # pinned trials get a thread per core
+        ("auto", 2, {"elsewhere": True}, {}, None),  # Dask workers' cores are not known here
+        ("none", 8, {}, {}, None),
+        ("3", 2, {"pinned": True}, {"OMP_NUM_THREADS": "4"}, 3),
+    ],
+)
+def test_threads_per_trial_choices(
+    monkeypatch: pytest.MonkeyPatch, value: str, workers: int, options: dict[str, bool],
+    environ: dict[str, str], expected: object,
+) -> None:
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, setting in environ.items():
+        monkeypatch.setenv(name, setting)
+    if expected == "split":
+        expected = max(1, len(os.sched_getaffinity(0)) // workers)
+    chosen = threads_per_trial(
+        value, workers, pinned=options.get("pinned", False),
+        elsewhere=options.get("elsewhere", False),
+    )
+    assert chosen == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many", "1.5"])
+def test_a_bad_thread_count_is_one_clear_line(tmp_path: Path, value: str) -> None:
+    done = cli(
+        "tune", str(TRAIN), "--config", str(SPACE), "--metric", "loss",
+        "--experiment-dir", str(tmp_path / "run"), "--threads-per-trial", value,
+    )
+    assert done.returncode != 0
+    assert f"--threads-per-trial {value!r} is not a thread count" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -111,6 +111,36 @@ def test_two_trials_are_pinned_to_disjoint_cores(experiment_dir: Path) -> None:
         backend.stop_all()
 
 
+def test_threads_per_trial_sets_the_thread_variables_over_the_drivers_environment(
+    experiment_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the driver's environment
+    with _backend(experiment_dir, threads_per_trial=2, env={"MKL_NUM_THREADS": "5"}) as backend:
+        backend.start_trial({"mode": "threads"})
+        _, results = collect(backend, [0], lambda _s, r: len(r) >= 1, timeout=30)
+        seen = results[0][1]
+        # The backend's own env has the last word; the driver's environment does not.
+        assert seen["OMP_NUM_THREADS"] == seen["OPENBLAS_NUM_THREADS"] == "2", seen
+        assert seen["NUMEXPR_NUM_THREADS"] == "2"
+        assert seen["MKL_NUM_THREADS"] == "5"
+        backend.stop_all()
+    restored = LocalBackend.restore(experiment_dir)
+    with restored:
+        restored.start_trial({"mode": "threads"})
+        _, results = collect(restored, [1], lambda _s, r: len(r) >= 1, timeout=30)
+        assert results[0][1]["OMP_NUM_THREADS"] == "2", format_logs(restored)
+        restored.stop_all()
+
+
+def test_threads_per_trial_counts_for_pinned_trials_too(experiment_dir: Path) -> None:
+    with _backend(experiment_dir, cpus_per_trial=1, threads_per_trial=3) as backend:
+        backend.start_trial({"mode": "affinity"})
+        _, results = collect(backend, [0], lambda _s, r: len(r) >= 1, timeout=30)
+        assert results[0][1]["omp"] == "3", format_logs(backend)
+        assert len(results[0][1]["cores"]) == 1
+        backend.stop_all()
+
+
 def test_a_hung_trial_leaves_its_stacks_in_stderr_and_fails(experiment_dir: Path) -> None:
     with _backend(experiment_dir, heartbeat_timeout=1.5) as backend:
         backend.start_trial({"mode": "hang"})

@@ -164,6 +164,12 @@ def _limit_options(parser: argparse.ArgumentParser) -> None:
         "--cpus-per-trial", type=int, metavar="N", help="pin each trial to N cores of its own"
     )
     limits.add_argument(
+        "--threads-per-trial", metavar="N",
+        help="threads each trial's numeric libraries use (OMP_NUM_THREADS and the like): a "
+        "number, 'none' to leave them be, or 'auto' (default): the cores split between "
+        "--workers, unless such a variable is already set",
+    )
+    limits.add_argument(
         "--heartbeat-timeout", type=float, metavar="SECONDS",
         help="a trial silent this long (no result, no output) is hung: stacks dumped, failed",
     )

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from .. import FunctionBackend, LocalBackend
 from .._paths import default_experiment_dir
+from ..core._limits import THREAD_VARIABLES
 from ..core._lock import experiment_is_held
 from ._common import (
     TUNER_FORMAT_VERSION,
@@ -124,8 +125,8 @@ def _new_tuner(args: argparse.Namespace) -> Tuner:
 
 
 _LIMIT_FLAGS = (
-    "time_limit", "memory_limit", "cpus_per_trial", "heartbeat_timeout", "max_failures",
-    "keep_checkpoints", "keep_best", "checkpoint_budget",
+    "time_limit", "memory_limit", "cpus_per_trial", "threads_per_trial", "heartbeat_timeout",
+    "max_failures", "keep_checkpoints", "keep_best", "checkpoint_budget",
 )
 
 
@@ -151,9 +152,43 @@ def backend_limits(args: argparse.Namespace, options: TuneOptions) -> dict[str, 
     for name in ("memory_limit", "checkpoint_budget"):
         if name in chosen and str(chosen[name]).isdigit():
             chosen[name] = int(chosen[name])
+    threads = threads_per_trial(
+        chosen.pop("threads_per_trial", "auto"), options.workers,
+        pinned=chosen.get("cpus_per_trial") is not None,
+        elsewhere=bool(getattr(args, "dask", None)),
+    )
+    if threads is not None:
+        chosen["threads_per_trial"] = threads
     if chosen.get("keep_best") is not None or chosen.get("checkpoint_budget") is not None:
         chosen.update(metric=options.metric, mode=options.mode)
     return chosen
+
+
+def threads_per_trial(value: str, workers: int, *, pinned: bool, elsewhere: bool) -> int | None:
+    """``--threads-per-trial``: a count, ``none``, or ``auto``.
+
+    ``auto`` splits this machine's usable cores between the trials that run
+    at once, so that two trials never run a core's worth of threads each on
+    one core. It sets nothing where the choice is already made or cannot be
+    made here: a thread variable in the environment, ``--cpus-per-trial``
+    (pinned trials get one thread per core), a single worker, or trials that
+    run on other machines (``--dask``).
+    """
+    word = str(value).strip().lower()
+    if word == "none":
+        return None
+    if word == "auto":
+        if pinned or elsewhere or workers <= 1:
+            return None
+        if any(name in os.environ for name in THREAD_VARIABLES):
+            return None
+        return max(1, len(os.sched_getaffinity(0)) // workers)
+    if word.isdigit() and int(word) >= 1:
+        return int(word)
+    raise CliError(
+        f"--threads-per-trial {value!r} is not a thread count; give a whole number >= 1, "
+        "'auto' or 'none'"
+    )
 
 
 def _resumed_tuner(args: argparse.Namespace) -> Tuner:

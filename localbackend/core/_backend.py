@@ -63,6 +63,13 @@ class LocalBackend(BackendCore, TrialLogs):
             seconds without output before it counts as hung, and how often a
             failed trial is retried from its latest checkpoint. A trial ended
             at a limit is ``Failed``, with ``failure_reason`` saying why.
+        threads_per_trial: Threads each trial's numeric libraries use:
+            ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``
+            and the like are set to it, over the driver's environment (a
+            variable given in ``env`` is left as given). Unset, a trial
+            pinned with ``cpus_per_trial`` gets one thread per core, and
+            any other trial the libraries' defaults, usually one thread per
+            core of the machine, for each trial running at once.
         keep_checkpoints, keep_best, metric, mode, checkpoint_budget: Which
             checkpoints are kept: the newest K of each trial; those of the K
             best trials by the last reported ``metric`` (``mode`` "min" or
@@ -90,6 +97,7 @@ class LocalBackend(BackendCore, TrialLogs):
         time_limit: float | None = None,
         memory_limit: int | str | None = None,
         cpus_per_trial: int | None = None,
+        threads_per_trial: int | None = None,
         heartbeat_timeout: float | None = None,
         max_failures: int = 0,
         keep_checkpoints: int | None = None,
@@ -112,7 +120,7 @@ class LocalBackend(BackendCore, TrialLogs):
                     keep_checkpoints=keep_checkpoints, keep_best=keep_best, metric=metric,
                     mode=mode, checkpoint_budget=checkpoint_budget,
                 ),
-                cpus_per_trial=cpus_per_trial,
+                cpus_per_trial=cpus_per_trial, threads_per_trial=threads_per_trial,
             ))
             if experiment_dir is not None:
                 root = Path(experiment_dir).expanduser().absolute()

@@ -44,6 +44,7 @@ class RunTemplate:
     preload: tuple[str, ...] = ()
     keep_checkpoints: int | None = None
     cpus_per_trial: int | None = None
+    threads_per_trial: int | None = None
 
 
 def launch(
@@ -133,10 +134,15 @@ def run_limits(
 
 
 def _policy_env(template: RunTemplate, cores: int) -> dict[str, str]:
-    """Variables the backend's policies set: thread counts of pinned trials, checkpoints kept."""
+    """Variables the backend's policies set: thread counts, checkpoints kept.
+
+    The thread count is ``threads_per_trial`` if set, else the number of
+    cores a pinned trial has; the backend's own ``env`` has the last word.
+    """
     env = {}
-    if cores:
-        env.update({name: str(cores) for name in THREAD_VARIABLES if name not in template.env})
+    threads = template.threads_per_trial or cores
+    if threads:
+        env.update({name: str(threads) for name in THREAD_VARIABLES if name not in template.env})
     if template.keep_checkpoints is not None:
         env[ENV_KEEP_CHECKPOINTS] = str(template.keep_checkpoints)
     return env

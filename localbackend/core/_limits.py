@@ -19,7 +19,7 @@ from typing import Any, Optional
 from .._errors import BackendConfigurationError
 
 # Environment variables that tell numeric libraries how many threads to use,
-# set for a trial pinned to ``cpus_per_trial`` cores.
+# set to ``threads_per_trial``, or for a trial pinned to ``cpus_per_trial`` cores.
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS", "RAYON_NUM_THREADS",
@@ -203,6 +203,11 @@ def check_cpus_per_trial(value: object, available: int) -> Optional[int]:
             f"Use at most cpus_per_trial={available}.",
         )
     return count
+
+
+def check_threads_per_trial(value: object) -> Optional[int]:
+    """``threads_per_trial``: the thread count numeric libraries get in each trial."""
+    return _count("threads_per_trial", value, low=1)
 
 
 def seconds_text(value: float) -> str:

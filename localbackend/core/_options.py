@@ -11,7 +11,7 @@ from typing import Any
 
 from .._errors import BackendConfigurationError
 from ._command import check_entry_point, parse_binary
-from ._limits import Retention, TrialLimits, check_cpus_per_trial
+from ._limits import Retention, TrialLimits, check_cpus_per_trial, check_threads_per_trial
 
 
 def check_grace_period(grace_period: object) -> float:
@@ -143,6 +143,8 @@ class BackendOptions:
     limits: TrialLimits = field(default_factory=TrialLimits)
     retention: Retention = field(default_factory=Retention)
     cpus_per_trial: int | None = None
+    # Threads each trial's numeric libraries use (None: their own default).
+    threads_per_trial: int | None = None
 
     @classmethod
     def check(
@@ -165,6 +167,7 @@ class BackendOptions:
         limits: TrialLimits | None = None,
         retention: Retention | None = None,
         cpus_per_trial: int | None = None,
+        threads_per_trial: int | None = None,
     ) -> BackendOptions:
         """The options, or our error naming the first bad value."""
         words = parse_binary(binary)
@@ -183,6 +186,7 @@ class BackendOptions:
             preload=check_preload(preload),
             limits=limits or TrialLimits(), retention=retention or Retention(),
             cpus_per_trial=check_cpus_per_trial(cpus_per_trial, 0),
+            threads_per_trial=check_threads_per_trial(threads_per_trial),
         )
 
     @classmethod
@@ -206,6 +210,7 @@ class BackendOptions:
             limits=TrialLimits.from_saved(saved.get("limits")),
             retention=Retention.from_saved(saved.get("retention")),
             cpus_per_trial=saved.get("cpus_per_trial"),
+            threads_per_trial=saved.get("threads_per_trial"),
         )
 
     def saved(self) -> dict[str, Any]:
@@ -227,4 +232,5 @@ class BackendOptions:
             "limits": self.limits.saved(),
             "retention": self.retention.saved(),
             "cpus_per_trial": self.cpus_per_trial,
+            "threads_per_trial": self.threads_per_trial,
         }

@@ -287,6 +287,7 @@ class BackendCore:
                 preload=self._o.preload,
                 keep_checkpoints=self._o.retention.keep_checkpoints,
                 cpus_per_trial=self._o.cpus_per_trial,
+                threads_per_trial=self._o.threads_per_trial,
             ),
             launcher=self._launcher, allocator=self._allocator(), table=self._table,
             cpus=self._cpu_allocator(),

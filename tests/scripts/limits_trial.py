@@ -67,6 +67,10 @@ elif mode == "affinity":
     cores = sorted(os.sched_getaffinity(0))
     report(cores=cores, omp=os.environ.get("OMP_NUM_THREADS"))
     trialkit.idle()
+elif mode == "threads":
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+    report(**{name: os.environ.get(name) for name in names})
+    trialkit.idle()
 elif mode == "hang":
     report(step=0)
     print("about to hang", flush=True)
