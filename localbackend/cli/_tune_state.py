@@ -42,7 +42,10 @@ class TrialView:
     run_started: Optional[float] = None
 
     def to_json(self) -> dict[str, Any]:
-        saved = dataclasses.asdict(self)
+        # Written out at once, so a shallow copy will do (``asdict`` copies
+        # every value deeply, on every batch).
+        saved = {name: getattr(self, name) for name in _VIEW_FIELDS}
+        saved["config"] = dict(self.config)
         # A wall-clock start means nothing to the process that resumes: the
         # trial's runtime so far is in ``runtime``.
         saved["run_started"] = None
@@ -53,6 +56,9 @@ class TrialView:
         if self.run_started is not None:
             self.runtime += time.time() - self.run_started
             self.run_started = None
+
+
+_VIEW_FIELDS = tuple(field.name for field in dataclasses.fields(TrialView))
 
 
 class TuneState:
