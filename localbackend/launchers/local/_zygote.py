@@ -54,7 +54,7 @@ _OPENBLAS_SETTERS = (
     "openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
     "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
 )
-_TRIAL_SIDE_MODULES = ("localbackend._report", "localbackend.checkpoint")
+_TRIAL_SIDE_MODULES = ("localbackend._report", "localbackend.checkpoint", "argparse")
 _CUDA_LIBRARIES = ("libcuda.so", "libcudart.so", "libnvidia-ml.so")
 
 
@@ -234,7 +234,8 @@ class Zygote:
             os.environ["OPENBLAS_NUM_THREADS"] = "1"
         fds = _open_fds()
         try:
-            # Trial scripts import localbackend's report and checkpoint helpers.
+            # Trial scripts import localbackend's report and checkpoint helpers,
+            # and nearly all read their config from argv with argparse.
             for name in (*modules, *_TRIAL_SIDE_MODULES):
                 importlib.import_module(name)
         except BaseException as err:  # an import may raise anything, SystemExit included
