@@ -24,6 +24,9 @@ from bench._stats import (
 
 TUNE = f"{LOCALBACKEND} tune"
 PRELOAD = f"{TUNE} --preload numpy"
+# numpy imports numpy.random on first use, so a script that draws random
+# numbers imports it after the fork unless it is named too.
+PRELOAD_RANDOM = f"{TUNE} --preload numpy,numpy.random"
 
 
 def syne_label(sleep_time: float) -> str:
@@ -43,6 +46,7 @@ def jobs(profile: Profile, contenders: list[str]) -> list[Job]:
     if "localbackend" in contenders:
         rows.append(("localbackend", TUNE, {}))
         rows.append(("localbackend", PRELOAD, {"preload": "numpy"}))
+        rows.append(("localbackend", PRELOAD_RANDOM, {"preload": "numpy,numpy.random"}))
     if "syne_tuner" in contenders:
         rows += [("syne_tuner", syne_label(s), {"sleep_time": s}) for s in profile.e2e_syne_sleeps]
     if "ray" in contenders:
@@ -104,7 +108,7 @@ def summarize(results: list[JobResult], profile: Profile) -> Section:
     # or below the best of the others; one check per row of ours and per measure, each
     # against the other contender best at that measure (not measured without one).
     others = [label for label in walls if not label.startswith(TUNE)]
-    for mine in (TUNE, PRELOAD):
+    for mine in (TUNE, PRELOAD, PRELOAD_RANDOM):
         for name, values in (("wall time", walls), ("total CPU", cpus)):
             best = min(others, key=lambda label: values[label].median) if others else None
             ours = values.get(mine)
@@ -133,6 +137,15 @@ def summarize(results: list[JobResult], profile: Profile) -> Section:
         "of every process of the tree, the driver included (it makes itself a subreaper and "
         "reaps everything); memory is the peak of the tree's summed PSS, sampled every "
         "100 ms, so shared pages count once."
+    )
+    section.notes.append(
+        "Threads. `localbackend tune` gives each trial the usable cores divided by "
+        "`--workers` as its thread count (`OMP_NUM_THREADS`, `OPENBLAS_NUM_THREADS` and the "
+        "like: `--threads-per-trial auto`), as Ray sets a trial's CPUs (1 here) and Dask's "
+        "nanny sets 1. Syne Tune's `LocalBackend` sets nothing, so each of its trials "
+        "starts a BLAS pool of one thread per core. `--preload numpy,numpy.random` also "
+        "preloads what numpy imports only on first use, which this script needs for its "
+        "random generator."
     )
     section.notes.append(
         "Epochs trained shows how much work each ASHA actually cut. A tuner that polls "
