@@ -63,13 +63,9 @@ class LocalBackend(BackendCore, TrialLogs):
             seconds without output before it counts as hung, and how often a
             failed trial is retried from its latest checkpoint. A trial ended
             at a limit is ``Failed``, with ``failure_reason`` saying why.
-        threads_per_trial: Threads each trial's numeric libraries use:
-            ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``
-            and the like are set to it, over the driver's environment (a
-            variable given in ``env`` is left as given). Unset, a trial
-            pinned with ``cpus_per_trial`` gets one thread per core, and
-            any other trial the libraries' defaults, usually one thread per
-            core of the machine, for each trial running at once.
+        threads_per_trial: ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and
+            the like for every trial, over the driver's environment (not
+            over ``env``); unset, the libraries' defaults (README, "Limits").
         keep_checkpoints, keep_best, metric, mode, checkpoint_budget: Which
             checkpoints are kept: the newest K of each trial; those of the K
             best trials by the last reported ``metric`` (``mode`` "min" or
