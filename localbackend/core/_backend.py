@@ -56,16 +56,15 @@ class LocalBackend(BackendCore, TrialLogs):
             Defaults to a ``LocalLauncher``, which runs them on this machine.
         preload: Modules imported once, so that runs start warm, by fork
             (README, "Warm starts"); any doubt starts a run cold and warns once.
-        time_limit, memory_limit, cpus_per_trial, heartbeat_timeout,
-        max_failures: What every trial may use, enforced on its whole process
-            tree: running time in seconds (paused time does not count),
-            memory in bytes or a size such as ``"2GiB"``, cores of its own,
-            seconds without output before it counts as hung, and how often a
-            failed trial is retried from its latest checkpoint. A trial ended
-            at a limit is ``Failed``, with ``failure_reason`` saying why.
-        threads_per_trial: ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and
-            the like for every trial, over the driver's environment (not
-            over ``env``); unset, the libraries' defaults (README, "Limits").
+        time_limit, memory_limit, cpus_per_trial, threads_per_trial,
+        heartbeat_timeout, max_failures: What every trial may use, enforced
+            on its whole tree: running time in seconds (paused time does not
+            count), memory in bytes or a size such as ``"2GiB"``, cores of
+            its own, threads for its numeric libraries (``OMP_NUM_THREADS``
+            and the like), seconds without output before it counts as hung,
+            and how often a failed trial is retried from its latest
+            checkpoint. A trial ended at a limit is ``Failed``, with
+            ``failure_reason`` saying why.
         keep_checkpoints, keep_best, metric, mode, checkpoint_budget: Which
             checkpoints are kept: the newest K of each trial; those of the K
             best trials by the last reported ``metric`` (``mode`` "min" or
@@ -90,16 +89,13 @@ class LocalBackend(BackendCore, TrialLogs):
         detach: bool = False,
         launcher: Launcher | None = None,
         preload: Sequence[str] | None = None,
-        time_limit: float | None = None,
-        memory_limit: int | str | None = None,
-        cpus_per_trial: int | None = None,
-        threads_per_trial: int | None = None,
+        time_limit: float | None = None, memory_limit: int | str | None = None,
+        cpus_per_trial: int | None = None, threads_per_trial: int | None = None,
         heartbeat_timeout: float | None = None,
         max_failures: int = 0,
         keep_checkpoints: int | None = None,
         keep_best: int | None = None,
-        metric: str | None = None,
-        mode: str = "min",
+        metric: str | None = None, mode: str = "min",
         checkpoint_budget: int | str | None = None,
     ) -> None:
         try:
