@@ -53,6 +53,8 @@ class TreeCopier:
 
     def __init__(self, source: str | os.PathLike[str]) -> None:
         self.source = os.path.abspath(source)
+        # copytree joins each name onto the folder as it was given.
+        self._given = os.path.join(os.fspath(source), "")
         self.shared = {os.path.basename(path) for _, path in published_checkpoints(source)}
         self.link = True
         self.clone = True
@@ -77,7 +79,10 @@ class TreeCopier:
         return dst
 
     def _is_shared(self, src: str) -> bool:
-        relative = os.path.relpath(src, self.source)
+        if src.startswith(self._given):  # as copytree passes it: no relpath per file
+            relative = src[len(self._given):]
+        else:
+            relative = os.path.relpath(src, self.source)
         top = relative.split(os.sep, 1)[0]
         return top in self.shared and top != relative
 
