@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -512,3 +513,25 @@ def test_the_plain_view_builds_the_trial_table_only_when_it_shows_it(
     # One per progress line, and one for the end.
     took = time.monotonic() - started
     assert len(built) <= progress_lines + 1, (len(built), progress_lines, took)
+
+
+def test_the_live_table_left_on_screen_shows_how_the_tune_ended() -> None:
+    pytest.importorskip("rich")
+    from localbackend.cli._live import LiveView, Row, Snapshot
+
+    stream = io.StringIO()
+    view = LiveView(stream, force_terminal=True)
+    view.close(lambda: Snapshot(
+        rows=[Row(7, "Completed", "", 3, 0.5, 0.4, 1.0, "lr=0.1")],
+        progress="progress: all done", metric="loss", resource_attr="epoch",
+    ))
+    shown_text = stream.getvalue()
+    assert "Completed" in shown_text and "progress: all done" in shown_text
+
+    def broken() -> Any:
+        raise RuntimeError("no snapshot")
+
+    view = LiveView(io.StringIO(), force_terminal=True)
+    with pytest.raises(RuntimeError):
+        view.close(broken)
+    assert not view.live.is_started  # the terminal is given back all the same

@@ -73,7 +73,7 @@ class View:
     def update(self, snapshot: Snapshot) -> None:
         self.message(snapshot.progress)
 
-    def close(self, last: Snapshot | None = None) -> None:
+    def close(self, last: Callable[[], Snapshot] | None = None) -> None:
         """Nothing to tear down for plain lines (the summary follows)."""
 
     def print(self, text: str) -> None:
@@ -111,10 +111,12 @@ class LiveView(View):
     def update(self, snapshot: Snapshot) -> None:
         self.live.update(render_table(snapshot))
 
-    def close(self, last: Snapshot | None = None) -> None:
-        if last is not None:  # the table left on screen shows how the tune ended
-            self.live.update(render_table(last))
-        self.live.stop()
+    def close(self, last: Callable[[], Snapshot] | None = None) -> None:
+        try:
+            if last is not None:  # the table left on screen shows how the tune ended
+                self.live.update(render_table(last()))
+        finally:
+            self.live.stop()
 
     def print(self, text: str) -> None:
         from rich.text import Text

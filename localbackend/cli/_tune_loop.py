@@ -358,11 +358,13 @@ class Tuner:
                 self.view.message(f"could not save the tuner state: {err}")
         finally:
             self.state.close()
-            self.view.close(snapshot(self.state, self.log))
             try:
-                self.backend.close()
-            except KeyboardInterrupt:
-                self.backend.close()
+                self.view.close(lambda: snapshot(self.state, self.log))
+            finally:
+                try:
+                    self.backend.close()
+                except KeyboardInterrupt:
+                    self.backend.close()
         for line in summary(self.state, self.log, self.files, outcome.reason):
             self.view.print(line)
         if outcome.reason == "failed":
