@@ -25,6 +25,14 @@ ENV_RUN_START_TIME: Final = "LOCALBACKEND_RUN_START_TIME"
 # ``keep_checkpoints`` policy.
 ENV_KEEP_CHECKPOINTS: Final = "LOCALBACKEND_KEEP_CHECKPOINTS"
 
+# Variables that tell numeric libraries how many threads to use: set for
+# each trial by ``threads_per_trial`` (or ``cpus_per_trial``), and read by
+# the libraries when they load.
+THREAD_COUNT_VARIABLES: Final = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS", "RAYON_NUM_THREADS",
+)
+
 # Result fields, named as Syne Tune names them so its schedulers read them.
 ST_WORKER_TIMESTAMP: Final = "st_worker_timestamp"
 ST_WORKER_TIME: Final = "st_worker_time"

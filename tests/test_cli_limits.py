@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from localbackend.cli._tune import threads_per_trial
+from localbackend.cli import _build_parser
+from localbackend.cli._tune import backend_limits, threads_per_trial
 from localbackend.core._limits import THREAD_VARIABLES
 from tests.test_cli_tune import SPACE, TRAIN, cli
 
@@ -103,7 +105,7 @@ def test_threads_per_trial_choices(
     assert chosen == expected
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "many", "1.5"])
+@pytest.mark.parametrize("value", ["0", "-1", "many", "1.5", "\u00b2"])
 def test_a_bad_thread_count_is_one_clear_line(tmp_path: Path, value: str) -> None:
     done = cli(
         "tune", str(TRAIN), "--config", str(SPACE), "--metric", "loss",
@@ -113,3 +115,19 @@ def test_a_bad_thread_count_is_one_clear_line(tmp_path: Path, value: str) -> Non
     assert f"--threads-per-trial {value!r} is not a thread count" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_auto_counts_only_the_trials_that_can_run_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    args = _build_parser().parse_args(
+        ["tune", "train.py", "--metric", "loss", "--workers", "8", "--max-trials", "1"]
+    )
+    # One trial at a time, whatever --workers says: the libraries keep their default.
+    options = SimpleNamespace(workers=8, max_trials=1, metric="loss", mode="min")
+    assert "threads_per_trial" not in backend_limits(args, options)  # type: ignore[arg-type]
+    options = SimpleNamespace(workers=8, max_trials=2, metric="loss", mode="min")
+    expected = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert backend_limits(args, options)["threads_per_trial"] == expected  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from .. import FunctionBackend, LocalBackend
 from .._paths import default_experiment_dir
-from ..core._limits import THREAD_VARIABLES
+from .._protocol import THREAD_COUNT_VARIABLES
 from ..core._lock import experiment_is_held
 from ._common import (
     TUNER_FORMAT_VERSION,
@@ -152,8 +152,9 @@ def backend_limits(args: argparse.Namespace, options: TuneOptions) -> dict[str, 
     for name in ("memory_limit", "checkpoint_budget"):
         if name in chosen and str(chosen[name]).isdigit():
             chosen[name] = int(chosen[name])
+    at_once = min(options.workers, options.max_trials or options.workers)
     threads = threads_per_trial(
-        chosen.pop("threads_per_trial", "auto"), options.workers,
+        chosen.pop("threads_per_trial", "auto"), at_once,
         pinned=chosen.get("cpus_per_trial") is not None,
         elsewhere=bool(getattr(args, "dask", None)),
     )
@@ -167,12 +168,13 @@ def backend_limits(args: argparse.Namespace, options: TuneOptions) -> dict[str, 
 def threads_per_trial(value: str, workers: int, *, pinned: bool, elsewhere: bool) -> int | None:
     """``--threads-per-trial``: a count, ``none``, or ``auto``.
 
-    ``auto`` splits this machine's usable cores between the trials that run
-    at once, so that two trials never run a core's worth of threads each on
-    one core. It sets nothing where the choice is already made or cannot be
-    made here: a thread variable in the environment, ``--cpus-per-trial``
-    (pinned trials get one thread per core), a single worker, or trials that
-    run on other machines (``--dask``).
+    ``auto`` splits this machine's usable cores between the ``workers``
+    trials that can run at once, so that two trials never run a core's worth
+    of threads each on one core. It sets nothing where the choice is already
+    made or cannot be made here: a thread variable in the environment,
+    ``--cpus-per-trial`` (pinned trials get one thread per core), a single
+    worker, or trials that run on other machines (``--dask``). The count is
+    saved with the experiment, so ``--resume`` keeps it.
     """
     word = str(value).strip().lower()
     if word == "none":
@@ -180,10 +182,10 @@ def threads_per_trial(value: str, workers: int, *, pinned: bool, elsewhere: bool
     if word == "auto":
         if pinned or elsewhere or workers <= 1:
             return None
-        if any(name in os.environ for name in THREAD_VARIABLES):
+        if any(name in os.environ for name in THREAD_COUNT_VARIABLES):
             return None
         return max(1, len(os.sched_getaffinity(0)) // workers)
-    if word.isdigit() and int(word) >= 1:
+    if word.isascii() and word.isdecimal() and int(word) >= 1:
         return int(word)
     raise CliError(
         f"--threads-per-trial {value!r} is not a thread count; give a whole number >= 1, "

@@ -56,15 +56,15 @@ class LocalBackend(BackendCore, TrialLogs):
             Defaults to a ``LocalLauncher``, which runs them on this machine.
         preload: Modules imported once, so that runs start warm, by fork
             (README, "Warm starts"); any doubt starts a run cold and warns once.
-        time_limit, memory_limit, cpus_per_trial, threads_per_trial,
-        heartbeat_timeout, max_failures: What every trial may use, enforced
-            on its whole tree: running time in seconds (paused time does not
-            count), memory in bytes or a size such as ``"2GiB"``, cores of
-            its own, threads for its numeric libraries (``OMP_NUM_THREADS``
-            and the like), seconds without output before it counts as hung,
-            and how often a failed trial is retried from its latest
-            checkpoint. A trial ended at a limit is ``Failed``, with
-            ``failure_reason`` saying why.
+        time_limit, memory_limit, cpus_per_trial, heartbeat_timeout,
+        max_failures: What every trial may use, enforced on its whole tree:
+            running time in seconds (paused time does not count), memory in
+            bytes or a size such as ``"2GiB"``, cores of its own, seconds
+            without output before it counts as hung, and how often a failed
+            trial is retried from its latest checkpoint. A trial ended at a
+            limit is ``Failed``, with ``failure_reason`` saying why.
+        threads_per_trial: Set as ``OMP_NUM_THREADS`` and the like for each
+            trial; a hint to its numeric libraries, not a limit.
         keep_checkpoints, keep_best, metric, mode, checkpoint_budget: Which
             checkpoints are kept: the newest K of each trial; those of the K
             best trials by the last reported ``metric`` (``mode`` "min" or

@@ -17,13 +17,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
 from .._errors import BackendConfigurationError
+from .._protocol import THREAD_COUNT_VARIABLES
 
-# Environment variables that tell numeric libraries how many threads to use,
-# set to ``threads_per_trial``, or for a trial pinned to ``cpus_per_trial`` cores.
-THREAD_VARIABLES = (
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS", "RAYON_NUM_THREADS",
-)
+# Set to ``threads_per_trial``, or for a trial pinned to ``cpus_per_trial`` cores.
+THREAD_VARIABLES = THREAD_COUNT_VARIABLES
 # A failed run that ran less than this is a quick failure: a trial whose
 # every retry fails this fast is in a crash loop, and its reason says so.
 QUICK_FAILURE_SECONDS = 5.0
