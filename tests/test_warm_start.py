@@ -335,3 +335,29 @@ def test_function_backend_trials_start_warm(tmp_path: Path) -> None:
         assert statuses[0][1] == Status.completed, format_logs(backend, [0])
         assert len(results) >= 3
         assert _modes(backend) == {(0, 0): None}
+
+
+def test_a_module_of_the_scripts_own_that_shadows_a_preloaded_one_starts_cold(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "scripts"
+    folder.mkdir()
+    (folder / "argparse.py").write_text("OWN = True\n")
+    entry = folder / "uses_its_own_argparse.py"
+    entry.write_text(textwrap.dedent("""\
+        import argparse
+        from localbackend import report
+        report(own=getattr(argparse, "OWN", False))
+    """))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with LocalBackend(entry, experiment_dir=tmp_path / "exp", preload=["json"]) as backend:
+            backend.start_trial({})
+            statuses, results = drain(backend, [0])
+            assert statuses[0][1] == Status.completed, format_logs(backend, [0])
+            # What a cold start imports: the script's own argparse.py.
+            assert [r[1]["own"] for r in results] == [True], format_logs(backend, [0])
+            (reason,) = _modes(backend).values()
+    assert "argparse.py would be imported as 'argparse'" in str(reason)
+    warned = [w for w in caught if issubclass(w.category, ColdStartWarning)]
+    assert len(warned) == 1 and "argparse.py" in str(warned[0].message)

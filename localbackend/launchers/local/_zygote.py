@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..._protocol import THREAD_COUNT_VARIABLES
+
 # Modules whose import initialises CUDA or starts a GPU runtime: a forked
 # child of a process holding a CUDA context cannot use the GPU.
 CUDA_MODULES = frozenset({
@@ -41,9 +43,8 @@ CUDA_MODULES = frozenset({
 # Variables that the thread pools of numerical libraries read when the
 # library is loaded: they must be the trial's when the zygote imports.
 THREAD_VARIABLES = (
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES",
-    "OMP_DYNAMIC", "OMP_WAIT_POLICY", "KMP_AFFINITY", "GOMP_SPINCOUNT",
+    *THREAD_COUNT_VARIABLES, "OMP_PROC_BIND", "OMP_PLACES", "OMP_DYNAMIC", "OMP_WAIT_POLICY",
+    "KMP_AFFINITY", "GOMP_SPINCOUNT",
 )
 # Read by the interpreter or the dynamic loader only when a process starts.
 _STARTUP_NAMES = ("LANG", "LC_ALL", "LC_CTYPE", "LD_PRELOAD", "LD_LIBRARY_PATH")
@@ -133,6 +134,8 @@ class Zygote:
         if modules != state.modules:
             return f"the supervisor preloaded {list(state.modules)}, not {list(modules)}"
         reason = self._program_reason(spec)
+        if reason is None:
+            reason = _shadowing_reason(spec, (*state.modules, *_TRIAL_SIDE_MODULES))
         if reason is None:
             reason = self._environment_reason(spec.get("env") or {}, state)
         if reason is None:
@@ -269,6 +272,31 @@ class Zygote:
             openblas_setter=setter, stdio=_stdio_codecs(),
         )
         return None
+
+
+def _shadowing_reason(spec: Mapping[str, Any], modules: Sequence[str]) -> Optional[str]:
+    """Why a cold start would import another file for a preloaded module, or None.
+
+    A cold start puts the script's folder (for ``-m``, the working folder)
+    first on ``sys.path``, so an ``argparse.py`` next to the script is the
+    ``argparse`` it imports; a warm trial would get the supervisor's.
+    """
+    argv = list(spec.get("argv") or ())
+    first = str(spec.get("cwd") or os.getcwd()) if argv[1:2] == ["-m"] else os.path.dirname(
+        os.path.abspath(os.path.join(str(spec.get("cwd") or ""), argv[1]))
+    )
+    for top in sorted({name.split(".", 1)[0] for name in modules}):
+        loaded = getattr(sys.modules.get(top), "__file__", None)
+        for candidate in (os.path.join(first, f"{top}.py"),
+                          os.path.join(first, top, "__init__.py")):
+            if os.path.exists(candidate) and (
+                loaded is None or not os.path.samefile(candidate, loaded)
+            ):
+                return (
+                    f"{candidate} would be imported as {top!r} by a cold start, where the "
+                    f"supervisor preloaded {loaded or 'another module'}"
+                )
+    return None
 
 
 def _restore(environ: Any, name: str, value: Optional[str]) -> None:
