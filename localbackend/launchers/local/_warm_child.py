@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from importlib.machinery import SourceFileLoader
 from typing import Any, Optional
 
-from ._zygote import WarmState, prepared_state
+from ._zygote import WarmState, cold_first_path, prepared_state
 
 # The exit status of a child whose set-up failed (EX_SOFTWARE).
 SETUP_FAILED = 70
@@ -88,7 +88,7 @@ def _run(
     if module is not None:  # python -m module: sys.argv[0] becomes its file, path[0] the cwd
         _fresh_interpreter_state(argv, ["-m", *argv[3:]], os.getcwd(), env, state)
     else:
-        first = os.path.dirname(os.path.realpath(argv[1]))
+        first = cold_first_path(argv, os.getcwd())
         _fresh_interpreter_state(argv, argv[1:], first, env, state)
     _reseed()
     _give_back_threads(env, state)

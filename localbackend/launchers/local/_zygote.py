@@ -274,6 +274,13 @@ class Zygote:
         return None
 
 
+def cold_first_path(argv: Sequence[str], cwd: str) -> str:
+    """``sys.path[0]`` of a cold start: the working folder for ``-m``, else the script's folder."""
+    if argv[1:2] == ["-m"]:
+        return cwd
+    return os.path.dirname(os.path.realpath(os.path.join(cwd, argv[1])))
+
+
 def _shadowing_reason(spec: Mapping[str, Any], modules: Sequence[str]) -> Optional[str]:
     """Why a cold start would import another file for a preloaded module, or None.
 
@@ -281,10 +288,8 @@ def _shadowing_reason(spec: Mapping[str, Any], modules: Sequence[str]) -> Option
     first on ``sys.path``, so an ``argparse.py`` next to the script is the
     ``argparse`` it imports; a warm trial would get the supervisor's.
     """
-    argv = list(spec.get("argv") or ())
-    first = str(spec.get("cwd") or os.getcwd()) if argv[1:2] == ["-m"] else os.path.dirname(
-        os.path.abspath(os.path.join(str(spec.get("cwd") or ""), argv[1]))
-    )
+    first = cold_first_path([str(word) for word in spec.get("argv") or ()],
+                            str(spec.get("cwd") or os.getcwd()))
     for top in sorted({name.split(".", 1)[0] for name in modules}):
         loaded = getattr(sys.modules.get(top), "__file__", None)
         for candidate in (os.path.join(first, f"{top}.py"),
