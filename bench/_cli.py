@@ -20,7 +20,15 @@ from types import ModuleType
 from typing import Any
 
 from bench._contenders import optional_contenders
-from bench._env import BENCH_DIR, REPO, SetupError, ensure_syne, machine_lines, package_versions
+from bench._env import (
+    BENCH_DIR,
+    REPO,
+    SetupError,
+    compile_bytecode,
+    ensure_syne,
+    machine_lines,
+    package_versions,
+)
 from bench._plan import PROFILES, Job, JobResult, Profile
 from bench._stats import Check, Section, Table
 
@@ -213,7 +221,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, list[JobResult]], list[str]
     work_root = Path(args.workdir).absolute()
     run_dir = work_root / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
     run_dir.mkdir(parents=True)
-    header = machine_lines(run_dir) + header
+    header = [*machine_lines(run_dir), compile_bytecode(), *header]
     results: dict[str, list[JobResult]] = {}
     try:
         modules_done: set[str] = set()
