@@ -15,11 +15,60 @@ from pathlib import Path
 RUNS_ROOT = "localbackend-runs"
 
 
-@dataclass(frozen=True)
 class TrialPaths:
-    """The files of one trial; see the README for what each holds."""
+    """The files of one trial; see the README for what each holds.
 
-    root: Path
+    Made by ``ExperimentPaths.trial``, it keeps the experiment folder (one
+    ``Path`` shared by every trial) and the trial's id, and keeps its own
+    folder's ``Path`` only while asked to: ``forget`` lets it go, for a
+    trial that has ended (a ``Path`` is most of what a finished trial's
+    record would hold), and ``keep`` takes it up again when the trial runs
+    again. Without it every property builds the folder's ``Path`` anew.
+    """
+
+    __slots__ = ("_parent", "_root", "_trial_id")
+
+    def __init__(self, root: Path) -> None:
+        self._root: Path | None = root
+        # Made from its folder alone: there is nothing to build it again from.
+        self._parent = root
+        self._trial_id = -1
+
+    @classmethod
+    def of_trial(cls, experiment_root: Path, trial_id: int) -> TrialPaths:
+        paths = cls.__new__(cls)
+        paths._parent = experiment_root
+        paths._trial_id = trial_id
+        paths._root = experiment_root / str(trial_id)
+        return paths
+
+    @property
+    def root(self) -> Path:
+        root = self._root
+        if root is None:
+            root = self._parent / str(self._trial_id)
+        return root
+
+    def forget(self) -> None:
+        """Stop keeping the folder's ``Path`` (built again on each use)."""
+        if self._trial_id >= 0:
+            self._root = None
+
+    def keep(self) -> None:
+        """Keep the folder's ``Path`` again, for a trial that runs again."""
+        if self._root is None:
+            self._root = self.root
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TrialPaths):
+            return NotImplemented
+        return self.root == other.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __repr__(self) -> str:
+        return f"TrialPaths(root={self.root!r})"
 
     @property
     def config(self) -> Path:
@@ -115,7 +164,7 @@ class ExperimentPaths:
         return self.root / "driver.json"
 
     def trial(self, trial_id: int) -> TrialPaths:
-        return TrialPaths(self.root / str(int(trial_id)))
+        return TrialPaths.of_trial(self.root, int(trial_id))
 
     def driver_lease(self, token: str) -> Path:
         """Rewritten by a driver whose trials run on other hosts, which end them when it stops."""

@@ -755,3 +755,49 @@ def test_no_file_watch_outlives_a_trial_that_completed_or_failed(experiment_dir:
         statuses, _ = finish(backend, [0])
         assert statuses[0][1] == Status.failed, format_logs(backend)
         assert backend._file_watcher()._watches == {}
+
+
+def test_a_finished_trial_keeps_little_and_runs_again_in_its_own_folder(
+    experiment_dir: Path,
+) -> None:
+    # A record is kept for the experiment's life: once a trial can no longer
+    # change, its folder's Path and its readers' file identities go, and come
+    # back (the same folder) when it runs again.
+    with LocalBackend(script("report_then_exit.py"), experiment_dir=experiment_dir) as backend:
+        backend.start_trial({"n": 2})
+        statuses, results = finish(backend, [0])
+        assert statuses[0][1] == Status.completed, format_logs(backend)
+        backend.wait(timeout=0)  # the record leaves the live set here
+        record = backend._table.records[0]
+        assert record.paths._root is None
+        assert record.results_reader._identity is None
+        assert record.stdout_reader._identity is None
+        assert record.paths.root == experiment_dir / "0"
+        assert record.paths.results == experiment_dir / "0" / "results.jsonl"
+        assert record.paths._root is None  # built on each use, not kept
+        trial, status = backend.fetch_status_results([0])[0][0]
+        assert (trial.trial_dir, status) == (experiment_dir / "0", Status.completed)
+
+        backend.resume_trial(0, completed=True)
+        assert record.paths._root == experiment_dir / "0"
+        statuses, more = finish(backend, [0])
+        assert statuses[0][1] == Status.completed, format_logs(backend)
+        # Each result once: the resumed run's two after the first run's two.
+        assert [r["i"] for _, r in results + more] == [0, 1, 0, 1]
+        lines = (experiment_dir / "0" / "results.jsonl").read_text().splitlines()
+        assert len(lines) == 4
+
+
+def test_trial_paths_compare_by_folder_however_they_were_made(tmp_path: Path) -> None:
+    from localbackend._paths import ExperimentPaths, TrialPaths
+
+    made = ExperimentPaths(tmp_path).trial(3)
+    given = TrialPaths(tmp_path / "3")
+    assert made == given and hash(made) == hash(given)
+    assert repr(made) == f"TrialPaths(root={tmp_path / '3'!r})"
+    made.forget()
+    given.forget()  # nothing to build it again from: it keeps its folder
+    assert made == given and given._root == tmp_path / "3"
+    assert made.stdout == given.stdout == tmp_path / "3" / "stdout.log"
+    made.keep()
+    assert made._root == tmp_path / "3"

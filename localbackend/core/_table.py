@@ -76,6 +76,7 @@ class TrialTable:
                 records.append(record)
             else:
                 self.live.discard(trial_id)
+                record.compact()
         return records
 
     # -- events ------------------------------------------------------------

@@ -112,6 +112,7 @@ class TrialRecord:
 
     def launched(self, run: int, start_time: float, gpus: list[str]) -> None:
         """A new run was handed to the launcher; its output is accepted."""
+        self.paths.keep()
         self.runs = run + 1
         self.alive_runs = with_run(self.alive_runs, run)
         self.accepting = True
@@ -160,6 +161,15 @@ class TrialRecord:
         """Append a change of this trial to the experiment's journal."""
         if self.journal is not None:
             self.journal.append(op, trial=self.trial_id, **fields)
+
+    def compact(self) -> None:
+        """Let go of what only a trial that can still change needs (see ``TrialTable.live``).
+
+        Taken up again by ``launched`` when the trial runs again.
+        """
+        self.paths.forget()
+        self.results_reader.forget_identity()
+        self.stdout_reader.forget_identity()
 
     @property
     def has_news(self) -> bool:
