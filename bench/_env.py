@@ -39,18 +39,19 @@ def compile_bytecode() -> str:
     """
     import compileall
 
-    ok = all(
-        compileall.compile_dir(REPO / folder, quiet=2, workers=1)
-        for folder in COMPILED_FOLDERS
-        if (REPO / folder).is_dir()
-    )
+    ok = True
+    for folder in COMPILED_FOLDERS:
+        for parent, folders, _ in os.walk(REPO / folder):
+            # Not the venvs and scratch folders kept under bench/ (dot names).
+            folders[:] = [name for name in folders if not name.startswith((".", "__"))]
+            ok = compileall.compile_dir(parent, maxlevels=0, quiet=2) and ok
     setting = (
         " (this environment sets PYTHONDONTWRITEBYTECODE, so nothing else would write it)"
         if os.environ.get("PYTHONDONTWRITEBYTECODE") else ""
     )
     state = "compiled ahead" if ok else "compiled ahead with errors (some load from source)"
-    folders = ", ".join(COMPILED_FOLDERS)
-    return f"Bytecode: {folders} {state} with compileall, as pip does on install{setting}"
+    names = ", ".join(COMPILED_FOLDERS)
+    return f"Bytecode: {names} {state} with compileall, as pip does on install{setting}"
 
 
 def _syne_version(python: Path) -> str:
