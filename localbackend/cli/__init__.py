@@ -97,7 +97,9 @@ def _add_tune(commands: Any) -> None:
         help="largest resource a trial reaches (default: the fixed '<resource-attr>s' entry, "
         "e.g. epochs)",
     )
-    tune.add_argument("--workers", type=int, help="trials running at once (default: CPUs, max 4)")
+    tune.add_argument(
+        "--workers", type=int, help="trials running at once (default: usable CPUs, max 4)"
+    )
     tune.add_argument(
         "--max-trials", type=int, help="trials to start, for asha and random (default: 20)"
     )

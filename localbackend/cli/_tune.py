@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import FunctionBackend, LocalBackend
+from .._cores import usable_cores
 from .._paths import default_experiment_dir
 from .._protocol import THREAD_COUNT_VARIABLES
 from ..core._lock import experiment_is_held
@@ -75,7 +76,7 @@ def _new_tuner(args: argparse.Namespace) -> Tuner:
             "the search space is empty; give --config FILE and/or -p name=spec, "
             "e.g. -p lr=loguniform(1e-4,1e-1) -p epochs=10"
         )
-    workers = args.workers if args.workers is not None else max(1, min(4, os.cpu_count() or 1))
+    workers = args.workers if args.workers is not None else min(4, usable_cores())
     _check_positive("--workers", workers)
     max_trials = args.max_trials if args.max_trials is not None else DEFAULT_MAX_TRIALS
     max_resource = _max_resource(args, space)
@@ -168,8 +169,9 @@ def backend_limits(args: argparse.Namespace, options: TuneOptions) -> dict[str, 
 def threads_per_trial(value: str, workers: int, *, pinned: bool, elsewhere: bool) -> int | None:
     """``--threads-per-trial``: a count, ``none``, or ``auto``.
 
-    ``auto`` splits this machine's usable cores between the ``workers``
-    trials that can run at once, so that two trials never run a core's worth
+    ``auto`` splits the cores this process may use (its affinity, capped by a
+    cgroup CPU quota: see ``_cores``) between the ``workers`` trials that can
+    run at once, so that two trials never run a core's worth
     of threads each on one core. It sets nothing where the choice is already
     made or cannot be made here: a thread variable in the environment,
     ``--cpus-per-trial`` (pinned trials get one thread per core), a single
@@ -184,7 +186,7 @@ def threads_per_trial(value: str, workers: int, *, pinned: bool, elsewhere: bool
             return None
         if any(name in os.environ for name in THREAD_COUNT_VARIABLES):
             return None
-        return max(1, len(os.sched_getaffinity(0)) // workers)
+        return max(1, usable_cores() // workers)
     if word.isascii() and word.isdecimal() and int(word) >= 1:
         return int(word)
     raise CliError(
