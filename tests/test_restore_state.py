@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import glob
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -389,6 +390,51 @@ def test_a_result_owed_after_one_restore_is_still_owed_after_a_second(tmp_path: 
             assert backend.fetch_status_results([0])[1] == []
     finally:
         kill_pids(_pids(experiment / "0"))
+
+
+# Reports the cores it may run on, then runs until stopped.
+PINNED = """
+import os, time
+from localbackend import report
+folder = os.environ["LOCALBACKEND_TRIAL_DIR"]
+open(os.path.join(folder, f"pid-{os.getpid()}"), "w").close()
+report(cores=sorted(os.sched_getaffinity(0)))
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+PINNED_DRIVER = """
+import os, signal, sys
+from localbackend import LocalBackend
+backend = LocalBackend(sys.argv[1], experiment_dir=sys.argv[2], detach=True, cpus_per_trial=1)
+backend.start_trial({})
+while not backend.wait(30):  # its first result is read, and never fetched
+    pass
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores")
+def test_a_reattached_pinned_run_keeps_its_cores_from_the_trials_started_after(
+    tmp_path: Path,
+) -> None:
+    script_path, experiment = _script(tmp_path, "pinned.py", PINNED), tmp_path / "exp"
+    _crash(PINNED_DRIVER, script_path, experiment, logs=tmp_path)
+    with _ends_every_process(experiment, [0, 1]), LocalBackend.restore(experiment) as backend:
+        _, results = backend.fetch_status_results([0])
+        assert len(results) == 1, format_logs(backend)
+        first = results[0][1]["cores"]
+        backend.start_trial({})
+        _, later = collect(backend, [1], lambda _s, got: bool(got))
+        second = later[0][1]["cores"]
+        assert len(first) == len(second) == 1
+        assert first != second, (
+            f"trial 1 was pinned to core {second}, which the re-attached trial 0 still runs on"
+        )
+        backend.stop_trial(0)
+        backend.stop_trial(1)
+        drain(backend, [0, 1])
 
 
 # -- 3. seconds and training end time ------------------------------------------

@@ -83,10 +83,12 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
             ) if k in entry}
         )
     elif op == "launch":
-        # The GPUs go with the run: a restore that re-attaches to it counts them as taken.
-        trial["runs"].append(
-            {"run": entry["run"], "launched": entry["time"], "gpus": entry.get("gpus") or []}
-        )
+        # The GPUs and cores go with the run: a restore that re-attaches to it
+        # counts them as taken.
+        trial["runs"].append({
+            "run": entry["run"], "launched": entry["time"], "gpus": entry.get("gpus") or [],
+            "cpus": entry.get("cpus") or [],
+        })
         trial["accept_until"] = None
     elif op == "launch_failed":
         # The run's process was never started: as if it had not been launched.

@@ -89,7 +89,10 @@ def launch(
         cores = cpus.allocate(record.trial_id) if cpus is not None else []
         limits = run_limits(record, cores, template.cpus_per_trial)
         overrides.update(_policy_env(template, len(cores) or template.cpus_per_trial or 0))
-        record.log("launch", run=run, time=run_start, gpus=gpus)
+        # Its GPUs and cores go with the run: a restore that re-attaches to it
+        # (detach mode) counts them as taken until it ends.
+        pinned = {"cpus": cores} if cores else {}
+        record.log("launch", run=run, time=run_start, gpus=gpus, **pinned)
         logged = True
         launcher.start(RunSpec(
             trial_id=record.trial_id, run=run, argv=spec.argv, env=overrides,

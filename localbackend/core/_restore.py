@@ -37,6 +37,8 @@ class Rebuild:
     table: TrialTable
     launcher: Launcher
     allocator: Callable[[], GpuAllocator]
+    # Cores for cpus_per_trial (None where trials are not pinned).
+    cores: Callable[[], GpuAllocator | None]
     journal: Journal
     detach: bool
     grace_period: float
@@ -152,7 +154,7 @@ def _restore_trial(backend: Rebuild, saved: dict[str, Any], journal: Journal) ->
     # Attached last: their output is never delivered, and while they are
     # alive nothing of the current run is read (see TrialTable.ingest).
     for entry, found in ending:
-        _attach(backend, record, int(entry["run"]), found, entry.get("gpus"), streaming=False)
+        _attach(backend, record, int(entry["run"]), found, entry, streaming=False)
     if ended is not None and isinstance(ended.get("time"), (int, float)):
         # When the run ended, not when this restore noticed it.
         record.training_end_time = datetime.datetime.fromtimestamp(float(ended["time"]))
@@ -191,7 +193,7 @@ def _restore_delivery(
                 # output begins at or after the earlier run's exit offsets.
                 _skip_to(record, runs[-2].get("offsets"))
         if keeper is not None:
-            _attach(backend, record, run, keeper, runs[-1].get("gpus"), streaming=True)
+            _attach(backend, record, run, keeper, runs[-1], streaming=True)
         elif ended is not None:
             record.following(run, accepted=True)
             table.run_exited(record, RunExited.from_record(ended))
@@ -221,7 +223,7 @@ def _restore_delivery(
     if keeper is not None:
         # Still ending after the decision (detach mode). Its later output is
         # counted, not delivered, when its end is noticed (run_exited).
-        _attach(backend, record, run, keeper, runs[-1].get("gpus"), streaming=False)
+        _attach(backend, record, run, keeper, runs[-1], streaming=False)
         return
     if ended is not None:
         record.exit_code = ended.get("returncode")
@@ -260,11 +262,15 @@ def _attach(
     record: TrialRecord,
     run: int,
     handle: RunHandle,
-    gpus: list[str] | None,
+    launched: dict[str, Any],
     *,
     streaming: bool,
 ) -> None:
     """Follow a run that outlived the old driver (detach mode).
+
+    ``launched`` is the run's entry in the saved state, with the GPUs and
+    cores its launch recorded: they stay taken until the run ends
+    (``run_gone`` releases them), so no trial started meanwhile gets them.
 
     ``streaming``: the run is the trial's current one and still accepted, so
     its results are read as they come. Otherwise its trial was paused or
@@ -274,10 +280,14 @@ def _attach(
     """
     record.following(run, accepted=streaming, attached=True)
     backend.launcher.attach(handle, record.paths)
+    gpus, cpus = launched.get("gpus"), launched.get("cpus") or []
     if gpus:
-        # Taken until the run ends: run_gone releases them.
         backend.allocator().hold(record.trial_id, gpus)
         record.gpus = list(gpus)
+    cores = backend.cores() if cpus else None
+    if cores is not None:
+        cores.hold(record.trial_id, cpus)
+        record.cpus = [str(cpu) for cpu in cpus]
     if streaming:
         backend.table.watch(record)
     else:

@@ -94,7 +94,7 @@ class BackendCore:
 
             rebuild_table(Rebuild(
                 paths=self._paths, table=self._table, launcher=self._launcher,
-                allocator=self._allocator,
+                allocator=self._allocator, cores=self._cpu_allocator,
                 journal=self._journal_or_fail(), detach=self._o.detach,
                 grace_period=self._o.grace_period, limits=self._o.limits,
             ), state)
