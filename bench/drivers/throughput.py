@@ -129,11 +129,14 @@ def run_localbackend(params: dict[str, Any]) -> dict[str, Any]:
     with Measured() as meter:
         # With "limits", every keeper watches its run: the cost of the watch.
         limits = LIMITS if params.get("limits") else {}
+        # With "preload", every trial starts warm, forked from the zygote.
+        warm = {"preload": params["preload"]} if params.get("preload") else {}
         backend = LocalBackend(
             trial_script("trivial"),
             experiment_dir=scratch(params, "experiment"),
             binary=[params["trial_python"]],
             **limits,
+            **warm,
         )
         measured = _drive_trial_backend(backend, params, backend.wait)
         backend.close()

@@ -34,6 +34,9 @@ from bench._stats import (
 
 # localbackend with a time, memory and heartbeat limit on every trial.
 LIMITED = "localbackend, limits on"
+# localbackend starting each trial warm: forked from a zygote whose interpreter
+# has started and imported what the trial imports (json).
+WARM = "localbackend, warm starts (preload json)"
 
 # Issue 13's targets, as ratios to the floor of the same run.
 WALL_LIMIT = 1.10  # 200 trivial trials, 2 at a time: wall time (the verdict)
@@ -52,6 +55,8 @@ def jobs(profile: Profile, contenders: list[str]) -> list[Job]:
             out.append(Job("throughput", "localbackend", LOCALBACKEND, round_, dict(base)))
             out.append(Job("throughput", "localbackend", LIMITED, round_,
                            {**base, "limits": True}))
+            out.append(Job("throughput", "localbackend", WARM, round_,
+                           {**base, "preload": ["json"]}))
         if "syne" in contenders:
             for poll in profile.syne_polls:
                 params = {**base, "poll": poll}
@@ -151,6 +156,13 @@ def summarize(results: list[JobResult], profile: Profile) -> Section:
         f"\"{LIMITED}\" runs every trial with time_limit, memory_limit (RSS sampled every "
         "50 ms where no cgroup v2 enforces it), heartbeat_timeout and max_failures, none of "
         "them reached: the cost of the keepers' watch."
+    )
+    section.notes.append(
+        f"\"{WARM}\" is `LocalBackend(preload=[\"json\"])`: each trial is forked from a zygote "
+        "process whose interpreter has started and imported json, instead of starting an "
+        "interpreter (opt-in; see the warm-start section). It is not the floor's kind of "
+        "launch, so the verdicts above are those of the cold row; it shows what a tuner "
+        "running many short trials can have."
     )
     section.notes.append(
         "Reference from the issue: Syne Tune measured about 1.28x the floor's wall time "
