@@ -52,53 +52,59 @@ def cpu_quota(proc: Path = PROC_SELF) -> float | None:
             continue
         _, controllers, cgroup = parts
         if controllers == "":
-            found = _mount(mounts, "cgroup2", None)
-            read = _v2_quota
+            fstype, controller, read = "cgroup2", None, _v2_quota
         elif "cpu" in controllers.split(","):
-            found = _mount(mounts, "cgroup", "cpu")
-            read = _v1_quota
+            fstype, controller, read = "cgroup", "cpu", _v1_quota
         else:
             continue
-        if found is None:
-            continue
-        mount_root, mount_point = found
-        for folder in _own_and_ancestors(mount_point, mount_root, cgroup):
+        for folder in _own_and_ancestors(_mounts(mounts, fstype, controller), cgroup):
             quota = read(folder)
             if quota is not None:
                 quotas.append(quota)
     return min(quotas) if quotas else None
 
 
-def _mount(lines: list[str], fstype: str, controller: str | None) -> tuple[str, Path] | None:
-    """The root and mount point of the first mount of ``fstype`` (with ``controller``, for v1)."""
+def _mounts(lines: list[str], fstype: str, controller: str | None) -> list[tuple[str, Path]]:
+    """The root and mount point of each mount of ``fstype`` (with ``controller``, for v1)."""
+    found = []
     for line in lines:
         fields = line.split()
         if "-" not in fields:
             continue
         dash = fields.index("-")
-        if len(fields) < dash + 4 or dash < 5 or fields[dash + 1] != fstype:
+        # Six fields, then optional ones up to "-", then type, source, options.
+        if dash < 6 or len(fields) < dash + 4 or fields[dash + 1] != fstype:
             continue
         if controller is not None and controller not in fields[dash + 3].split(","):
             continue
-        return _unescape(fields[3]), Path(_unescape(fields[4]))
-    return None
+        found.append((_unescape(fields[3]), Path(_unescape(fields[4]))))
+    return found
 
 
-def _own_and_ancestors(mount_point: Path, mount_root: str, cgroup: str) -> list[Path]:
-    """This process's cgroup folder under the mount, then each parent up to the mount point.
+def _own_and_ancestors(mounts: list[tuple[str, Path]], cgroup: str) -> list[Path]:
+    """This process's cgroup folder, then each parent up to the root of the mount it is under.
 
-    ``cgroup`` is the path in the whole hierarchy, ``mount_root`` the part of
-    the hierarchy the mount shows (``/`` on a host or in a container with its
-    own cgroup namespace; the container's cgroup when the host's hierarchy is
-    bind-mounted without one). Where the path is not under the mount's root,
-    only the mount point is read.
+    ``cgroup`` is the path in the whole hierarchy; each mount shows the part
+    of it below its root field (``/`` on a host or in a container with its own
+    cgroup namespace; the container's cgroup where the host's hierarchy is
+    bind-mounted without one). The mount whose root holds the path most
+    closely is read; a mount of some other cgroup is never read. No mount
+    holding it, or a path outside the cgroup namespace (``/../x``): nothing
+    is read, as for no quota.
     """
-    root = mount_root.rstrip("/")
-    if cgroup == root or cgroup.startswith(root + "/"):
-        below = [part for part in cgroup[len(root):].split("/") if part and part != ".."]
-    else:
-        below = []
-    return [mount_point.joinpath(*below[:depth]) for depth in range(len(below), -1, -1)]
+    best: tuple[str, Path] | None = None
+    for root, point in mounts:
+        base = root.rstrip("/")
+        if (cgroup == base or cgroup.startswith(base + "/")) and (
+            best is None or len(base) > len(best[0])
+        ):
+            best = (base, point)
+    if best is None:
+        return []
+    below = [part for part in cgroup[len(best[0]):].split("/") if part]
+    if ".." in below:
+        return []
+    return [best[1].joinpath(*below[:depth]) for depth in range(len(below), -1, -1)]
 
 
 def _v2_quota(folder: Path) -> float | None:

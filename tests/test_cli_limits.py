@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from localbackend._cores import usable_cores
 from localbackend.cli import _build_parser
 from localbackend.cli._tune import backend_limits, threads_per_trial
 from localbackend.core._limits import THREAD_VARIABLES
@@ -68,7 +68,7 @@ def test_threads_per_trial_auto_splits_the_cores_between_the_workers(
         "--seed", "1", "--view", "plain", "-p", "epochs=1",
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    expected = max(1, len(os.sched_getaffinity(0)) // 2)
+    expected = max(1, usable_cores() // 2)
     assert _options(root)["threads_per_trial"] == expected
     for trial in ("0", "1"):
         command = json.loads((root / trial / "command.json").read_text())
@@ -97,7 +97,7 @@ def test_threads_per_trial_choices(
     for name, setting in environ.items():
         monkeypatch.setenv(name, setting)
     if expected == "split":
-        expected = max(1, len(os.sched_getaffinity(0)) // workers)
+        expected = max(1, usable_cores() // workers)
     chosen = threads_per_trial(
         value, workers, pinned=options.get("pinned", False),
         elsewhere=options.get("elsewhere", False),
@@ -129,5 +129,5 @@ def test_auto_counts_only_the_trials_that_can_run_at_once(
     options = SimpleNamespace(workers=8, max_trials=1, metric="loss", mode="min")
     assert "threads_per_trial" not in backend_limits(args, options)  # type: ignore[arg-type]
     options = SimpleNamespace(workers=8, max_trials=2, metric="loss", mode="min")
-    expected = max(1, len(os.sched_getaffinity(0)) // 2)
+    expected = max(1, usable_cores() // 2)
     assert backend_limits(args, options)["threads_per_trial"] == expected  # type: ignore[arg-type]

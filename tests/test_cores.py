@@ -94,12 +94,56 @@ def test_a_malformed_cpu_max_counts_as_no_quota(tmp_path: Path, content: str) ->
 def test_unreadable_proc_files_and_odd_lines_count_as_no_quota(tmp_path: Path) -> None:
     assert usable_cores(tmp_path / "missing") == AFFINITY
     mount = tmp_path / "my cgroups"  # mountinfo writes the space as \040
-    _write(mount, cpu__max="100000 100000")
+    _write(mount / "a b", cpu__max="100000 100000")
     escaped = str(mount).replace(" ", "\\040")
-    proc = _proc(tmp_path, "garbage\n0::/\n", [
-        "not a mount line", f"1 0 0:27 / {escaped} rw - cgroup2 cgroup2 rw",
+    proc = _proc(tmp_path, "garbage\n0::/box/a b\n", [
+        "not a mount line", f"1 0 0:27 /box {escaped} rw - cgroup2 cgroup2 rw",
     ])
     assert cpu_quota(proc) == 1.0
+    (tmp_path / "2").mkdir()
+    escaped_root = _proc(tmp_path / "2", "0::/box/a b\n", [
+        f"1 0 0:27 /bo\\170 {escaped} rw - cgroup2 cgroup2 rw",  # "/box", \170 being "x"
+    ])
+    assert cpu_quota(escaped_root) == 1.0
+
+
+def test_only_the_mount_that_holds_this_process_cgroup_is_read(tmp_path: Path) -> None:
+    # A mount of another cgroup comes first (a sibling scope, and a sibling whose
+    # name starts with ours): its quota is not ours. The whole tree comes last.
+    other, sibling, whole = tmp_path / "other", tmp_path / "sibling", tmp_path / "whole"
+    _write(other, cpu__max="10000 100000")
+    _write(sibling, cpu__max="20000 100000")
+    _write(whole / "system.slice" / "me.scope", cpu__max="max 100000")
+    _write(whole / "system.slice", cpu__max="300000 100000")
+    proc = _proc(tmp_path, "0::/system.slice/me.scope\n", [
+        f"50 23 0:27 /system.slice/other.scope {other} rw - cgroup2 cgroup2 rw",
+        f"51 23 0:27 /system.slice/me.scopex {sibling} rw - cgroup2 cgroup2 rw",
+        f"30 23 0:27 / {whole} rw,nosuid shared:9 - cgroup2 cgroup2 rw",
+    ])
+    assert cpu_quota(proc) == 3.0
+
+
+@pytest.mark.parametrize("cgroup", ["0::/../outside\n", "0::/elsewhere\n"])
+def test_a_cgroup_no_mount_shows_counts_as_no_quota(tmp_path: Path, cgroup: str) -> None:
+    # "/../outside": the process is outside its cgroup namespace's root; the
+    # mount shows only /docker/abc, which does not hold "/elsewhere".
+    mount = tmp_path / "cg"
+    _write(mount, cpu__max="50000 100000")
+    _write(mount / "outside", cpu__max="50000 100000")
+    root = "/" if "outside" in cgroup else "/docker/abc"
+    proc = _proc(tmp_path, cgroup, [f"1 0 0:27 {root} {mount} rw - cgroup2 cgroup2 rw"])
+    assert cpu_quota(proc) is None
+
+
+def test_v1_controllers_in_either_order_and_named_hierarchies(tmp_path: Path) -> None:
+    mount, named = tmp_path / "cpuacct,cpu", tmp_path / "systemd"
+    _write(mount / "job", cpu__cfs_quota_us="250000", cpu__cfs_period_us="100000")
+    _write(named / "job", cpu__max="10000 100000")  # not a cpu controller: never read
+    proc = _proc(tmp_path, "9:name=systemd:/job\n3:cpuacct,cpu:/job\n", [
+        f"32 31 0:29 / {named} rw - cgroup cgroup rw,xattr,name=systemd",
+        f"33 31 0:30 / {mount} rw - cgroup cgroup rw,cpuacct,cpu",
+    ])
+    assert cpu_quota(proc) == 2.5
 
 
 def test_this_machine_reads_without_error() -> None:
