@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, list[JobResult]], list[str]
     work_root = Path(args.workdir).absolute()
     run_dir = work_root / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
     run_dir.mkdir(parents=True)
-    header = [*machine_lines(run_dir), compile_bytecode(), *header]
+    header = [*machine_lines(run_dir), compile_bytecode(work_root), *header]
     results: dict[str, list[JobResult]] = {}
     try:
         modules_done: set[str] = set()

@@ -27,7 +27,7 @@ class SetupError(RuntimeError):
 COMPILED_FOLDERS = ("localbackend", "bench", "entrypoints")
 
 
-def compile_bytecode() -> str:
+def compile_bytecode(work_dir: Path) -> str:
     """Write the bytecode of this tree's modules, as ``pip install`` does for a package.
 
     Every other module a contender imports (the standard library, Syne Tune,
@@ -35,15 +35,21 @@ def compile_bytecode() -> str:
     may not write bytecode (``PYTHONDONTWRITEBYTECODE``, a read-only tree)
     compiles localbackend's modules from source in every driver, supervisor
     and trial, and the bench would time the compiler. ``py_compile`` writes
-    the files whatever that setting says. Returns the line for the report.
+    the files whatever that setting says. ``work_dir`` (the scratch folder)
+    and any venv are left alone. Returns the line for the report.
     """
     import compileall
 
     ok = True
     for folder in COMPILED_FOLDERS:
         for parent, folders, _ in os.walk(REPO / folder):
-            # Not the venvs and scratch folders kept under bench/ (dot names).
-            folders[:] = [name for name in folders if not name.startswith((".", "__"))]
+            # Not the venvs and scratch folders kept under bench/.
+            folders[:] = [
+                name for name in folders
+                if not name.startswith((".", "__"))
+                and not (Path(parent) / name / "pyvenv.cfg").exists()
+                and Path(parent, name).resolve() != work_dir.resolve()
+            ]
             ok = compileall.compile_dir(parent, maxlevels=0, quiet=2) and ok
     setting = (
         " (this environment sets PYTHONDONTWRITEBYTECODE, so nothing else would write it)"
@@ -162,7 +168,9 @@ def _git(*args: str) -> str:
 
 def machine_lines(work_dir: Path) -> list[str]:
     cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    from localbackend._cores import usable_cores
+
+    usable = usable_cores()  # the affinity, capped by a cgroup CPU quota
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
     changed = _git("status", "--porcelain", "--", "localbackend")
     dirty = " with uncommitted changes" if changed else ""

@@ -70,6 +70,11 @@ class TrialPaths:
     def __repr__(self) -> str:
         return f"TrialPaths(root={self.root!r})"
 
+    def __reduce__(self) -> tuple[type[TrialPaths], tuple[Path]]:
+        # By its folder, whatever the slots: a launcher on another host
+        # (Dask) unpickles it, perhaps with another version of this class.
+        return (TrialPaths, (self.root,))
+
     @property
     def config(self) -> Path:
         return self.root / "config.json"

@@ -761,8 +761,8 @@ def test_a_finished_trial_keeps_little_and_runs_again_in_its_own_folder(
     experiment_dir: Path,
 ) -> None:
     # A record is kept for the experiment's life: once a trial can no longer
-    # change, its folder's Path and its readers' file identities go, and come
-    # back (the same folder) when it runs again.
+    # change, its folder's Path goes, and comes back (the same folder) when it
+    # runs again.
     with LocalBackend(script("report_then_exit.py"), experiment_dir=experiment_dir) as backend:
         backend.start_trial({"n": 2})
         statuses, results = finish(backend, [0])
@@ -770,8 +770,6 @@ def test_a_finished_trial_keeps_little_and_runs_again_in_its_own_folder(
         backend.wait(timeout=0)  # the record leaves the live set here
         record = backend._table.records[0]
         assert record.paths._root is None
-        assert record.results_reader._identity is None
-        assert record.stdout_reader._identity is None
         assert record.paths.root == experiment_dir / "0"
         assert record.paths.results == experiment_dir / "0" / "results.jsonl"
         assert record.paths._root is None  # built on each use, not kept
@@ -786,6 +784,40 @@ def test_a_finished_trial_keeps_little_and_runs_again_in_its_own_folder(
         assert [r["i"] for _, r in results + more] == [0, 1, 0, 1]
         lines = (experiment_dir / "0" / "results.jsonl").read_text().splitlines()
         assert len(lines) == 4
+
+
+def test_a_paused_trial_keeps_little_until_it_is_resumed(experiment_dir: Path) -> None:
+    # What ASHA does with every trial it does not promote at once.
+    with LocalBackend(
+        script("report_then_exit.py"), experiment_dir=experiment_dir, grace_period=GRACE,
+    ) as backend:
+        backend.start_trial({"n": 1, "hold": 1})
+        wait_for_trial_file(backend, 0, "reported")
+        backend.pause_trial(0)
+        wait_not_busy(backend, [0])
+        statuses, results = backend.fetch_status_results([0])
+        assert statuses[0][1] == Status.paused, format_logs(backend)
+        backend.wait(timeout=0)
+        record = backend._table.records[0]
+        assert record.paths._root is None
+        (experiment_dir / "0" / "release").touch()  # the next run goes through its gate
+        backend.resume_trial(0)
+        assert record.paths._root == experiment_dir / "0"
+        statuses, more = finish(backend, [0])
+        assert statuses[0][1] == Status.completed, format_logs(backend)
+        assert [r["i"] for _, r in results + more] == [0, 0]
+
+
+def test_a_forgotten_trial_folder_pickles_as_its_folder(tmp_path: Path) -> None:
+    import pickle
+
+    from localbackend._paths import ExperimentPaths
+
+    paths = ExperimentPaths(tmp_path).trial(7)
+    paths.forget()
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        copy = pickle.loads(pickle.dumps(paths, protocol=protocol))
+        assert copy == paths and copy.results == tmp_path / "7" / "results.jsonl"
 
 
 def test_trial_paths_compare_by_folder_however_they_were_made(tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ def launch(
     ``cpus`` hands out cores for ``cpus_per_trial`` (None: trials are not pinned).
     """
     paths = record.paths
+    paths.keep()  # the trial runs again: its folder's Path is kept until it ends
     held_before = allocator.holders.get(record.trial_id)
     run = record.runs
     logged = allocated = False

@@ -238,15 +238,6 @@ class _Tail:
             self._skip_long_line(len(data))
         return 0
 
-    def forget_identity(self) -> None:
-        """Stop checking that the next read finds the same file, for a trial that has ended.
-
-        What it saves is small, but it is kept for every finished trial. The
-        next read takes the file it finds as the one read so far; a
-        truncation is still caught by its size.
-        """
-        self._identity = None
-
     def skip_to(self, offset: int) -> None:
         """Mark everything before ``offset`` as consumed without delivering it."""
         if offset > self.offset:

@@ -112,7 +112,6 @@ class TrialRecord:
 
     def launched(self, run: int, start_time: float, gpus: list[str]) -> None:
         """A new run was handed to the launcher; its output is accepted."""
-        self.paths.keep()
         self.runs = run + 1
         self.alive_runs = with_run(self.alive_runs, run)
         self.accepting = True
@@ -165,11 +164,11 @@ class TrialRecord:
     def compact(self) -> None:
         """Let go of what only a trial that can still change needs (see ``TrialTable.live``).
 
-        Taken up again by ``launched`` when the trial runs again.
+        Its folder's ``Path`` is taken up again when the trial runs again
+        (``_launching.launch``). The readers keep the identity of the files
+        they read, so that a file replaced before a resume is read afresh.
         """
         self.paths.forget()
-        self.results_reader.forget_identity()
-        self.stdout_reader.forget_identity()
 
     @property
     def has_news(self) -> bool:
