@@ -527,3 +527,54 @@ def test_poll_mode_delivers_valid_lines_and_warns_about_the_rest(
     assert reader.offset == len(content)
     assert len(warnings(caplog)) == warned
     assert torn or rest == []
+
+
+# -- a block read at once and the same lines read one by one agree ----------------
+
+STDOUT_LINES = [
+    b'[tune-metric]: {"i": 0}\n',
+    b"an ordinary log line\n",
+    b'INFO [tune-metric]: {"i": 1}\n',  # the marker after a log prefix
+    b'[tune-metric]: {"i": 2} [tune-metric]: {"i": 3}\n',  # not one JSON object after it
+    b"[tune-metric]: [1, 2]\n",  # JSON, not an object
+    b'[tune-metric]: {"i": 4}\n',
+]
+RESULTS_LINES = [b'{"i": 0}\n', b"\n", b"not json\n", b"[1]\n", b'{"i": 1}\n']
+
+
+@pytest.mark.parametrize(
+    ("reader_class", "lines", "expected", "warned_lines"),
+    [
+        (TuneMetricReader, STDOUT_LINES, [0, 1, 4], [4, 5]),
+        (ResultsReader, RESULTS_LINES, [0, 1], [3, 4]),
+    ],
+)
+def test_a_block_read_at_once_gives_what_line_by_line_reads_give(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, reader_class: type[_Tail],
+    lines: list[bytes], expected: list[int], warned_lines: list[int],
+) -> None:
+    caplog.set_level(logging.WARNING, logger="localbackend")
+    clean = b'[tune-metric]: {"i": 9}\n' if reader_class is TuneMetricReader else b'{"i": 9}\n'
+    outcomes = []
+    for how in ("at once", "line by line"):
+        caplog.clear()
+        path = tmp_path / f"{how}.log"
+        path.write_bytes(b"")
+        reader = reader_class(1, path)
+        got: list[dict[str, Any]] = []
+        # Clean lines first, read in one block (the fast path), so that the
+        # line numbers the warnings give must count them.
+        with open(path, "ab") as out:
+            out.write(clean * 3)
+        got += reader.read()
+        for chunk in ([b"".join(lines)] if how == "at once" else lines):
+            with open(path, "ab") as out:
+                out.write(chunk)
+            got += reader.read()
+        warned = sorted(
+            int(r.getMessage().split("line ", 1)[1].split()[0]) for r in caplog.records
+        )
+        outcomes.append(([r["i"] for r in got], warned, reader.line_number))
+    assert outcomes[0] == outcomes[1] == (
+        [9, 9, 9, *expected], [3 + n for n in warned_lines], 3 + len(lines)
+    )

@@ -310,10 +310,15 @@ class ResultsReader(_Tail):
     __slots__ = ()
 
     def _parse_block(self, block: bytes, results: list[dict[str, Any]]) -> None:
+        lines = block.split(b"\n")
+        lines.pop()  # what follows the last newline: nothing
+        if _all_objects(lines, results):
+            self.line_number += len(lines)
+            return
         loads = orjson.loads
         append = results.append
         number = self.line_number
-        for line in block.split(b"\n")[:-1]:
+        for line in lines:
             number += 1
             try:
                 value = loads(line)
@@ -361,8 +366,19 @@ class TuneMetricReader(_Tail):
         if marker not in block:
             self.line_number += block.count(b"\n")
             return
+        lines = block.split(b"\n")
+        lines.pop()  # what follows the last newline: nothing
+        # Where every marker starts a line (what a reporter prints), the
+        # results are the lines that start with it, parsed in one pass.
+        starts = block.count(b"\n" + marker) + block.startswith(marker)
+        if starts == block.count(marker):
+            skip = len(marker)
+            payloads = [line[skip:] for line in lines if line[:skip] == marker]
+            if _all_objects(payloads, results):
+                self.line_number += len(lines)
+                return
         number = self.line_number
-        for line in block.split(b"\n")[:-1]:
+        for line in lines:
             number += 1
             position = line.find(marker)
             if position >= 0:
@@ -386,6 +402,23 @@ class TuneMetricReader(_Tail):
                 "object and is skipped: %r",
                 self.trial_id, number, self.path, line[:200],
             )
+
+
+def _all_objects(lines: list[bytes], results: list[dict[str, Any]]) -> bool:
+    """Append ``lines`` parsed, if each one is a JSON object; else append nothing.
+
+    The fast path of a read, in one pass without a call per line; a line
+    that is not an object (or not JSON) sends the caller through its line by
+    line path, which warns about it and keeps the rest.
+    """
+    try:
+        values = list(map(orjson.loads, lines))
+    except orjson.JSONDecodeError:
+        return False
+    if values and set(map(type, values)) != {dict}:
+        return False
+    results.extend(values)
+    return True
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:
