@@ -185,3 +185,20 @@ def test_allocator_prefers_least_used_then_lowest_index() -> None:
 def test_detect_gpus_reads_cuda_visible_devices() -> None:
     assert detect_gpus({"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
     assert detect_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+
+
+def test_a_restored_backend_goes_on_rotating_where_the_old_one_stopped(
+    experiment_dir: Path,
+) -> None:
+    # The journal says how often each GPU was handed out: a restore counts them
+    # again, so the next trial gets the GPU used least, not GPU 0 once more.
+    with gpu_backend(experiment_dir, num_gpus=2) as backend:
+        for _ in range(3):
+            trial_id = backend.start_trial({}).trial_id  # each exits at once
+            collect(backend, [trial_id], until_status(Status.completed))
+            wait_not_busy(backend, [trial_id])
+        assert [visible_devices(backend, t) for t in (0, 1, 2)] == ["0", "1", "0"]
+    with LocalBackend.restore(experiment_dir) as backend:
+        trial_id = backend.start_trial({}).trial_id
+        assert visible_devices(backend, trial_id) == "1"
+        collect(backend, [trial_id], until_status(Status.completed))

@@ -57,10 +57,27 @@ def rebuild_table(backend: Rebuild, state: dict[str, Any]) -> None:
         backend.launcher.wait_for_session_end(
             supervisor, backend.grace_period + _ORPHAN_WAIT_MARGIN
         )
-    for saved in _every_trial(backend, state["trials"]):
+    trials = _every_trial(backend, state["trials"])
+    for saved in trials:
         _restore_trial(backend, saved, backend.journal)
+    _count_gpu_assignments(backend, trials)
     backend.table.live.update(r.trial_id for r in backend.table.records)
     backend.journal.append("restored", time=time.time(), pid=os.getpid())
+
+
+def _count_gpu_assignments(backend: Rebuild, trials: list[dict[str, Any]]) -> None:
+    """Count how often each GPU was handed out, as the old driver had: rotation goes on."""
+    handed_out: dict[str, int] = {}
+    for saved in trials:
+        for run in saved.get("runs") or []:
+            for device in run.get("gpus") or []:
+                handed_out[str(device)] = handed_out.get(str(device), 0) + 1
+    if not handed_out:
+        return  # no GPU was ever assigned: leave GPU detection to the first launch
+    counts = backend.allocator().times_assigned
+    for device, times in handed_out.items():
+        if device in counts:  # a GPU this machine no longer has counts for nothing
+            counts[device] += times
 
 
 def _every_trial(backend: Rebuild, trials: dict[str, Any]) -> list[dict[str, Any]]:
