@@ -1,11 +1,13 @@
-"""Reading a trial's stdout and stderr: the log methods of ``LocalBackend``."""
+"""Reading a trial's stdout and stderr: the log methods of ``LocalBackend``, and the text
+of a log from an offset, cut on a whole UTF-8 character."""
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from pathlib import Path
 
 from .._errors import BackendConfigurationError
-from ._results import read_log_text
+from ._results import READ_CHUNK
 from ._trials import TrialRecord
 
 _LOG_STREAMS = ("stdout", "stderr")
@@ -47,3 +49,28 @@ class TrialLogs:
                 return log.readlines()
         except FileNotFoundError:
             return []
+
+
+def read_log_text(path: Path, offset: int, max_bytes: int = READ_CHUNK) -> tuple[str, int]:
+    """Text of a log from ``offset``, ending on a whole UTF-8 character."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(offset)
+            data = log.read(max_bytes)
+    except FileNotFoundError:
+        return "", offset
+    cut = _utf8_complete_length(data)
+    return data[:cut].decode("utf-8", errors="replace"), offset + cut
+
+
+def _utf8_complete_length(data: bytes) -> int:
+    """Length of ``data`` without a multi-byte character cut off at its end."""
+    length = len(data)
+    for back in range(1, min(4, length) + 1):
+        byte = data[length - back]
+        if byte < 0x80:
+            return length
+        if byte >= 0xC0:  # a lead byte: is its sequence complete?
+            needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return length if back >= needed else length - back
+    return length

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -429,27 +428,3 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
         return None
     return value if type(value) is dict else None
 
-
-def read_log_text(path: Path, offset: int, max_bytes: int = READ_CHUNK) -> tuple[str, int]:
-    """Text of a log from ``offset``, ending on a whole UTF-8 character."""
-    try:
-        with open(path, "rb") as log:
-            log.seek(offset)
-            data = log.read(max_bytes)
-    except FileNotFoundError:
-        return "", offset
-    cut = _utf8_complete_length(data)
-    return data[:cut].decode("utf-8", errors="replace"), offset + cut
-
-
-def _utf8_complete_length(data: bytes) -> int:
-    """Length of ``data`` without a multi-byte character cut off at its end."""
-    length = len(data)
-    for back in range(1, min(4, length) + 1):
-        byte = data[length - back]
-        if byte < 0x80:
-            return length
-        if byte >= 0xC0:  # a lead byte: is its sequence complete?
-            needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return length if back >= needed else length - back
-    return length
