@@ -202,3 +202,21 @@ def test_a_restored_backend_goes_on_rotating_where_the_old_one_stopped(
         trial_id = backend.start_trial({}).trial_id
         assert visible_devices(backend, trial_id) == "1"
         collect(backend, [trial_id], until_status(Status.completed))
+
+
+def test_a_restore_on_a_host_without_the_gpus_it_used_still_restores(
+    experiment_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The GPU counts are taken up only where the GPUs are there: the restored
+    # backend still reads its trials, and only a new launch says what is wrong.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with gpu_backend(experiment_dir, gpus_to_use=[1]) as backend:
+        backend.start_trial({})
+        collect(backend, [0], until_status(Status.completed))
+        assert visible_devices(backend, 0) == "1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with LocalBackend.restore(experiment_dir) as backend:
+        statuses, _ = backend.fetch_status_results([0])
+        assert statuses[0][1] == Status.completed
+        with pytest.raises(BackendConfigurationError, match="gpus_to_use"):
+            backend.start_trial({})

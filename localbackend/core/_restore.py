@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._errors import BackendConfigurationError
 from .._files import count_lines, file_size, read_json_object
 from .._paths import ExperimentPaths
 from .._types import Status
@@ -74,7 +75,12 @@ def _count_gpu_assignments(backend: Rebuild, trials: list[dict[str, Any]]) -> No
                 handed_out[str(device)] = handed_out.get(str(device), 0) + 1
     if not handed_out:
         return  # no GPU was ever assigned: leave GPU detection to the first launch
-    counts = backend.allocator().times_assigned
+    try:
+        counts = backend.allocator().times_assigned
+    except BackendConfigurationError:
+        # This host lacks GPUs the settings name: the next launch says so, and
+        # reading the restored trials must not fail for it.
+        return
     for device, times in handed_out.items():
         if device in counts:  # a GPU this machine no longer has counts for nothing
             counts[device] += times
