@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from localbackend import LocalBackend, Status
+from localbackend import LocalBackend, Status, TrialLaunchError
 from tests.helpers import (
     collect,
     format_logs,
@@ -23,6 +23,7 @@ from tests.helpers import (
     status_history,
     until_status,
     wait_for,
+    wait_for_trial_file,
 )
 
 TRIAL = script("limits_trial.py")
@@ -108,6 +109,41 @@ def test_two_trials_are_pinned_to_disjoint_cores(experiment_dir: Path) -> None:
             allowed = next(line for line in status.splitlines()
                            if line.startswith("Cpus_allowed_list:"))
             assert allowed.split()[1] == str(seen[trial_id]["cores"][0])
+        backend.stop_all()
+
+
+def _cores_of(backend: LocalBackend, trial_id: int) -> str:
+    pid = json.loads((backend.trial_dir(trial_id) / "run.json").read_text())["pid"]
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
+
+
+@pytest.mark.skipif(len(psutil.Process().cpu_affinity() or []) < 2, reason="needs 2 cores")
+def test_a_failed_resume_leaves_the_cores_of_the_run_still_ending_taken(
+    experiment_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Trial 0 ignores SIGTERM: after its pause its run holds its core for the
+    # grace period. A resume whose launch fails must not give that core away.
+    with LocalBackend(
+        script("ignore_sigterm.py"), experiment_dir=experiment_dir, binary=[sys.executable],
+        cpus_per_trial=1, grace_period=5.0,
+    ) as backend:
+        backend.start_trial({})
+        wait_for_trial_file(backend, 0, "ready-0")
+        first = _cores_of(backend, 0)
+        backend.pause_trial(0)
+
+        def no_more_processes(spec: Any) -> None:
+            raise OSError(24, "Too many open files")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(backend._launcher, "start", no_more_processes)
+            with pytest.raises(TrialLaunchError):
+                backend.resume_trial(0)
+        assert backend.busy_trial_ids() == [(0, Status.stopping)]
+        backend.start_trial({})
+        wait_for_trial_file(backend, 1, "ready-0")
+        assert _cores_of(backend, 1) != first, format_logs(backend)
         backend.stop_all()
 
 

@@ -63,8 +63,10 @@ def launch(
     paths = record.paths
     paths.keep()  # the trial runs again: its folder's Path is kept until it ends
     held_before = allocator.holders.get(record.trial_id)
+    # Cores a run still ending holds (a pause in its grace period, a re-attached run).
+    cores_before = cpus.holders.get(record.trial_id) if cpus is not None else None
     run = record.runs
-    logged = allocated = False
+    logged = allocated = pinned_now = False
     try:
         gpus = allocator.allocate(record.trial_id)
         allocated = True
@@ -88,6 +90,7 @@ def launch(
             if key not in ENV_DEFAULTS or key in template.env
         }
         cores = cpus.allocate(record.trial_id) if cpus is not None else []
+        pinned_now = cpus is not None
         limits = run_limits(record, cores, template.cpus_per_trial)
         overrides.update(_policy_env(template, len(cores) or template.cpus_per_trial or 0))
         # Its GPUs and cores go with the run: a restore that re-attaches to it
@@ -102,10 +105,12 @@ def launch(
             delete_checkpoints_on_completion=template.delete_checkpoints, limits=limits,
         ))
     except (OSError, LocalBackendError) as err:
-        if allocated:  # the GPUs go back, and their counts of assignments too
+        # The GPUs and cores go back, with their counts of assignments, and
+        # what a run still ending holds stays held.
+        if allocated:
             allocator.undo(record.trial_id, held_before)
-        if cpus is not None:
-            cpus.release(record.trial_id)
+        if pinned_now and cpus is not None:
+            cpus.undo(record.trial_id, cores_before)
         if logged:
             record.log("launch_failed", run=run)
         raise launch_error(record.trial_id, [*template.binary, str(template.entry_point)],
