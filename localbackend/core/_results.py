@@ -368,7 +368,10 @@ class TuneMetricReader(_Tail):
         lines = block.split(b"\n")
         lines.pop()  # what follows the last newline: nothing
         # Where every marker starts a line (what a reporter prints), the
-        # results are the lines that start with it, parsed in one pass.
+        # results are the lines that start with it, parsed in one pass. The
+        # counts tell: two markers never overlap (it begins with its only
+        # "[" and ends with ":"), so each one after a newline, or at the
+        # block's start, is a line's start.
         starts = block.count(b"\n" + marker) + block.startswith(marker)
         if starts == block.count(marker):
             skip = len(marker)
