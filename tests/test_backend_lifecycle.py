@@ -461,6 +461,34 @@ def test_close_ends_every_trial_and_can_be_called_twice(experiment_dir: Path) ->
     # The autouse fixture checks that no process was left behind.
 
 
+def _inotify_instances() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += "inotify" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return count
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
+def test_calls_after_close_open_no_watcher_again(experiment_dir: Path) -> None:
+    backend = LocalBackend(
+        script("report_then_exit.py"), experiment_dir=experiment_dir, grace_period=GRACE
+    )
+    before = _inotify_instances()
+    try:
+        backend.start_trial({"n": 2})
+        collect(backend, [0], until_status(Status.completed))
+    finally:
+        backend.close()
+    assert _inotify_instances() == before
+    statuses, _ = backend.fetch_status_results([0])
+    assert statuses[0][1] == Status.completed
+    assert backend.wait(timeout=0) == []
+    assert _inotify_instances() == before
+
+
 def test_results_and_statuses_of_many_trials(experiment_dir: Path) -> None:
     with LocalBackend(
         script("report_then_exit.py"), experiment_dir=experiment_dir, grace_period=GRACE

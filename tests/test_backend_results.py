@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,50 @@ def test_concurrent_trials_each_deliver_their_results_in_order(experiment_dir: P
         assert all(s == Status.completed for _, s in statuses.values())
         for trial_id in (0, 1, 2):
             assert [r["i"] for t, r in results if t == trial_id] == list(range(n))
+
+
+def _fetch_without_wait(
+    backend: LocalBackend, ids: list[int], until: Any
+) -> tuple[dict[int, Any], list[Any]]:
+    """Poll ``fetch_status_results`` alone, as Syne Tune's Tuner does, until ``until`` holds."""
+    results: list[Any] = []
+    deadline = time.monotonic() + 30
+    while True:
+        statuses, new = backend.fetch_status_results(ids)
+        results.extend(new)
+        if until(statuses, results):
+            return statuses, results
+        assert time.monotonic() < deadline, f"{len(results)} results\n{format_logs(backend)}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("fetching", ["wait", "fetch alone"])
+def test_every_result_of_many_running_trials_arrives_while_they_run(
+    experiment_dir: Path, fetching: str
+) -> None:
+    # A pass over the running trials reads only the files inotify says were
+    # written: every result must still arrive before any trial exits.
+    n, ids = 150, list(range(8))
+    with backend_for("tune_metric.py", experiment_dir) as backend:
+        for _ in ids:
+            backend.start_trial({"n": n, "hold": 1})
+
+        def all_arrived(statuses: dict[int, Any], results: list[Any]) -> bool:
+            return len(results) == 2 * n * len(ids)
+
+        if fetching == "wait":
+            statuses, results = collect(backend, ids, all_arrived)
+        else:
+            statuses, results = _fetch_without_wait(backend, ids, all_arrived)
+        assert all(s == Status.in_progress for _, s in statuses.values()), format_logs(backend)
+        for trial_id in ids:
+            for source in ("stdout", "file"):
+                got = [r["k"] for t, r in results if t == trial_id and r["source"] == source]
+                assert got == list(range(n)), (trial_id, source, format_logs(backend))
+        for trial_id in ids:
+            (backend.trial_dir(trial_id) / "release").touch()
+        _, rest = collect(backend, ids, until_status(Status.completed))
+        assert rest == []
 
 
 def test_fetching_some_trials_leaves_the_others_results_queued(experiment_dir: Path) -> None:

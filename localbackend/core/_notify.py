@@ -1,31 +1,64 @@
-"""Wake the driver when a trial's files change (Linux inotify, via ctypes).
+"""Wake the driver when a trial's files change, and say which (Linux inotify, via ctypes).
 
 ``wait()`` blocks on the supervisor's event pipe and on this watcher's fd at
 once, so a new result wakes it at once instead of at the next poll. Where
 inotify is missing, ``fileno()`` is -1 and ``wait()`` falls back to polling.
+
+The notifications also say which watched files were written: a pass over
+the running trials (``TrialTable.ingest``) reads only those, so its cost
+follows what the trials write, not how many of them run. A file is read
+anyway when it is not watched, when its watch was just added (what was
+written before it is not notified), after the kernel's queue overflowed
+(every watch is then added again, in case one was dropped unseen), and once
+``FULL_READ_SECONDS`` have gone by since it was last read. That last rule
+bounds the delay if a watch is ever lost without a notification (a file
+replaced under its name is a new file, which the watch does not follow): a
+pass comes at least every ``MAX_SLEEP_WITH_NOTIFY`` (``_waiting``), so such a
+file is read within about a second.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
+import struct
 import sys
+import time
 import weakref
 from pathlib import Path
 from typing import Any
 
 _IN_MODIFY = 0x00000002
+_IN_Q_OVERFLOW = 0x00004000
+_IN_IGNORED = 0x00008000
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
+# struct inotify_event: wd, mask, cookie, len, then ``len`` bytes of name.
+_EVENT = struct.Struct("iIII")
+
+# Longest time a watched file goes unread while passes come.
+FULL_READ_SECONDS = 0.5
 
 
 class FileWatcher:
-    """Watches files for writes; create lazily, close with ``close()``."""
+    """Watches files for writes; create lazily, close with ``close()``.
+
+    The backend's lock guards every call but ``take_in``, which ``wait()``
+    makes while it sleeps: its updates are single dict and set operations,
+    and a mark it sets after a pass looked is seen by the next pass.
+    """
 
     def __init__(self) -> None:
         self._fd = -1
         self._libc: ctypes.CDLL | None = None
         self._watches: dict[str, int] = {}
+        self._paths: dict[int, str] = {}
+        # Watched files written to (or newly watched) since they were last read.
+        self._changed: set[str] = set()
+        # When each watched file was last read, by the clock of ``begin_pass``.
+        self._read_at: dict[str, float] = {}
+        self._now = 0.0
         self._finalizer: weakref.finalize[..., Any] | None = None
         if sys.platform.startswith("linux"):
             try:
@@ -44,27 +77,91 @@ class FileWatcher:
 
     def watch(self, path: Path) -> None:
         """Start watching ``path`` (which must exist); a missing file is ignored."""
-        if self._libc is None or str(path) in self._watches:
+        key = str(path)
+        if self._libc is None or key in self._watches:
             return
+        self._add(self._libc, key)
+
+    def _add(self, libc: ctypes.CDLL, key: str) -> None:
         # Only writes matter; a close would wake the driver a second time.
-        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(path), _IN_MODIFY)
+        wd = libc.inotify_add_watch(self._fd, os.fsencode(key), _IN_MODIFY)
+        old = self._watches.pop(key, None)
+        if old is not None and old != wd:
+            # The name is another file now: the old one's watch goes.
+            self._paths.pop(old, None)
+            libc.inotify_rm_watch(self._fd, old)
         if wd >= 0:
-            self._watches[str(path)] = wd
+            self._watches[key] = wd
+            self._paths[wd] = key
+        self._changed.add(key)  # what was written before the watch
 
     def unwatch(self, path: Path) -> None:
-        wd = self._watches.pop(str(path), None)
+        key = str(path)
+        wd = self._watches.pop(key, None)
+        self._changed.discard(key)
+        self._read_at.pop(key, None)
         if wd is not None and self._libc is not None:
+            self._paths.pop(wd, None)
             self._libc.inotify_rm_watch(self._fd, wd)
 
-    def drain(self) -> None:
-        """Discard pending notifications; callers re-check the files themselves."""
-        if self._fd < 0:
+    def take_in(self) -> None:
+        """Take in the pending notifications, without blocking."""
+        fd = self._fd
+        if fd < 0:
             return
         try:
-            while os.read(self._fd, 1 << 16):
-                pass
-        except BlockingIOError:
-            pass
+            while data := os.read(fd, 1 << 16):
+                self._take(data)
+        except OSError:
+            pass  # nothing more (EAGAIN), or closed by another thread meanwhile
+
+    def begin_pass(self) -> None:
+        """Before a pass that reads trials' files: take in the notifications."""
+        self.take_in()
+        self._now = time.monotonic()
+
+    def take_change(self, path: str) -> bool:
+        """Whether the pass must read ``path``: it may have changed since it was last read.
+
+        Call it just before reading the file: a write after that is notified
+        again, so it is never missed.
+        """
+        if path in self._changed:
+            self._changed.discard(path)
+        elif path in self._watches:
+            if self._now - self._read_at.get(path, -math.inf) < FULL_READ_SECONDS:
+                return False
+        else:
+            return True
+        self._read_at[path] = self._now
+        return True
+
+    def _take(self, data: bytes) -> None:
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            offset += _EVENT.size + length
+            if mask & _IN_Q_OVERFLOW:
+                self._overflowed()
+                continue
+            path = self._paths.get(wd)
+            if path is None:
+                continue  # a watch already removed
+            if mask & _IN_IGNORED:
+                # The kernel dropped the watch (the file is gone): read it on
+                # every pass until it is watched again.
+                self._paths.pop(wd, None)
+                if self._watches.get(path) == wd:
+                    del self._watches[path]
+                self._read_at.pop(path, None)
+            self._changed.add(path)
+
+    def _overflowed(self) -> None:
+        """Events were lost: read every file, and watch each again (a drop may be among them)."""
+        if self._libc is None:
+            return
+        for key in list(self._watches):
+            self._add(self._libc, key)
 
     def close(self) -> None:
         if self._finalizer is not None:
@@ -75,3 +172,6 @@ class FileWatcher:
             self._fd = -1
         self._libc = None
         self._watches.clear()
+        self._paths.clear()
+        self._changed.clear()
+        self._read_at.clear()

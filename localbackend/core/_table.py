@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import heapq
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -66,6 +67,9 @@ class TrialTable:
         self.cpus: GpuAllocator | None = None
         # The metric whose last value each trial reported is kept (keep_best).
         self.metric: str | None = None
+        # The watcher that ``watch`` last used: the one whose notifications a
+        # pass takes in (a pass never makes one).
+        self.notifier: FileWatcher | None = None
 
     def live_records(self) -> list[TrialRecord]:
         """The live trials, in id order; drops those that can no longer change."""
@@ -143,9 +147,22 @@ class TrialTable:
     def watch(self, record: TrialRecord) -> None:
         """Be woken by writes to the trial's results and stdout (its keeper has created both)."""
         if self.launcher.capabilities.local_files:
-            watcher = self.watcher()
+            watcher = self.notifier = self.watcher()
             watcher.watch(record.paths.results)
             watcher.watch(record.paths.stdout)
+
+    def begin_pass(self) -> FileWatcher | None:
+        """Before reading the running trials' files: take in which were written.
+
+        Given to ``ingest``, the watcher it returns lets it skip files that
+        were not written since their last read (see ``_notify``); None where
+        no file is watched. A watcher closed since (the backend closed or let
+        go) watches nothing, so every file is read.
+        """
+        watcher = self.notifier
+        if watcher is not None:
+            watcher.begin_pass()
+        return watcher
 
     def take_in_exit(self, record: TrialRecord) -> None:
         """Apply the end of the current run if its keeper has recorded it, without waiting.
@@ -287,24 +304,30 @@ class TrialTable:
         final: bool = False,
         *,
         owed: bool = False,
+        notified: FileWatcher | None = None,
     ) -> None:
         """Read new results of the current run into the trial's queues.
 
         ``owed``: read even though the run is no longer accepted (a restore
         taking in what a run wrote before its pause, up to ``limits``).
+        ``notified``: the watcher from ``begin_pass``; a file it says was not
+        written since its last read is not read.
         """
         if not record.accepting and not owed:
             return
-        if any(run != record.runs - 1 for run in record.alive_runs):
+        alive = record.alive_runs
+        if alive and (len(alive) > 1 or record.runs - 1 not in alive):
             return  # an earlier run is still ending; its output is not ours to read
         limits = limits or {}
-        now = time.time()
         for reader, queue, key in (
             (record.results_reader, record.from_results_file, "results"),
             (record.stdout_reader, record.from_stdout, "stdout"),
         ):
+            if notified is not None and not notified.take_change(os.fspath(reader.path)):
+                continue
             new = reader.read(limit=limits.get(key), final=final)
             if new:
+                now = time.time()
                 record.iterations = fill_worker_fields(
                     new, record.iterations, now, now - record.run_start_time
                 )
@@ -318,8 +341,9 @@ class TrialTable:
         """Hand out every queued result of ``records``, each exactly once."""
         streams: list[list[tuple[int, dict[str, Any]]]] = []
         statuses: dict[int, tuple[Trial, str]] = {}
+        notified = self.begin_pass()
         for record in records:
-            self.ingest(record)
+            self.ingest(record, notified=notified)
             delivered = False
             for queue in (record.from_results_file, record.from_stdout):
                 if queue:

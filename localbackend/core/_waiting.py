@@ -21,8 +21,10 @@ from ..launchers._base import Launcher
 from ._notify import FileWatcher
 from ._table import TrialTable
 
-# Longest sleep between checks with a notification to wake on; it bounds the
-# delay when a file was replaced and lost its inotify watch.
+# Longest sleep between checks with a notification to wake on. With
+# ``_notify.FULL_READ_SECONDS`` it bounds the delay when a file lost its
+# inotify watch unseen, and when a fetch in another thread took in the
+# notification that would have woken this sleep.
 MAX_SLEEP_WITH_NOTIFY = 0.5
 # Longest sleep between checks when something can only be polled.
 MAX_SLEEP_POLLING = 0.02
@@ -48,9 +50,10 @@ def news(table: TrialTable) -> tuple[list[int], bool]:
     table.pump()
     ready = []
     running = False
+    notified = table.begin_pass()
     for record in table.live_records():
         if record.status == Status.in_progress:
-            table.ingest(record)
+            table.ingest(record, notified=notified)
             running = True
         if record.has_news:
             ready.append(record.trial_id)
@@ -74,4 +77,4 @@ def sleep_until_news(launcher: Launcher, watcher: FileWatcher | None, seconds: f
     else:
         time.sleep(timeout)
     if watcher is not None:
-        watcher.drain()
+        watcher.take_in()  # which files were written, for the next pass

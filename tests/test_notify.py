@@ -1,0 +1,199 @@
+"""The file watcher says which watched files were written, and never hides a write.
+
+Real inotify on real files: the driver reads only the files it names, so a
+write it failed to name would be a result delivered late. Each case that
+must make a pass read every file is produced for real (a full event queue,
+a deleted file), not simulated.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from localbackend.core._notify import FULL_READ_SECONDS, FileWatcher
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
+
+
+@pytest.fixture
+def watcher() -> FileWatcher:
+    w = FileWatcher()
+    if w.fileno() < 0:
+        pytest.skip("inotify is not available here")
+    yield w
+    w.close()
+
+
+def _append(path: Path, data: bytes = b"x\n") -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def _pass_reads(watcher: FileWatcher, *paths: Path) -> list[bool]:
+    """One pass: which of ``paths`` it must read."""
+    watcher.begin_pass()
+    return [watcher.take_change(str(p)) for p in paths]
+
+
+def _fill_the_queue(x: Path, y: Path) -> None:
+    """Write to two watched files until the kernel's event queue overflows."""
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if limit > 200_000:
+        pytest.skip(f"max_queued_events is {limit}: too many writes to overflow it")
+    # The kernel merges an event with the one queued last only when they are
+    # the same; alternating two files queues one event per write.
+    fds = [os.open(p, os.O_WRONLY | os.O_APPEND) for p in (x, y)]
+    try:
+        for i in range(limit + 10):
+            os.write(fds[i % 2], b"x")
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _past_first_full_pass(watcher: FileWatcher, *paths: Path) -> None:
+    # The first pass reads everything; so does one every FULL_READ_SECONDS.
+    _pass_reads(watcher, *paths)
+
+
+def _watched_and_read(watcher: FileWatcher, folder: Path, *names: str) -> list[Path]:
+    """Empty files in ``folder``, watched, and past the pass that reads them first."""
+    paths = [folder / name for name in names]
+    for path in paths:
+        path.write_bytes(b"")
+        watcher.watch(path)
+    _past_first_full_pass(watcher, *paths)
+    return paths
+
+
+def test_a_pass_reads_only_the_files_written_since_the_last(
+    watcher: FileWatcher, tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"before the watch\n")
+    b.write_bytes(b"")
+    watcher.watch(a)
+    watcher.watch(b)
+    # What was written before the watch is not notified: read once.
+    assert _pass_reads(watcher, a, b) == [True, True]
+    assert _pass_reads(watcher, a, b) == [False, False]
+    _append(b)
+    assert _pass_reads(watcher, a, b) == [False, True]
+    assert _pass_reads(watcher, a, b) == [False, False]
+
+
+def test_a_write_after_the_file_was_taken_is_seen_by_the_next_pass(
+    watcher: FileWatcher, tmp_path: Path
+) -> None:
+    (a,) = _watched_and_read(watcher, tmp_path, "a")
+    _append(a)
+    watcher.begin_pass()
+    assert watcher.take_change(str(a))
+    _append(a)  # between the take and the read: the read may miss it
+    assert _pass_reads(watcher, a) == [True]
+
+
+def test_notifications_taken_in_while_sleeping_are_kept_for_the_next_pass(
+    watcher: FileWatcher, tmp_path: Path
+) -> None:
+    (a,) = _watched_and_read(watcher, tmp_path, "a")
+    _append(a)
+    watcher.take_in()  # what wait() does after it wakes
+    assert _pass_reads(watcher, a) == [True]
+
+
+def test_files_not_watched_are_always_read(watcher: FileWatcher, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.write_bytes(b"")
+    assert _pass_reads(watcher, a) == [True]
+    assert _pass_reads(watcher, a) == [True]
+    watcher.watch(a)
+    _past_first_full_pass(watcher, a)
+    watcher.unwatch(a)
+    assert _pass_reads(watcher, a) == [True]
+
+
+def test_a_full_queue_makes_the_next_pass_read_every_file(
+    watcher: FileWatcher, tmp_path: Path
+) -> None:
+    a, b, quiet = _watched_and_read(watcher, tmp_path, "a", "b", "quiet")
+    _fill_the_queue(a, b)
+    assert _pass_reads(watcher, a, b, quiet) == [True, True, True]
+
+
+def test_a_deleted_file_is_read_on_every_pass_until_watched_again(
+    watcher: FileWatcher, tmp_path: Path
+) -> None:
+    (a,) = _watched_and_read(watcher, tmp_path, "a")
+    a.unlink()
+    a.write_bytes(b"a new file under the old name\n")
+    assert _pass_reads(watcher, a) == [True]
+    _append(a)
+    assert _pass_reads(watcher, a) == [True]  # the old watch is gone; no quiet pass
+    watcher.watch(a)
+    assert _pass_reads(watcher, a) == [True]
+    assert _pass_reads(watcher, a) == [False]
+
+
+def test_every_file_is_read_again_once_full_read_seconds_have_passed(
+    watcher: FileWatcher, tmp_path: Path
+) -> None:
+    # A watch can be lost without a notification (the file replaced by a
+    # rename while still open elsewhere): the periodic full pass bounds the delay.
+    (a,) = _watched_and_read(watcher, tmp_path, "a")
+    assert _pass_reads(watcher, a) == [False]
+    deadline = time.monotonic() + FULL_READ_SECONDS + 10.0
+    while not _pass_reads(watcher, a)[0]:
+        assert time.monotonic() < deadline, "no full pass came"
+        time.sleep(0.01)
+
+
+def test_passes_over_other_files_do_not_use_up_a_files_periodic_read(
+    watcher: FileWatcher, tmp_path: Path
+) -> None:
+    # A fetch of some trials is a pass over their files only. A file whose
+    # writes are not notified (here: its name now points at another file,
+    # while the old one is still open) is read once FULL_READ_SECONDS have
+    # gone by since its own last read, whatever passes came in between.
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"")
+    b.write_bytes(b"")
+    watcher.watch(a)
+    watcher.watch(b)
+    assert _pass_reads(watcher, a, b) == [True, True]
+    last_read_of_a = time.monotonic()
+    with open(a, "rb"):  # keeps the watched file alive: no notification of its end
+        replacement = tmp_path / "a.new"
+        replacement.write_bytes(b"")
+        os.replace(replacement, a)
+        _append(a)
+        deadline = time.monotonic() + FULL_READ_SECONDS + 10.0
+        # Half a period past a's due time: passes over b alone came at it and after.
+        while time.monotonic() - last_read_of_a <= 1.5 * FULL_READ_SECONDS:
+            _pass_reads(watcher, b)  # only b, many times
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert _pass_reads(watcher, a) == [True]
+
+
+def test_a_watch_dropped_while_the_queue_overflowed_is_added_again(
+    watcher: FileWatcher, tmp_path: Path
+) -> None:
+    # The kernel's notice that it dropped a watch is lost with the rest when
+    # the queue overflows: every watch is added again, so the file's writes
+    # wake the driver again.
+    a, x, y = _watched_and_read(watcher, tmp_path, "a", "x", "y")
+    _fill_the_queue(x, y)
+    a.unlink()  # its watch is dropped; the notice finds the queue full
+    a.write_bytes(b"")
+    assert _pass_reads(watcher, a, x, y) == [True, True, True]
+    _append(a)
+    readable, _, _ = select.select([watcher.fileno()], [], [], 10.0)
+    assert readable, "a write to the file under the old name did not wake the watcher"
+    assert _pass_reads(watcher, a, x, y) == [True, False, False]
