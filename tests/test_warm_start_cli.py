@@ -37,6 +37,33 @@ def test_check_preload_runs_every_check_warm_and_compares_with_cold(tmp_path: Pa
     assert "starts cold" not in output, output
 
 
+def _first_result_time(trial_dir: Path) -> str:
+    first = json.loads((trial_dir / "results.jsonl").read_text().splitlines()[0])
+    return f"{first['st_worker_time']:.3f} s"
+
+
+def test_check_preload_times_starts_made_once_the_supervisor_is_up(tmp_path: Path) -> None:
+    # The first warm run also waits for the supervisor to import the modules,
+    # and the first cold one for the supervisor to start: the timing compares
+    # a start of each kind made after that, not those first runs.
+    root = tmp_path / "c"
+    result = cli(
+        "check", str(TRAIN), "--metric", "loss", "--grace-period", "1", "-p", "epochs=4",
+        "-p", "epoch_seconds=0.1", "--preload", "numpy", "--experiment-dir", str(root),
+    )
+    output = f"{result.stdout}\n{result.stderr}"
+    lines = {name: (outcome, detail) for outcome, name, detail in VERDICT.findall(result.stdout)}
+    assert lines["warm-start"][0] == "PASS", output
+    warm, cold = _first_result_time(root / "3"), _first_result_time(Path(f"{root}-cold") / "1")
+    first_warm = _first_result_time(root / "0")
+    detail = lines["warm-start"][1]
+    assert f"first result after {warm} warm, {cold} cold" in detail, output
+    assert (
+        "the first warm start, which also waited for the supervisor to start and import "
+        f"numpy: {first_warm}"
+    ) in detail, output
+
+
 def test_check_preload_fails_a_script_whose_warm_start_reports_otherwise(tmp_path: Path) -> None:
     result = cli(
         "check", str(SENSITIVE), "--metric", "loss", "--grace-period", "1",
