@@ -55,6 +55,11 @@ class Profile:
     e2e_workers: int = 2
     e2e_rounds: int = 3
     e2e_syne_sleeps: tuple[float, ...] = (5.0, 0.1)
+    # 2. ingestion, many trials streaming at once (defaults: as for end to end)
+    concurrent_trials: int = 32
+    concurrent_results: int = 100
+    concurrent_rate: float = 20.0
+    concurrent_poll: float = 0.01
 
     def replace(self, **changes: Any) -> Profile:
         return dataclasses.replace(self, **changes)
@@ -120,6 +125,8 @@ QUICK = FULL.replace(
     e2e_epochs=9,
     e2e_rounds=1,
     e2e_syne_sleeps=(0.1,),
+    concurrent_trials=16,
+    concurrent_results=40,
 )
 
 # For the test suite: every code path once, in seconds.
@@ -143,6 +150,9 @@ SMOKE = QUICK.replace(
     scale_warmup=4,
     e2e_trials=4,
     e2e_epochs=3,
+    concurrent_trials=3,
+    concurrent_results=5,
+    concurrent_rate=50.0,
 )
 
 PROFILES = {p.name: p for p in (FULL, QUICK, SMOKE)}

@@ -52,6 +52,7 @@ def test_every_scenario_runs_for_floor_and_localbackend(tmp_path: Path) -> None:
     for section in SECTIONS:
         assert f"## {section}" in report, f"section {section!r} missing from:\n{report}"
     assert "Machine: " in report and "python -m bench --profile smoke" in report
+    assert "Many trials at once" in report, report
     assert "error:" not in report, report
     # Every target has a verdict, none is left unmeasured, except the end-to-end
     # comparisons, which need a contender this run leaves out.

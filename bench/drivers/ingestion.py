@@ -10,6 +10,12 @@ Part ``stream``: a trial writes ``count`` results at ``rate`` per second and
 exits; the driver sleeps ``poll`` seconds between fetches until the trial is
 finished, and reports its own CPU and the time spent inside fetch.
 
+Part ``concurrent``: ``trials`` trials each write ``count`` results at
+``rate`` per second, all at once, and exit. localbackend's driver loops on
+``wait()`` and one ``fetch_status_results`` of every trial, as a tuner does,
+so it takes each result as it is written; the floor polls every trial's
+stdout every ``poll`` seconds. Both report their CPU per result.
+
 What each reads: the floor keeps a byte offset into the trial's stdout file
 and parses new ``[tune-metric]:`` lines with orjson; localbackend reads its
 results file (``via=file``) or the trial's stdout (``via=stdout``); Syne Tune
@@ -115,9 +121,27 @@ def _backend_stream(backend: Any, params: dict[str, Any], via: str) -> dict[str,
             "polls": polls, "status": statuses[trial_id][1]}
 
 
+def _backend_concurrent(backend: Any, params: dict[str, Any]) -> dict[str, Any]:
+    trials, count = int(params["trials"]), int(params["count"])
+    got = wakes = 0
+    with Measured() as meter:
+        config = _config(count, float(params["rate"]), "stdout", "", False)
+        ids = [backend.start_trial(config).trial_id for _ in range(trials)]
+        while True:
+            backend.wait(timeout=1.0)
+            wakes += 1
+            statuses, new = backend.fetch_status_results(ids)
+            got += len(new)
+            if all(status in FINISHED for _, status in statuses.values()):
+                break
+    return {**meter.as_dict(), "results": got, "expected": trials * count, "wakes": wakes}
+
+
 def run_localbackend(params: dict[str, Any]) -> dict[str, Any]:
     backend = make_localbackend(params, "emit", grace_period=1.0)
     try:
+        if params["part"] == "concurrent":
+            return _backend_concurrent(backend, params)
         if params["part"] == "stream":
             return _backend_stream(backend, params, params["via"])
         return _backend_burst(backend, params, params["via"], syne=False)
@@ -149,8 +173,31 @@ def _spawn(params: dict[str, Any], name: str, config: dict[str, Any]) -> tuple[A
     return proc, stdout
 
 
+def _floor_concurrent(params: dict[str, Any]) -> dict[str, Any]:
+    loads = fast_loads()
+    trials, count, poll = int(params["trials"]), int(params["count"]), float(params["poll"])
+    got = wakes = 0
+    with Measured() as meter:
+        config = _config(count, params["rate"], "stdout", "", False)
+        running = [_spawn(params, f"concurrent-{i}", config) for i in range(trials)]
+        readers = [(proc, JsonlTail(stdout, TUNE_METRIC, loads)) for proc, stdout in running]
+        while readers:
+            time.sleep(poll)
+            wakes += 1
+            left = []
+            for proc, reader in readers:
+                exited = proc.poll() is not None
+                got += len(reader.read())
+                if not exited:
+                    left.append((proc, reader))
+            readers = left
+    return {**meter.as_dict(), "results": got, "expected": trials * count, "wakes": wakes}
+
+
 def run_floor(params: dict[str, Any]) -> dict[str, Any]:
     loads = fast_loads()
+    if params["part"] == "concurrent":
+        return _floor_concurrent(params)
     if params["part"] == "stream":
         count, poll = int(params["count"]), float(params["poll"])
         inside = 0.0

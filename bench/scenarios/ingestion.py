@@ -25,6 +25,11 @@ SYNE = "syne-tune 0.16"
 IDLE_LIMIT_S = 100e-6
 FLAT_LIMIT = 1.5
 BURST_TARGET = 500_000
+CONCURRENT_LB = "localbackend (stdout, wait() then fetch)"
+
+
+def _concurrent_floor(profile: Profile) -> str:
+    return f"floor (byte offset + orjson, {profile.concurrent_poll * 1000:g} ms poll)"
 
 
 def _rows(contenders: list[str]) -> list[tuple[str, str, dict[str, str]]]:
@@ -51,6 +56,14 @@ def jobs(profile: Profile, contenders: list[str]) -> list[Job]:
     for round_ in range(profile.rounds):
         for contender, label, extra in _rows(contenders):
             out.append(Job("ingestion", contender, f"{label} ", round_, {**stream, **extra}))
+    concurrent = {"part": "concurrent", "trials": profile.concurrent_trials,
+                  "count": profile.concurrent_results, "rate": profile.concurrent_rate,
+                  "poll": profile.concurrent_poll}
+    rows = {"floor": _concurrent_floor(profile), "localbackend": CONCURRENT_LB}
+    for round_ in range(profile.rounds):
+        for contender, label in rows.items():
+            if contender in contenders:
+                out.append(Job("ingestion", contender, label, round_, dict(concurrent)))
     return out
 
 
@@ -80,7 +93,7 @@ def _per_size(results: list[JobResult], label: str, size: int, key: str) -> Summ
 def summarize(results: list[JobResult], profile: Profile) -> Section:
     sizes = list(profile.ingest_sizes)
     section = Section(
-        "2. Ingestion: results from one trial",
+        "2. Ingestion: results from one trial, and from many at once",
         f"A trial writes N results at once and stays alive. *Idle fetch*: one "
         f"`fetch_status_results` that finds nothing new once all N have been read (median "
         f"of up to {profile.idle_fetch_calls} calls per driver; then median [min-max] over "
@@ -131,6 +144,8 @@ def summarize(results: list[JobResult], profile: Profile) -> Section:
         stream,
     ))
 
+    section.tables.append(_concurrent_table(results, profile))
+
     for label in (LB_FILE, LB_STDOUT):
         cells = [_per_size(results, label, n, "idle") for n in sizes]
         if all(c is not None for c in cells):
@@ -156,6 +171,37 @@ def summarize(results: list[JobResult], profile: Profile) -> Section:
     return section
 
 
+def _concurrent_table(results: list[JobResult], profile: Profile) -> tuple[str, Table]:
+    table = Table(["contender", "wall", "driver CPU", "CPU per result", "driver wake-ups",
+                   "results", "CPU per result / floor"])
+    floor_label = _concurrent_floor(profile)
+
+    def per_result(label: str) -> Summary | None:
+        return Summary.of(r.measurements["cpu_s"] / max(r.measurements["results"], 1)
+                          for r in results_for(results, label) if r.measurements)
+
+    floor = per_result(floor_label)
+    for label in (floor_label, CONCURRENT_LB):
+        rounds = [r for r in results_for(results, label) if r.measurements]
+        if not rounds:
+            continue
+        got = sorted({f"{r.measurements['results']}/{r.measurements['expected']}"
+                      for r in rounds if r.measurements})
+        wakes = Summary.of(r.measurements["wakes"] for r in rounds if r.measurements)
+        table.add(label, format_summary(summary(results, label, "wall_s"), SECONDS),
+                  format_summary(summary(results, label, "cpu_s"), SECONDS),
+                  format_summary(per_result(label), MICROSECONDS),
+                  "-" if wakes is None else f"{wakes.median:,.0f}", ", ".join(got),
+                  format_ratio(ratio(per_result(label), floor)))
+    return (
+        f"Many trials at once: {profile.concurrent_trials} trials, each writing "
+        f"{profile.concurrent_results} results at {profile.concurrent_rate:g}/s on stdout "
+        f"(localbackend takes each result as it is written; the floor reads them every "
+        f"{profile.concurrent_poll * 1000:g} ms):",
+        table,
+    )
+
+
 def _sanity(results: list[JobResult]) -> list[str]:
     problems = []
     for r in results:
@@ -166,5 +212,6 @@ def _sanity(results: list[JobResult]) -> list[str]:
             if entry["burst_results"] != entry["expected"]:
                 problems.append(f"{r.job.label}: {entry['burst_results']} results of {size}")
         if "expected" in m and m["results"] != m["expected"]:
-            problems.append(f"{r.job.label.strip()} (stream): {m['results']} of {m['expected']}")
+            part = r.job.params.get("part", "stream")
+            problems.append(f"{r.job.label.strip()} ({part}): {m['results']} of {m['expected']}")
     return problems
