@@ -117,6 +117,29 @@ def test_stop_ends_the_whole_tree_on_the_worker(cluster: Cluster, tmp_path: Path
         assert alive(pids) == [], "the stopped trial's busy state ended before its tree"
 
 
+def test_a_run_stopped_while_it_waits_for_a_worker_never_starts(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Both one-thread workers are busy, so the third trial's task waits in
+    # Dask. Stopped there, it must not start once a worker frees up.
+    with backend_on(cluster, tmp_path / "exp", "checkpointing.py") as backend:
+        blockers = [backend.start_trial({"epochs": 1000, "block_at": 0}).trial_id
+                    for _ in range(2)]
+        for blocker in blockers:
+            wait_for((backend.trial_dir(blocker) / "blocked").exists, timeout=DEADLINE,
+                     what=f"trial {blocker} to block", on_fail=lambda: format_logs(backend))
+        waiting = backend.start_trial({"epochs": 2}).trial_id
+        backend.stop_trial(waiting)
+        for blocker in blockers:
+            backend.stop_trial(blocker)
+        wait_not_busy(backend, [*blockers, waiting])
+        statuses, _ = backend.fetch_status_results([waiting])
+        assert statuses[waiting][1] == "Stopped"
+        folder = backend.trial_dir(waiting)
+        assert not (folder / "run.json").exists(), format_logs(backend)
+        assert "".join(backend.stdout(waiting)) == "", format_logs(backend)
+
+
 def kill_a_driver(cluster: Cluster, tmp_path: Path, *options: str) -> tuple[Path, list[int]]:
     """Run tests/dask/driver.py until both its trials have reported, then SIGKILL it.
 

@@ -239,6 +239,8 @@ class DaskLauncher(Launcher):
         if run is None:
             return
         future, (trial_id, number) = run.future, key
+        if run.stop_wanted and self._lease is not None:
+            self._lease.forget(trial_id, number)
         if future.status == "finished":
             try:
                 outcome = future.result(timeout=30)
@@ -284,7 +286,13 @@ class DaskLauncher(Launcher):
                     self._call(task.terminate_run, self._token, trial_id, run,
                                workers=[current.address])
                 else:
-                    current.stop_wanted = True  # sent once the run has started
+                    # Not started yet: its task, still waiting for a worker
+                    # thread, reads the lease before it starts the run. A run
+                    # that started meanwhile is sent the stop once its start
+                    # is heard of.
+                    current.stop_wanted = True
+                    if self._lease is not None:
+                        self._lease.cancel(trial_id, run)
                 return
             attached = self._attached.get((trial_id, run))
             if attached is not None:

@@ -7,6 +7,11 @@ when the counter has not changed for ``timeout`` seconds of its own clock
 the lease closed. Only the file's content is compared, never its time, and
 each read opens the file anew, which NFS's close-to-open consistency makes
 fresh.
+
+The lease also names the runs the driver stopped before they started (a
+run whose task still waits for a worker thread): a task reads it just
+before it starts its run, and does not start one named there. A stop that
+comes after that read finds the run started, and ends it as any stop does.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class LeaseWriter:
         self.path = path
         self.interval = interval
         self._beat = 0
+        self._cancelled: set[tuple[int, int]] = set()
+        # One write at a time, so that a renewal never puts back an older list.
+        self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._write(closed=False)
         self._thread = threading.Thread(target=self._renew, name="localbackend-lease",
@@ -37,12 +45,26 @@ class LeaseWriter:
         self._thread.start()
 
     def _write(self, *, closed: bool) -> None:
-        self._beat += 1
-        try:
-            atomic_write_bytes(self.path, json.dumps({"beat": self._beat, "closed": closed})
-                               .encode())
-        except OSError:
-            pass  # a full disk for a moment: the next beat tries again
+        with self._write_lock:
+            self._beat += 1
+            record = {"beat": self._beat, "closed": closed,
+                      "cancelled": sorted([t, r] for t, r in self._cancelled)}
+            try:
+                atomic_write_bytes(self.path, json.dumps(record).encode())
+            except OSError:
+                pass  # a full disk for a moment: the next beat tries again
+
+    def cancel(self, trial_id: int, run: int) -> None:
+        """Tell the workers at once not to start ``run`` of ``trial_id``."""
+        with self._write_lock:
+            self._cancelled.add((trial_id, run))
+        if not self._stop.is_set():
+            self._write(closed=False)
+
+    def forget(self, trial_id: int, run: int) -> None:
+        """The run's task has ended: the next renewal no longer names it."""
+        with self._write_lock:
+            self._cancelled.discard((trial_id, run))
 
     def _renew(self) -> None:
         while not self._stop.wait(self.interval):
@@ -77,6 +99,14 @@ class LeaseWatch:
         if beat is not None and beat != self._seen:
             self._seen, self._changed = beat, now
         return STALE if now - self._changed > self.timeout else FRESH
+
+    def cancelled(self, trial_id: int, run: int) -> bool:
+        """Whether the driver stopped ``run`` of ``trial_id`` before it started (or is gone)."""
+        record = read_json_object(self.path)
+        if record is None or record.get("closed"):
+            return record is not None
+        cancelled = record.get("cancelled")
+        return isinstance(cancelled, list) and [trial_id, run] in cancelled
 
 
 def wait_for_lease_end(path: str, lease_timeout: float, timeout: float) -> None:

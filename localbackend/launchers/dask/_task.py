@@ -67,6 +67,8 @@ def run_on_worker(
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         command = spawn_command(spec, executable=resolve_program(spec.argv[0]), env=env)
         session = sessions.session_for(token, detach, watch)
+        if watch.cancelled(spec.trial_id, spec.run):
+            return {"ev": "cancelled", "host": address}  # stopped while it waited for a worker
         try:
             key = session.spawn(command)
         except Exception as err:  # SupervisorError, OSError, or a driver just gone
