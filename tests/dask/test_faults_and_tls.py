@@ -13,7 +13,14 @@ from localbackend.launchers.dask import DaskLauncher
 from tests.crash_helpers import alive, wait_gone
 from tests.dask.conftest import Cluster, make_certificates, running_cluster
 from tests.dask.test_cluster import DEADLINE, backend_on, blocked, run_record
-from tests.helpers import collect, format_logs, script, wait_for, wait_not_busy
+from tests.helpers import (
+    collect,
+    format_logs,
+    script,
+    until_status,
+    wait_for,
+    wait_not_busy,
+)
 
 pytestmark = pytest.mark.dask
 pytest.importorskip("distributed")
@@ -46,6 +53,34 @@ def test_a_sigkilled_worker_fails_its_trial_as_lost_and_ends_its_tree(
         assert json.loads((backend.trial_dir(0) / "run.json").read_text())["run"] == 0
         backend.stop_trial(1)
         wait_not_busy(backend, [1])
+
+
+def test_a_run_whose_task_is_cancelled_while_its_worker_lives_ends_before_its_trial(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Another client cancels the run's task (as a scheduler that restarts
+    # loses it): the worker, and the tree it runs, live on. The trial must not
+    # end, which would free its slot and let a retry start, while that tree runs.
+    from distributed import Client, Future
+
+    with backend_on(cluster, tmp_path / "exp", "spawn_tree.py", grace=0.5) as backend:
+        trial_id = backend.start_trial({"after": "stay"}).trial_id
+        pids_file = backend.trial_dir(trial_id) / "pids.json"
+        wait_for(pids_file.exists, timeout=DEADLINE, what="pids.json",
+                 on_fail=lambda: format_logs(backend))
+        recorded = json.loads(pids_file.read_text())
+        pids = [int(recorded[name]) for name in ("leader", "setsid_child", "grandchild")]
+        with Client(cluster.address) as other:
+            keys = [key for keys in other.processing().values() for key in keys
+                    if str(key).endswith(f"-trial-{trial_id}-run-0")]
+            assert len(keys) == 1, other.processing()
+            other.cancel([Future(keys[0], other)], force=True)
+            statuses, _ = collect(backend, [trial_id], until_status("Failed"), timeout=DEADLINE)
+            assert alive(pids) == [], "the trial ended while its tree still ran"
+        trial = statuses[trial_id][0]
+        assert trial.failure_kind == "lost", trial.failure_reason
+        assert "cancelled" in str(trial.failure_reason).lower(), trial.failure_reason
+        assert backend.busy_trial_ids() == []
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,12 @@ as task completions; both wake ``fileno()``. Stops go to the worker that
 runs the tree with ``Client.run`` from a thread of their own, so that
 ``terminate`` returns at once. The lease (``_lease``) ends the trees if this
 driver dies.
+
+A task can end while its tree runs on: cancelled by another client, or lost
+by a scheduler that restarted, while its worker lives. Its tree is then sent
+the stop, and the run's end is reported only once the tree's keeper is gone
+(looked at as for a run of an earlier driver), so that the trial's slot, a
+retry or its next run never comes while the tree still runs.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -38,9 +43,10 @@ from .._base import (
 )
 from ..local._launcher import LocalLauncher, attached_run_end
 from . import _task as task
+from ._calls import WorkerCalls
 from ._connect import connect
 from ._lease import LeaseWriter
-from ._outcomes import end_event, failure_event, started_event
+from ._outcomes import end_event, failure_event, started_event, worker_died
 from ._shared import check_shared_folder
 
 # Beyond the grace period, how long shutdown waits for the runs' tasks to return.
@@ -56,6 +62,7 @@ class _Run:
     address: str = ""
     started: bool = False
     stop_wanted: bool = False
+    handle: Optional[RunHandle] = None
 
 
 class DaskLauncher(Launcher):
@@ -122,10 +129,13 @@ class DaskLauncher(Launcher):
         self._queued: dict[int, deque[RunSpec]] = {}
         self._ready: list[RunEvent] = []
         self._attached: dict[tuple[int, int], tuple[RunHandle, TrialPaths]] = {}
+        # Runs whose task ended while their tree may run on: their end, reported
+        # once the keeper is gone.
+        self._orphans: dict[tuple[int, int], tuple[RunHandle, RunEvent]] = {}
         self._attached_checked = 0.0
         self._lease: LeaseWriter | None = None
         self._gpu_cluster: bool | None = None
-        self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localbackend-dask")
+        self._worker_calls = WorkerCalls(self.dask_client)
         self._closed = False
 
     @property
@@ -150,7 +160,8 @@ class DaskLauncher(Launcher):
                 raise SupervisorError("this DaskLauncher was shut down; create a new one")
             if self._lease is None:
                 self._begin(spec.paths.root.parent)
-            if any(t == spec.trial_id for t, _ in self._runs) or self._queued.get(spec.trial_id):
+            if (any(t == spec.trial_id for t, _ in (*self._runs, *self._orphans))
+                    or self._queued.get(spec.trial_id)):
                 # Its earlier run is still ending: never beside it, on any worker.
                 self._queued.setdefault(spec.trial_id, deque()).append(spec)
                 return
@@ -218,10 +229,11 @@ class DaskLauncher(Launcher):
                     self._started(payload, out)
                 else:
                     self._ended(payload, out)
-            if self._attached and time.monotonic() - self._attached_checked > \
-                    _ATTACHED_POLL_SECONDS:
+            if (self._attached or self._orphans) and time.monotonic() - \
+                    self._attached_checked > _ATTACHED_POLL_SECONDS:
                 self._attached_checked = time.monotonic()
                 out.extend(self._attached_ends())
+                self._orphan_ends(out)
             return out
 
     def _started(self, message: Mapping[str, Any], out: list[RunEvent]) -> None:
@@ -229,10 +241,12 @@ class DaskLauncher(Launcher):
         if run is None or run.started:
             return
         run.started, run.address = True, str(message.get("host") or "")
-        out.append(started_event(message))
+        event = started_event(message)
+        run.handle = event.handle
+        out.append(event)
         if run.stop_wanted:
-            self._call(task.terminate_run, self._token, run.spec.trial_id, run.spec.run,
-                       workers=[run.address])
+            self._worker_calls.send(task.terminate_run, self._token, run.spec.trial_id,
+                                    run.spec.run, workers=[run.address])
 
     def _ended(self, key: tuple[int, int], out: list[RunEvent]) -> None:
         run = self._runs.pop(key, None)
@@ -251,11 +265,23 @@ class DaskLauncher(Launcher):
                 out.append(started_event(outcome["started"]))
             out.append(end_event(trial_id, number, outcome))
         else:
+            error: Optional[BaseException]
             try:
-                error = future.exception(timeout=30)
+                error = future.exception(timeout=30)  # None once cancelled
             except Exception as err:  # cancelled, or the scheduler is gone
                 error = err
-            out.append(failure_event(trial_id, number, error, run.address, run.started))
+            event = failure_event(trial_id, number, error, run.address, run.started)
+            if run.handle is not None and not worker_died(error):
+                # The task is gone, not its worker: the tree may run on there.
+                self._worker_calls.send(task.terminate_run, self._token, trial_id, number,
+                                        workers=[run.address])
+                self._orphans[key] = (run.handle, event)
+                return
+            out.append(event)
+        self._submit_next(trial_id, out)
+
+    def _submit_next(self, trial_id: int, out: list[RunEvent]) -> None:
+        """The trial's previous run is gone: submit the run that waited for it."""
         queue = self._queued.get(trial_id)
         if queue:
             spec = queue.popleft()
@@ -283,8 +309,8 @@ class DaskLauncher(Launcher):
             current = self._runs.get((trial_id, run))
             if current is not None:
                 if current.address:
-                    self._call(task.terminate_run, self._token, trial_id, run,
-                               workers=[current.address])
+                    self._worker_calls.send(task.terminate_run, self._token, trial_id, run,
+                                            workers=[current.address])
                 else:
                     # Not started yet: its task, still waiting for a worker
                     # thread, reads the lease before it starts the run. A run
@@ -297,54 +323,17 @@ class DaskLauncher(Launcher):
             attached = self._attached.get((trial_id, run))
             if attached is not None:
                 handle = attached[0]
-                self._call(task.signal_keeper, handle.keeper, handle.keeper_create_time,
-                           workers=[handle.host] if handle.host else None)
-
-    def _call(self, function: Callable[..., Any], *args: Any,
-              workers: Optional[list[str]]) -> None:
-        """Run ``function`` on workers from the calls thread: the caller never waits."""
-        if self._closed:
-            return
-        client = self.dask_client
-
-        def call() -> None:
-            live = self._live_workers()
-            targets = [w for w in workers if w in live] if workers is not None else None
-            if targets != []:  # a worker that is gone took its trees with it
-                client.run(function, *args, workers=targets, on_error="ignore")
-
-        self._calls.submit(call)
+                self._worker_calls.send(task.signal_keeper, handle.keeper,
+                                        handle.keeper_create_time,
+                                        workers=[handle.host] if handle.host else None)
 
     # -- runs of an earlier driver ----------------------------------------------------
-
-    def _ask(self, function: Callable[..., Any], handle: RunHandle, *args: Any) -> dict[str, Any]:
-        """``function`` on the worker of ``handle`` (every worker if it is not known).
-
-        A worker the scheduler no longer lists is gone, and so is every process
-        it ran: it is not asked (a call to a dead address waits for the
-        connect timeout, 30 s by default).
-        """
-        if handle.host and handle.host not in self._live_workers():
-            return {}
-        try:
-            answers = self.dask_client.run(
-                function, *args, workers=[handle.host] if handle.host else None,
-                on_error="return",
-            )
-        except Exception:  # that worker is gone, or so is the scheduler
-            return {}
-        return {k: v for k, v in answers.items() if not isinstance(v, BaseException)}
-
-    def _live_workers(self) -> set[str]:
-        try:
-            return set(self.dask_client.scheduler_info().get("workers", {}))
-        except Exception:  # the scheduler is gone: so is every worker's answer
-            return set()
 
     def is_alive(self, handle: RunHandle) -> bool:
         if self._closed:
             return False
-        answers = self._ask(task.keeper_alive, handle, handle.keeper, handle.keeper_create_time)
+        answers = self._worker_calls.ask(task.keeper_alive, handle.host, handle.keeper,
+                                         handle.keeper_create_time)
         return any(answer is True for answer in answers.values())
 
     def attach(self, handle: RunHandle, paths: TrialPaths) -> None:
@@ -360,9 +349,17 @@ class DaskLauncher(Launcher):
             ends.append(attached_run_end(trial_id, run, paths))
         return ends
 
+    def _orphan_ends(self, out: list[RunEvent]) -> None:
+        for (trial_id, run), (handle, end) in list(self._orphans.items()):
+            if self.is_alive(handle):
+                continue
+            del self._orphans[(trial_id, run)]
+            out.append(end)
+            self._submit_next(trial_id, out)
+
     def wait_for_run_end(self, handle: RunHandle, timeout: float) -> None:
-        self._ask(task.wait_for_keeper, handle, handle.keeper, handle.keeper_create_time,
-                  float(timeout))
+        self._worker_calls.ask(task.wait_for_keeper, handle.host, handle.keeper,
+                               handle.keeper_create_time, float(timeout))
 
     def wait_for_session_end(self, session: Mapping[str, Any], timeout: float) -> None:
         if "token" not in session:
@@ -403,6 +400,8 @@ class DaskLauncher(Launcher):
                 self._ready.append(RunLost(trial_id, run, "still running when the launcher "
                                            "shut down; ended with its session"))
             self._runs.clear()
+            self._ready.extend(end for _handle, end in self._orphans.values())
+            self._orphans.clear()
             self._attached.clear()
         self._release(end_sessions=True)
 
@@ -416,7 +415,7 @@ class DaskLauncher(Launcher):
 
     def _release(self, *, end_sessions: bool) -> None:
         client = self.dask_client
-        self._calls.shutdown(wait=True)
+        self._worker_calls.close()
         self._closed = True
         if self._lease is not None:
             if end_sessions:

@@ -34,16 +34,32 @@ def end_event(trial_id: int, run: int, outcome: Mapping[str, Any]) -> RunEvent:
     return event
 
 
-def failure_event(
-    trial_id: int, run: int, error: BaseException, address: Optional[str], started: bool
-) -> RunEvent:
-    """The end of a run whose task failed: its worker died, or the task could not run."""
+def worker_died(error: Optional[BaseException]) -> bool:
+    """Whether a task failed because its worker died (which took the run's tree with it)."""
     from distributed.scheduler import KilledWorker
 
-    if isinstance(error, KilledWorker):
-        last = getattr(error.last_worker, "address", None) or address or "unknown"
+    return isinstance(error, KilledWorker)
+
+
+def failure_event(
+    trial_id: int, run: int, error: Optional[BaseException], address: Optional[str],
+    started: bool,
+) -> RunEvent:
+    """The end of a run whose task failed: its worker died, or the task could not run.
+
+    ``error`` is None for a task that Dask cancelled (it gives no exception then).
+    """
+    if worker_died(error):
+        last = getattr(getattr(error, "last_worker", None), "address", None) or address \
+            or "unknown"
         return RunLost(trial_id, run, f"worker lost: {address or last}")
-    reason = f"the Dask task of this run failed: {type(error).__name__}: {error}"
+    if error is None or "Cancelled" in type(error).__name__:
+        reason = (
+            "the Dask task of this run was cancelled, by another client or by a scheduler "
+            "that restarted"
+        )
+    else:
+        reason = f"the Dask task of this run failed: {type(error).__name__}: {error}"
     if started:
         return RunLost(trial_id, run, reason)
     return RunNotStarted(trial_id, run, reason)
