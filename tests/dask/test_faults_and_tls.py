@@ -83,6 +83,42 @@ def test_a_run_whose_task_is_cancelled_while_its_worker_lives_ends_before_its_tr
         assert backend.busy_trial_ids() == []
 
 
+def test_a_finished_run_whose_worker_dies_before_it_is_collected_never_runs_again(
+    own_cluster: Cluster, tmp_path: Path
+) -> None:
+    # The run's task has returned, but the driver has not collected its
+    # outcome when the worker that holds it dies. Dask then computes the task
+    # again on the other worker, for the client that still wants it: the run
+    # must not start a second time, and its results must come once.
+    from distributed import Client
+
+    cluster = own_cluster
+    with backend_on(cluster, tmp_path / "exp", "report_then_exit.py") as backend:
+        trial_id = backend.start_trial({"n": 2}).trial_id
+        folder = backend.trial_dir(trial_id)
+        # No call to the backend meanwhile, so nothing is collected.
+        wait_for((folder / "exit.json").exists, timeout=DEADLINE, what="the run to end",
+                 on_fail=lambda: format_logs(backend))
+        with Client(cluster.address) as other:
+
+            def holder() -> str | None:
+                for key, where in other.who_has().items():
+                    if str(key).endswith(f"-trial-{trial_id}-run-0") and where:
+                        return str(next(iter(where)))
+                return None
+
+            address = wait_for(holder, timeout=DEADLINE, what="the task's result",
+                               on_fail=cluster.logs)
+            name = {a: n for n, a in cluster.worker_addresses().items()}[address]
+            cluster.kill_worker(name)
+            _, results = collect(backend, [trial_id], until_status("Completed"),
+                                 timeout=DEADLINE)
+        assert [r["i"] for _, r in results] == [0, 1], format_logs(backend)
+        lines = (folder / "results.jsonl").read_text().splitlines()
+        assert len(lines) == 2, f"the run ran again:\n{format_logs(backend)}"
+        assert backend.busy_trial_ids() == []
+
+
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, object]]:
     """A TLS-only scheduler and a worker with three threads and two GPUs as resources."""

@@ -15,6 +15,12 @@ by a scheduler that restarted, while its worker lives. Its tree is then sent
 the stop, and the run's end is reported only once the tree's keeper is gone
 (looked at as for a run of an earlier driver), so that the trial's slot, a
 retry or its next run never comes while the tree still runs.
+
+A task's outcome can also be lost after it returned, with the worker that
+held it, before the driver collected it. Dask then computes the task again
+for the driver, which still wants it; that computation finds that the run
+already started (``_task``) and says so without starting it, and the run's
+end is then what its keeper recorded in ``exit.json``.
 """
 
 from __future__ import annotations
@@ -45,14 +51,15 @@ from ..local._launcher import LocalLauncher, attached_run_end
 from . import _task as task
 from ._calls import WorkerCalls
 from ._connect import connect
+from ._followed import FollowedRuns
 from ._lease import LeaseWriter
 from ._outcomes import end_event, failure_event, started_event, worker_died
 from ._shared import check_shared_folder
 
 # Beyond the grace period, how long shutdown waits for the runs' tasks to return.
 _SHUTDOWN_MARGIN = 10.0
-# How often runs of an earlier driver (attached after a restore) are looked at.
-_ATTACHED_POLL_SECONDS = 0.25
+# The statuses of a future whose task is being computed (again).
+_NOT_DONE = ("pending", "lost")
 
 
 @dataclass
@@ -128,11 +135,9 @@ class DaskLauncher(Launcher):
         self._runs: dict[tuple[int, int], _Run] = {}
         self._queued: dict[int, deque[RunSpec]] = {}
         self._ready: list[RunEvent] = []
-        self._attached: dict[tuple[int, int], tuple[RunHandle, TrialPaths]] = {}
-        # Runs whose task ended while their tree may run on: their end, reported
-        # once the keeper is gone.
-        self._orphans: dict[tuple[int, int], tuple[RunHandle, RunEvent]] = {}
-        self._attached_checked = 0.0
+        self._followed = FollowedRuns()
+        # Runs whose task's outcome was lost with its worker, computed again.
+        self._recomputing: set[tuple[int, int]] = set()
         self._lease: LeaseWriter | None = None
         self._gpu_cluster: bool | None = None
         self._worker_calls = WorkerCalls(self.dask_client)
@@ -160,8 +165,8 @@ class DaskLauncher(Launcher):
                 raise SupervisorError("this DaskLauncher was shut down; create a new one")
             if self._lease is None:
                 self._begin(spec.paths.root.parent)
-            if (any(t == spec.trial_id for t, _ in (*self._runs, *self._orphans))
-                    or self._queued.get(spec.trial_id)):
+            if (any(t == spec.trial_id for t, _ in self._runs)
+                    or self._followed.has_trial(spec.trial_id) or self._queued.get(spec.trial_id)):
                 # Its earlier run is still ending: never beside it, on any worker.
                 self._queued.setdefault(spec.trial_id, deque()).append(spec)
                 return
@@ -229,11 +234,13 @@ class DaskLauncher(Launcher):
                     self._started(payload, out)
                 else:
                     self._ended(payload, out)
-            if (self._attached or self._orphans) and time.monotonic() - \
-                    self._attached_checked > _ATTACHED_POLL_SECONDS:
-                self._attached_checked = time.monotonic()
-                out.extend(self._attached_ends())
-                self._orphan_ends(out)
+            for key in [k for k in self._recomputing
+                        if self._runs[k].future.status not in _NOT_DONE]:
+                self._recomputing.discard(key)
+                self._ended(key, out)
+            for end in self._followed.ends(self.is_alive):
+                out.append(end)
+                self._submit_next(end.trial_id, out)
             return out
 
     def _started(self, message: Mapping[str, Any], out: list[RunEvent]) -> None:
@@ -249,10 +256,16 @@ class DaskLauncher(Launcher):
                                     run.spec.run, workers=[run.address])
 
     def _ended(self, key: tuple[int, int], out: list[RunEvent]) -> None:
-        run = self._runs.pop(key, None)
+        run = self._runs.get(key)
         if run is None:
             return
         future, (trial_id, number) = run.future, key
+        if future.status in _NOT_DONE:
+            # Its outcome was lost with the worker that held it, and Dask
+            # computes the task again: ``events`` looks again once it is done.
+            self._recomputing.add(key)
+            return
+        del self._runs[key]
         if run.stop_wanted and self._lease is not None:
             self._lease.forget(trial_id, number)
         if future.status == "finished":
@@ -260,6 +273,11 @@ class DaskLauncher(Launcher):
                 outcome = future.result(timeout=30)
             except Exception as err:
                 outcome = {"ev": "run_lost", "host": run.address, "error": str(err)}
+            if outcome.get("ev") == task.RAN_BEFORE:
+                # Computed again after its outcome was lost: the run had ended.
+                out.append(attached_run_end(trial_id, number, run.spec.paths))
+                self._submit_next(trial_id, out)
+                return
             if not run.started and outcome.get("started"):
                 run.started, run.address = True, str(outcome.get("host") or "")
                 out.append(started_event(outcome["started"]))
@@ -275,7 +293,7 @@ class DaskLauncher(Launcher):
                 # The task is gone, not its worker: the tree may run on there.
                 self._worker_calls.send(task.terminate_run, self._token, trial_id, number,
                                         workers=[run.address])
-                self._orphans[key] = (run.handle, event)
+                self._followed.orphan(run.handle, event)
                 return
             out.append(event)
         self._submit_next(trial_id, out)
@@ -320,9 +338,8 @@ class DaskLauncher(Launcher):
                     if self._lease is not None:
                         self._lease.cancel(trial_id, run)
                 return
-            attached = self._attached.get((trial_id, run))
-            if attached is not None:
-                handle = attached[0]
+            handle = self._followed.handle(trial_id, run)
+            if handle is not None:
                 self._worker_calls.send(task.signal_keeper, handle.keeper,
                                         handle.keeper_create_time,
                                         workers=[handle.host] if handle.host else None)
@@ -338,24 +355,7 @@ class DaskLauncher(Launcher):
 
     def attach(self, handle: RunHandle, paths: TrialPaths) -> None:
         with self._lock:
-            self._attached[(handle.trial_id, handle.run)] = (handle, paths)
-
-    def _attached_ends(self) -> list[RunEvent]:
-        ends: list[RunEvent] = []
-        for (trial_id, run), (handle, paths) in list(self._attached.items()):
-            if self.is_alive(handle):
-                continue
-            del self._attached[(trial_id, run)]
-            ends.append(attached_run_end(trial_id, run, paths))
-        return ends
-
-    def _orphan_ends(self, out: list[RunEvent]) -> None:
-        for (trial_id, run), (handle, end) in list(self._orphans.items()):
-            if self.is_alive(handle):
-                continue
-            del self._orphans[(trial_id, run)]
-            out.append(end)
-            self._submit_next(trial_id, out)
+            self._followed.attach(handle, paths)
 
     def wait_for_run_end(self, handle: RunHandle, timeout: float) -> None:
         self._worker_calls.ask(task.wait_for_keeper, handle.host, handle.keeper,
@@ -400,9 +400,7 @@ class DaskLauncher(Launcher):
                 self._ready.append(RunLost(trial_id, run, "still running when the launcher "
                                            "shut down; ended with its session"))
             self._runs.clear()
-            self._ready.extend(end for _handle, end in self._orphans.values())
-            self._orphans.clear()
-            self._attached.clear()
+            self._ready.extend(self._followed.clear())
         self._release(end_sessions=True)
 
     def let_go(self) -> None:

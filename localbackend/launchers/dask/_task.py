@@ -5,7 +5,8 @@ folder is there (the experiment folder must be shared), picks the run's
 GPUs among the worker's, builds the keeper's command with the same
 ``spawn_command`` as ``LocalLauncher``, hands it to its driver's session
 (``_session``), publishes the start as a Dask event, and returns how the run
-ended. The other functions are called through ``Client.run`` on one worker:
+ended, or that it had started before (the task is computed again). The
+other functions are called through ``Client.run`` on one worker:
 they act at once and never wait on the worker's event loop.
 """
 
@@ -18,6 +19,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..._files import read_json_object
 from ...core._gpus import GpuAllocator
 from .._base import RunSpec
 from ..local._client import spawn_command
@@ -26,6 +28,8 @@ from ..local._launcher import _wait_for_exit, process_matches, resolve_program
 from . import _session as sessions
 from ._lease import CLOSED, LeaseWatch
 
+# What a task computed again says (its run had started before): see ``run_on_worker``.
+RAN_BEFORE = "ran_before"
 # A session told to end has its trees gone within the supervisor's fast shutdown.
 _SESSION_END_SECONDS = 10.0
 # How long a task waits for its run's events before it looks again.
@@ -69,6 +73,8 @@ def run_on_worker(
         session = sessions.session_for(token, detach, watch)
         if watch.cancelled(spec.trial_id, spec.run):
             return {"ev": "cancelled", "host": address}  # stopped while it waited for a worker
+        if _ran_before(spec):
+            return {"ev": RAN_BEFORE, "host": address}
         try:
             key = session.spawn(command)
         except Exception as err:  # SupervisorError, OSError, or a driver just gone
@@ -82,6 +88,19 @@ def run_on_worker(
                     return dict(event, host=address, started=started)
     finally:
         _give_back_gpus(holder)
+
+
+def _ran_before(spec: RunSpec) -> bool:
+    """Whether a keeper already started this run: this task is being computed again.
+
+    Dask computes a task again when its outcome is lost with the worker that
+    held it before the driver collected it. The run must not start twice; its
+    keeper's ``run.json`` says whether it started (a later run of the trial
+    starts only once this run's task was collected).
+    """
+    record = read_json_object(spec.paths.run_record)
+    run = None if record is None else record.get("run")
+    return isinstance(run, int) and run >= spec.run
 
 
 def _take_gpus(resources: Mapping[str, float], per_trial: int) -> tuple[int, list[str]]:
