@@ -1,10 +1,11 @@
-"""DaskLauncher when a worker dies, and on a TLS cluster whose worker has GPU resources."""
+"""DaskLauncher when a worker, a task or the scheduler is lost, and on a TLS cluster with GPUs."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,6 +118,38 @@ def test_a_finished_run_whose_worker_dies_before_it_is_collected_never_runs_agai
         lines = (folder / "results.jsonl").read_text().splitlines()
         assert len(lines) == 2, f"the run ran again:\n{format_logs(backend)}"
         assert backend.busy_trial_ids() == []
+
+
+def test_a_sigkilled_scheduler_fails_the_running_trials_as_lost_and_ends_their_trees(
+    own_cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The driver's client loses the scheduler, and so do the workers, which
+    # close; their supervisors then end the trees. The trials fail as lost,
+    # no process of theirs is left, and closing the backend does not raise.
+    cluster = own_cluster
+    with backend_on(cluster, tmp_path / "exp", "checkpointing.py") as backend:
+        ids = [backend.start_trial({"epochs": 1000, "block_at": 0}).trial_id for _ in range(2)]
+        collect(backend, ids, blocked_at_start(ids), timeout=DEADLINE)
+        records = {t: run_record(backend, t, 0) for t in ids}
+        assert cluster.scheduler is not None
+        cluster.scheduler.kill()
+        cluster.scheduler.wait()
+        statuses, _ = collect(
+            backend, ids, lambda s, _r: all(s[t][1] == "Failed" for t in ids), timeout=DEADLINE
+        )
+        for trial_id in ids:
+            assert statuses[trial_id][0].failure_kind == "lost", statuses[trial_id][0]
+        assert backend.busy_trial_ids() == []
+        wait_gone([p for r in records.values() for p in (r["pid"], r["keeper"])],
+                  timeout=DEADLINE)
+    # Closing could not reach the scheduler, and said so instead of raising.
+    assert "could not reach the Dask scheduler" in caplog.text
+
+
+def blocked_at_start(trial_ids: list[int]) -> Any:
+    return lambda _s, results: all(
+        any(t == trial_id for t, _ in results) for trial_id in trial_ids
+    )
 
 
 @pytest.fixture(scope="module")

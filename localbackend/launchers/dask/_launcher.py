@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..._errors import BackendConfigurationError, SupervisorError
+from ..._log import LazyLogger
 from ..._paths import ExperimentPaths, TrialPaths
 from .._base import (
     Launcher,
@@ -58,6 +59,7 @@ from ._shared import check_shared_folder
 
 # Beyond the grace period, how long shutdown waits for the runs' tasks to return.
 _SHUTDOWN_MARGIN = 10.0
+logger = LazyLogger(__name__)
 # The statuses of a future whose task is being computed (again).
 _NOT_DONE = ("pending", "lost")
 
@@ -426,6 +428,12 @@ class DaskLauncher(Launcher):
                 # Every session of this driver has ended: nobody reads it again.
                 self._lease.path.unlink(missing_ok=True)
             client.unsubscribe_topic(self._topic)
+        except Exception as err:  # the scheduler is gone, and the client closed itself
+            # No worker can be reached: the lease, marked closed, stays for
+            # any worker that still runs a tree of this driver.
+            logger.warning("could not reach the Dask scheduler to end this driver's sessions "
+                           "(%s: %s); the workers end them when they read the closed lease %s",
+                           type(err).__name__, err, self._lease.path if self._lease else "")
         finally:
             self._connection.close()
             with self._wake_lock:
