@@ -49,6 +49,16 @@ class TrialPaths:
             root = self._parent / str(self._trial_id)
         return root
 
+    @property
+    def trial_id(self) -> int:
+        """The trial's id; -1 for paths made from the folder alone."""
+        return self._trial_id
+
+    @property
+    def experiment_root(self) -> Path:
+        """The experiment folder (the folder itself for paths made from it alone)."""
+        return self._parent
+
     def forget(self) -> None:
         """Stop keeping the folder's ``Path`` (built again on each use)."""
         if self._trial_id >= 0:

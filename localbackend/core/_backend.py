@@ -150,7 +150,7 @@ class LocalBackend(BackendCore, TrialLogs):
 
     def trial_dir(self, trial_id: int) -> Path:
         """The folder of one trial (see the README for its files)."""
-        return self._paths.trial(self._record(trial_id).trial_id).root
+        return self._paths.trial(self._table.records.checked(trial_id)).root
 
     def entrypoint_path(self) -> Path:
         return self._o.entry_point
@@ -295,12 +295,12 @@ class LocalBackend(BackendCore, TrialLogs):
     def stop_all(self) -> None:
         """Stop every running trial and wait until all their processes are gone."""
         with self._lock:
-            for record in self._table.records:
+            for record in self._table.live_records():  # every running trial is live
                 if record.status == Status.in_progress:
                     self.stop_trial(record.trial_id)
             if self.delete_checkpoints:
-                for record in self._table.records:
-                    self.delete_checkpoint(record.trial_id)
+                for trial_id in range(len(self._table.records)):
+                    self.delete_checkpoint(trial_id)
             self._wait_for_every_run()
 
     def close(self) -> None:

@@ -7,18 +7,22 @@ from abc import abstractmethod
 from pathlib import Path
 
 from .._errors import BackendConfigurationError
+from .._paths import TrialPaths
 from ._results import READ_CHUNK
-from ._trials import TrialRecord
 
 _LOG_STREAMS = ("stdout", "stderr")
 
 
 class TrialLogs:
-    """``stdout``, ``stderr`` and ``read_log``, over the trial records of a backend."""
+    """``stdout``, ``stderr`` and ``read_log``, over the trial records of a backend.
+
+    They take no lock, so that another thread can read logs while a call
+    waits: they only look up the trial's files (``_trial_paths``).
+    """
 
     @abstractmethod
-    def _record(self, trial_id: object) -> TrialRecord:
-        """The record of ``trial_id``, or our error naming it."""
+    def _trial_paths(self, trial_id: object) -> TrialPaths:
+        """The files of ``trial_id``, or our error naming it; changes nothing."""
 
     def stdout(self, trial_id: int) -> list[str]:
         """Every line the trial printed on stdout, across all its runs."""
@@ -30,7 +34,7 @@ class TrialLogs:
 
     def read_log(self, trial_id: int, stream: str = "stdout", offset: int = 0) -> tuple[str, int]:
         """Log text from byte ``offset`` on, and the offset to pass next time."""
-        record = self._record(trial_id)
+        paths = self._trial_paths(trial_id)
         if stream not in _LOG_STREAMS:
             raise BackendConfigurationError(
                 "stream", stream, "is not a log stream", "Use 'stdout' or 'stderr'."
@@ -40,10 +44,10 @@ class TrialLogs:
                 "offset", offset, "must be a byte offset >= 0",
                 "Pass 0, or the offset returned by the previous read_log call.",
             )
-        return read_log_text(record.paths.log(stream), offset)
+        return read_log_text(paths.log(stream), offset)
 
     def _log_lines(self, trial_id: int, stream: str) -> list[str]:
-        paths = self._record(trial_id).paths
+        paths = self._trial_paths(trial_id)
         try:
             with open(paths.log(stream), encoding="utf-8", errors="replace") as log:
                 return log.readlines()

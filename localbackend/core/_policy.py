@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from .._errors import LocalBackendError
 from .._log import LazyLogger
 from .._types import FINISHED_STATUSES, Status
+from ._compact import Summary
 from ._limits import QUICK_FAILURE_SECONDS, RETRIED_KINDS, Retention, bytes_text
 from ._storage import delete_checkpoint_folder, has_checkpoint
 from ._table import TrialTable
@@ -84,36 +85,37 @@ class RetentionPolicy:
         self.apply()
 
     def apply(self) -> None:
-        records = self.table.records
+        # From the summaries, so that records kept packed (``_compact``) stay so.
+        trials = list(self.table.records.summaries())
         finished = [
-            r for r in records
-            if r.status in FINISHED_STATUSES and not r.alive_runs
-            and r.trial_id not in self._cleared
+            t.trial_id for t in trials
+            if t.status in FINISHED_STATUSES and not t.alive and t.trial_id not in self._cleared
         ]
         if self.rules.keep_best is not None:
-            best = {r.trial_id for r in self._ranked(records)[: self.rules.keep_best]}
-            for record in finished:
-                if record.trial_id not in best:
-                    self._delete(record, (
+            best = {t.trial_id for t in self._ranked(trials)[: self.rules.keep_best]}
+            for trial_id in finished:
+                if trial_id not in best:
+                    self._delete(self.table.records[trial_id], (
                         f"checkpoint deleted: not among the {self.rules.keep_best} best "
                         f"trials by {self.rules.metric}"
                     ))
         if self.rules.checkpoint_budget is not None:
             self._meet_budget(self.rules.checkpoint_budget)
 
-    def _ranked(self, records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    def _ranked(self, trials: Iterable[Summary]) -> list[Summary]:
         """Trials best first by their last reported metric; those with none come last."""
         sign = 1.0 if self.rules.mode == "min" else -1.0
 
-        def key(record: TrialRecord) -> tuple[int, float, int]:
-            if record.last_metric is None:
-                return (1, 0.0, record.trial_id)
-            return (0, sign * record.last_metric, record.trial_id)
+        def key(trial: Summary) -> tuple[int, float, int]:
+            if trial.last_metric is None:
+                return (1, 0.0, trial.trial_id)
+            return (0, sign * trial.last_metric, trial.trial_id)
 
-        return sorted(records, key=key)
+        return sorted(trials, key=key)
 
     def _meet_budget(self, budget: int) -> None:
-        usage = {r.trial_id: self._files(r) for r in self.table.records}
+        trials = list(self.table.records.summaries())
+        usage = {t.trial_id: self._files(t) for t in trials}
         everything: dict[tuple[int, int], int] = {}
         for files in usage.values():
             everything.update({inode: size for inode, (size, _own) in files.items()})
@@ -121,17 +123,18 @@ class RetentionPolicy:
         if total <= budget:
             return
         candidates = [
-            r for r in reversed(self._ranked(self.table.records))
-            if r.status in FINISHED_STATUSES and not r.alive_runs and usage[r.trial_id]
+            t.trial_id for t in reversed(self._ranked(trials))
+            if t.status in FINISHED_STATUSES and not t.alive and usage[t.trial_id]
         ]
-        for record in candidates:
+        for trial_id in candidates:
             if total <= budget:
                 break
             # Only files with no link outside this trial's folder free space;
             # a copy shares the published files of its source by hard link.
-            freed = sum(size for size, own in usage[record.trial_id].values() if own)
+            freed = sum(size for size, own in usage[trial_id].values() if own)
             if not freed:
                 continue
+            record = self.table.records[trial_id]
             self._delete(record, (
                 f"checkpoint deleted: the experiment's checkpoints took {bytes_text(total)}, "
                 f"over checkpoint_budget={bytes_text(budget)}"
@@ -150,16 +153,16 @@ class RetentionPolicy:
                 ", ".join(f"trial {t}: {bytes_text(n)}" for t, n in held.items() if n),
             )
 
-    def _files(self, record: TrialRecord) -> dict[tuple[int, int], tuple[int, bool]]:
+    def _files(self, trial: Summary) -> dict[tuple[int, int], tuple[int, bool]]:
         """The trial's checkpoint files: size, and whether every link is in its folder."""
-        if record.trial_id in self._cleared:
+        if trial.trial_id in self._cleared:
             return {}
-        known = self._sizes.get(record.trial_id)
+        known = self._sizes.get(trial.trial_id)
         if known is not None:
             return known
-        files = checkpoint_files(str(record.paths.checkpoints))
-        if record.status in FINISHED_STATUSES and not record.alive_runs:
-            self._sizes[record.trial_id] = files
+        files = checkpoint_files(str(self.table.records.paths(trial.trial_id).checkpoints))
+        if trial.status in FINISHED_STATUSES and not trial.alive:
+            self._sizes[trial.trial_id] = files
         return files
 
     def _delete(self, record: TrialRecord, reason: str) -> None:

@@ -62,7 +62,7 @@ def rebuild_table(backend: Rebuild, state: dict[str, Any]) -> None:
     for saved in trials:
         _restore_trial(backend, saved, backend.journal)
     _count_gpu_assignments(backend, trials)
-    backend.table.live.update(r.trial_id for r in backend.table.records)
+    backend.table.live.update(range(len(backend.table.records)))
     backend.journal.append("restored", time=time.time(), pid=os.getpid())
 
 

@@ -94,6 +94,14 @@ class _Tail:
         self._identity: tuple[int, int] | None = None
         self._skipping_line = False
 
+    def state(self) -> tuple[Any, ...]:
+        """How far the reader has got, for ``set_state`` (its trial and path aside)."""
+        return tuple(getattr(self, slot) for slot in _STATE)
+
+    def set_state(self, state: tuple[Any, ...]) -> None:
+        for slot, value in zip(_STATE, state):
+            setattr(self, slot, value)
+
     def read(self, *, limit: int | None = None, final: bool = False) -> list[dict[str, Any]]:
         """Parse the lines completed since the last read (up to byte ``limit``).
 
@@ -301,6 +309,10 @@ class _Tail:
 
     def _parse_final(self, tail: bytes, results: list[dict[str, Any]]) -> None:
         raise NotImplementedError
+
+
+# A reader's state: its slots but for what it is made with (its trial and path).
+_STATE = tuple(s for s in _Tail.__slots__ if s not in ("path", "trial_id"))
 
 
 class ResultsReader(_Tail):

@@ -24,9 +24,8 @@ from .._errors import (
     LocalBackendError,
     SupervisorError,
     TrialLaunchError,
-    TrialNotFoundError,
 )
-from .._paths import ExperimentPaths
+from .._paths import ExperimentPaths, TrialPaths
 from .._types import FINISHED_STATUSES, Status, TrialResult
 from ..launchers._base import Launcher
 from . import _checkpoints as checkpoints
@@ -364,7 +363,7 @@ class BackendCore:
         """
         with self._lock:
             if not self._o.detach:
-                for record in self._table.records:
+                for record in self._table.live_records():  # every running trial is live
                     if record.status == Status.in_progress:
                         self._interrupt(
                             record.trial_id, Status.paused, "the experiment moved to a "
@@ -397,14 +396,11 @@ class BackendCore:
             self._folder.create(self._options(), self._take_over_callback())
 
     def _record(self, trial_id: object) -> TrialRecord:
-        records = self._table.records
-        if (
-            isinstance(trial_id, bool)
-            or not isinstance(trial_id, int)
-            or not 0 <= trial_id < len(records)
-        ):
-            raise TrialNotFoundError(trial_id, len(records))
-        return records[trial_id]
+        return self._table.records[self._table.records.checked(trial_id)]
+
+    def _trial_paths(self, trial_id: object) -> TrialPaths:
+        """Without the lock: only looks up, so a record stays packed (see ``_compact``)."""
+        return self._table.records.paths(self._table.records.checked(trial_id))
 
     def _trial_result(self, record: TrialRecord) -> TrialResult:
         return record.as_trial().add_results([], record.status, record.training_end_time)

@@ -27,6 +27,7 @@ from ..launchers._base import (
     RunNotStarted,
     RunStarted,
 )
+from ._compact import TrialRecords
 from ._gpus import GpuAllocator
 from ._limits import limit_reason
 from ._notify import FileWatcher
@@ -46,7 +47,8 @@ class TrialTable:
         allocator: Callable[[], GpuAllocator],
         watcher: Callable[[], FileWatcher],
     ) -> None:
-        self.records: list[TrialRecord] = []
+        # Looked up by id; those not live are kept packed (see ``_compact``).
+        self.records = TrialRecords()
         # Trials that may still change or have something to hand out: running,
         # with a process still ending, or with undelivered news. Only these are
         # looked at on every wait(), so its cost does not grow with the
@@ -72,7 +74,11 @@ class TrialTable:
         self.notifier: FileWatcher | None = None
 
     def live_records(self) -> list[TrialRecord]:
-        """The live trials, in id order; drops those that can no longer change."""
+        """The live trials, in id order; packs those that can no longer change.
+
+        Records unpacked since the last pass (a caller looked a trial up) are
+        packed again too, unless they became live.
+        """
         records = []
         for trial_id in sorted(self.live):
             record = self.records[trial_id]
@@ -80,7 +86,8 @@ class TrialTable:
                 records.append(record)
             else:
                 self.live.discard(trial_id)
-                record.compact()
+                self.records.pack(trial_id)
+        self.records.pack_again(self.live)
         return records
 
     # -- events ------------------------------------------------------------
