@@ -37,7 +37,8 @@ NON_DEFAULT: dict[str, Any] = {
     "exit_code": 3,
     "exit_signal": "SIGKILL",
     "stderr_tail": "Traceback\nValueError: bad",
-    "training_end_time": datetime.datetime(2026, 1, 2, 4, 0, 0, 1),
+    # The second 01:30 of a night the clocks go back (fold=1), which == does not tell.
+    "training_end_time": datetime.datetime(2026, 10, 25, 1, 30, 0, 1, fold=1),
     "failure_reason": "exit code 3",
     "failure_kind": "exit",
     "delete_checkpoint_on_exit": True,
@@ -77,6 +78,7 @@ def test_every_field_comes_back_from_a_packed_record(tmp_path: Path) -> None:
     assert back is not original and not records.is_packed(0)
     for name in NON_DEFAULT:
         assert getattr(back, name) == getattr(original, name), name
+    assert back.training_end_time is not None and back.training_end_time.fold == 1
     assert back.limits is original.limits  # shared, not copied
     assert back.paths.root == original.paths.root
     for reader in ("results_reader", "stdout_reader"):
@@ -91,12 +93,15 @@ def test_a_record_that_could_change_or_holds_an_odd_value_stays_unpacked(tmp_pat
     records = TrialRecords()
     running = TrialRecord.new(0, {}, ExperimentPaths(tmp_path).trial(0), None)
     odd = TrialRecord.new(1, {"when": object()}, ExperimentPaths(tmp_path).trial(1), None)
-    odd.status = Status.completed
-    for record in (running, odd):
+    aware = TrialRecord.new(2, {}, ExperimentPaths(tmp_path).trial(2), None)
+    aware.training_end_time = datetime.datetime.now(datetime.UTC)
+    for record in (odd, aware):
+        record.status = Status.completed
+    for record in (running, odd, aware):
         records.append(record)
         records.pack(record.trial_id)
-    assert not records.is_packed(0) and not records.is_packed(1)
-    assert records[1] is odd
+    assert not any(records.is_packed(t) for t in range(3))
+    assert records[1] is odd and records[2] is aware
 
 
 def _packed(backend: LocalBackend, trial_id: int) -> bool:

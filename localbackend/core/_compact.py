@@ -3,20 +3,22 @@
 A driver keeps a record for every trial of the experiment, for its life.
 Most trials have ended (or wait, paused) and nothing about them changes
 until the tuner touches them again. ``TrialRecords`` keeps such a record
-packed: its status and last metric in a small header, everything else in
-one ``marshal`` payload, about a seventh of the objects it stands for. Any
-access by id (``records[trial_id]``) unpacks it and keeps it unpacked; the
-table packs it again at its next pass once it is still not live (see
-``TrialTable.live_records``). So a caller never sees a packed record, and
-must not keep a record across passes (none does: each call looks records up
-by id).
+packed: its status, last metric and folder in a small header, everything
+else in one ``marshal`` payload, about a seventh of the objects it stands
+for. Any access by id (``records[trial_id]``) unpacks it and keeps it
+unpacked; the table packs it again at its next pass once it is still not
+live (see ``TrialTable.live_records``). So a caller never sees a packed
+record, and must not keep a record across passes: each call looks records
+up by id, and the table's ``failed_runs`` holds only running trials, which
+are never packed.
 
 What a record refers to that cannot be packed by value (the journal, the
 experiment folder's ``Path``, the limits, which most trials share) is kept
 once, in ``_shared``, and packed as its index there. A record with a value
 ``marshal`` cannot write (a config entry of some unusual type) simply stays
-unpacked. Retention ranks every trial by status and last metric, which
-``summaries`` gives without unpacking.
+unpacked, as does one with a datetime that has a time zone. Retention ranks
+every trial by status and last metric, which ``summaries`` gives without
+unpacking, and finds its checkpoints by ``paths``.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ _RUN_SETS = frozenset(
 )
 # The statuses of a record that can be packed (a running trial could change).
 _STATUSES = (Status.completed, Status.failed, Status.stopped, Status.paused)
-# Header: the status (its index in _STATUSES), whether there is a last metric, and it.
-_HEADER = struct.Struct("<BBd")
+# Header: the status (its index in _STATUSES), whether there is a last metric, it,
+# and the experiment folder's index in ``_shared``.
+_HEADER = struct.Struct("<BBdI")
 _MARSHAL_VERSION = 4
 # Naive datetimes are packed as microseconds since this one (exact, and small).
 _EPOCH = datetime.datetime(1970, 1, 1)
@@ -96,11 +99,6 @@ class TrialRecords:
             self._unpacked.add(trial_id)
         return item
 
-    def __iter__(self) -> Iterator[TrialRecord]:
-        """Every record, each unpacked (and packed again at the table's next pass)."""
-        for trial_id in range(len(self._items)):
-            yield self[trial_id]
-
     def append(self, record: TrialRecord) -> None:
         self._items.append(record)
 
@@ -119,7 +117,7 @@ class TrialRecords:
         item = self._items[trial_id]
         if isinstance(item, TrialRecord):
             return item.paths
-        return TrialPaths.of_trial(self._shared[marshal.loads(item[_HEADER.size:])[0]], trial_id)
+        return TrialPaths.of_trial(self._shared[_HEADER.unpack_from(item)[3]], trial_id)
 
     def summaries(self) -> Iterator[Summary]:
         """Each trial's status, whether a run of it is alive, and its last metric."""
@@ -127,7 +125,7 @@ class TrialRecords:
             if isinstance(item, TrialRecord):
                 yield Summary(trial_id, item.status, bool(item.alive_runs), item.last_metric)
             else:
-                status, has_metric, metric = _HEADER.unpack_from(item)
+                status, has_metric, metric, _root = _HEADER.unpack_from(item)
                 yield Summary(trial_id, _STATUSES[status], False, metric if has_metric else None)
 
     # -- packing -------------------------------------------------------------------
@@ -165,30 +163,33 @@ class TrialRecords:
             or type(record.stdout_reader) is not TuneMetricReader
         ):
             return None
-        state = (
-            self._share(paths.experiment_root),
-            self._share(record.journal),
-            self._share(record.limits),
-            _pack_plain(record),
-            record.results_reader.state(),
-            record.stdout_reader.state(),
-            _pack_time(record.creation_time),
-            _pack_time(record.training_end_time),
-        )
+        root = self._share(paths.experiment_root)
         try:
+            state = (
+                self._share(record.journal),
+                self._share(record.limits),
+                _pack_plain(record),
+                record.results_reader.state(),
+                record.stdout_reader.state(),
+                _pack_time(record.creation_time),
+                _pack_time(record.training_end_time),
+            )
             payload = marshal.dumps(state, _MARSHAL_VERSION)
-        except ValueError:  # a value marshal cannot write: the record stays as it is
+        except ValueError:  # a value not packed (see above): the record stays as it is
+            return None
+        if root >= 1 << 32:
             return None
         metric = record.last_metric
         header = _HEADER.pack(
-            _STATUSES.index(record.status), metric is not None, 0.0 if metric is None else metric
+            _STATUSES.index(record.status), metric is not None,
+            0.0 if metric is None else metric, root,
         )
         return header + payload
 
     def _unpack(self, trial_id: int, packed: bytes) -> TrialRecord:
-        (root, journal, limits, plain, results_state, stdout_state, creation,
+        (journal, limits, plain, results_state, stdout_state, creation,
          ended) = marshal.loads(packed[_HEADER.size:])
-        paths = TrialPaths.of_trial(self._shared[root], trial_id)
+        paths = TrialPaths.of_trial(self._shared[_HEADER.unpack_from(packed)[3]], trial_id)
         paths.forget()
         record = TrialRecord.new(
             trial_id, {}, paths, self._shared[journal], _unpack_time(creation)
@@ -217,15 +218,21 @@ def _pack_plain(record: TrialRecord) -> tuple[Any, ...]:
     return (mask, *values)
 
 
-def _pack_time(moment: Optional[datetime.datetime]) -> Union[int, str, None]:
-    if moment is None or moment.tzinfo is not None:
-        return None if moment is None else moment.isoformat()
-    return (moment - _EPOCH) // _MICROSECOND
+def _pack_time(moment: Optional[datetime.datetime]) -> Union[int, tuple[int, int], None]:
+    """A naive datetime as microseconds, with its ``fold`` (the repeated hour) when set."""
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        raise ValueError("a datetime with a time zone is not packed")
+    micros = (moment - _EPOCH) // _MICROSECOND
+    return (micros, moment.fold) if moment.fold else micros
 
 
-def _unpack_time(packed: Union[int, str, None]) -> Optional[datetime.datetime]:
-    if packed is None or isinstance(packed, str):
-        return None if packed is None else datetime.datetime.fromisoformat(packed)
+def _unpack_time(packed: Union[int, tuple[int, int], None]) -> Optional[datetime.datetime]:
+    if packed is None:
+        return None
+    if isinstance(packed, tuple):
+        return (_EPOCH + packed[0] * _MICROSECOND).replace(fold=packed[1])
     return _EPOCH + packed * _MICROSECOND
 
 

@@ -193,8 +193,10 @@ class TrialTable:
         if self.cpus is not None:
             self.cpus.release(record.trial_id)
         # No run is left to write: a later run is watched again once it starts.
-        self.watcher().unwatch(record.paths.results)
-        self.watcher().unwatch(record.paths.stdout)
+        # (The watcher ``watch`` used: none is opened for this, after a close.)
+        if self.notifier is not None:
+            self.notifier.unwatch(record.paths.results)
+            self.notifier.unwatch(record.paths.stdout)
         if record.delete_checkpoint_on_exit:
             record.delete_checkpoint_on_exit = False
             delete_checkpoint_folder(record.paths)

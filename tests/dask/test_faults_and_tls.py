@@ -120,12 +120,12 @@ def test_a_finished_run_whose_worker_dies_before_it_is_collected_never_runs_agai
         assert backend.busy_trial_ids() == []
 
 
-def test_a_sigkilled_scheduler_fails_the_running_trials_as_lost_and_ends_their_trees(
+def test_a_sigkilled_scheduler_fails_the_running_trials_as_lost_once_their_trees_end(
     own_cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The driver's client loses the scheduler, and so do the workers, which
-    # close; their supervisors then end the trees. The trials fail as lost,
-    # no process of theirs is left, and closing the backend does not raise.
+    # close and end their trees. The trials fail as lost once no process of
+    # theirs is left, and closing the backend does not raise.
     cluster = own_cluster
     with backend_on(cluster, tmp_path / "exp", "checkpointing.py") as backend:
         ids = [backend.start_trial({"epochs": 1000, "block_at": 0}).trial_id for _ in range(2)]
@@ -137,13 +137,39 @@ def test_a_sigkilled_scheduler_fails_the_running_trials_as_lost_and_ends_their_t
         statuses, _ = collect(
             backend, ids, lambda s, _r: all(s[t][1] == "Failed" for t in ids), timeout=DEADLINE
         )
+        pids = [p for r in records.values() for p in (r["pid"], r["keeper"])]
+        assert alive(pids) == [], f"a trial ended before its tree\n{format_logs(backend)}"
         for trial_id in ids:
             assert statuses[trial_id][0].failure_kind == "lost", statuses[trial_id][0]
         assert backend.busy_trial_ids() == []
-        wait_gone([p for r in records.values() for p in (r["pid"], r["keeper"])],
-                  timeout=DEADLINE)
     # Closing could not reach the scheduler, and said so instead of raising.
     assert "could not reach the Dask scheduler" in caplog.text
+
+
+def test_a_worker_closed_gracefully_never_has_its_run_started_again_elsewhere(
+    own_cluster: Cluster, tmp_path: Path
+) -> None:
+    # SIGTERM makes a worker close gracefully, and Dask may then compute its
+    # running tasks again on another worker. The run must not start a second
+    # time, and the trial must not end while its tree still runs.
+    cluster = own_cluster
+    with backend_on(cluster, tmp_path / "exp", "checkpointing.py") as backend:
+        trial_id = backend.start_trial({"epochs": 1000, "block_at": 0}).trial_id
+        collect(backend, [trial_id], blocked_at_start([trial_id]), timeout=DEADLINE)
+        record = run_record(backend, trial_id, 0)
+        victim = cluster.worker_running(record["keeper"])
+        assert victim is not None, cluster.logs()
+        cluster.workers[victim].terminate()
+        statuses, _ = collect(
+            backend, [trial_id], lambda s, _r: s[trial_id][1] != "InProgress", timeout=DEADLINE
+        )
+        assert alive([record["pid"], record["keeper"]]) == [], \
+            f"the trial ended before its tree: {statuses[trial_id][0]}\n{format_logs(backend)}"
+        assert statuses[trial_id][1] in ("Failed", "Completed"), format_logs(backend)
+        assert "".join(backend.stdout(trial_id)).count("starting at epoch") == 1, \
+            format_logs(backend)
+        assert backend.busy_trial_ids() == []
+        cluster.workers.pop(victim).wait()
 
 
 def blocked_at_start(trial_ids: list[int]) -> Any:

@@ -1,5 +1,8 @@
 """Reaching a Dask cluster: a scheduler address, a client, or a ``LocalCluster`` started here.
 
+``check_options`` checks the launcher's other options first, so that a bad
+value is our error before anything is reached.
+
 Dask must never run a trial a second time behind the backend's back: the
 scheduler's ``allowed_failures`` is set to 0, so a task whose worker dies
 fails with ``KilledWorker`` instead of being re-run elsewhere (for an
@@ -8,6 +11,7 @@ external scheduler this changes that scheduler's setting for every client).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -29,6 +33,24 @@ class Connection:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def check_options(**options: Any) -> None:
+    """Our error naming the first of ``DaskLauncher``'s options that is not valid."""
+    for name in ("connect_timeout", "poll_interval", "lease_timeout"):
+        value = options[name]
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value <= 0):
+            raise BackendConfigurationError(
+                name, value, "must be a finite number of seconds > 0",
+                "Use for example connect_timeout=10, poll_interval=0.05, lease_timeout=10.",
+            )
+    gpus = options["gpus_per_trial"]
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise BackendConfigurationError(
+            "gpus_per_trial", gpus, "must be a whole number >= 0",
+            "Use 0 for CPU trials, or the GPUs each trial needs.",
+        )
 
 
 def connect(target: Any, security: Any, timeout: float) -> Connection:

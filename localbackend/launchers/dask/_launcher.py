@@ -10,23 +10,16 @@ runs the tree with ``Client.run`` from a thread of their own, so that
 ``terminate`` returns at once. The lease (``_lease``) ends the trees if this
 driver dies.
 
-A task can end while its tree runs on: cancelled by another client, or lost
-by a scheduler that restarted, while its worker lives. Its tree is then sent
-the stop, and the run's end is reported only once the tree's keeper is gone
-(looked at as for a run of an earlier driver), so that the trial's slot, a
-retry or its next run never comes while the tree still runs.
-
-A task's outcome can also be lost after it returned, with the worker that
-held it, before the driver collected it. Dask then computes the task again
-for the driver, which still wants it; that computation finds that the run
-already started (``_task``) and says so without starting it, and the run's
-end is then what its keeper recorded in ``exit.json``.
+A task can end while its tree still runs: cancelled, lost by a scheduler
+that restarted, or with a worker that dies or closes. Its end is then told
+only once the tree is gone (``_followed``), so that no retry or next run
+comes beside it. A task computed again after its outcome was lost with its
+worker finds that its run started (``_task``) and does not start it again.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
 import threading
 import time
@@ -36,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..._errors import BackendConfigurationError, SupervisorError
+from ..._errors import SupervisorError
 from ..._log import LazyLogger
 from ..._paths import ExperimentPaths, TrialPaths
 from .._base import (
@@ -51,8 +44,8 @@ from .._base import (
 from ..local._launcher import LocalLauncher, attached_run_end
 from . import _task as task
 from ._calls import WorkerCalls
-from ._connect import connect
-from ._followed import FollowedRuns
+from ._connect import check_options, connect
+from ._followed import FollowedRuns, started_run
 from ._lease import LeaseWriter
 from ._outcomes import end_event, failure_event, started_event, worker_died
 from ._shared import check_shared_folder
@@ -104,20 +97,8 @@ class DaskLauncher(Launcher):
         poll_interval: float = 0.05,
         lease_timeout: float = 10.0,
     ) -> None:
-        for name, value in (("connect_timeout", connect_timeout),
-                            ("poll_interval", poll_interval), ("lease_timeout", lease_timeout)):
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or value <= 0):
-                raise BackendConfigurationError(
-                    name, value, "must be a finite number of seconds > 0",
-                    "Use for example connect_timeout=10, poll_interval=0.05, lease_timeout=10.",
-                )
-        if isinstance(gpus_per_trial, bool) or not isinstance(gpus_per_trial, int) \
-                or gpus_per_trial < 0:
-            raise BackendConfigurationError(
-                "gpus_per_trial", gpus_per_trial, "must be a whole number >= 0",
-                "Use 0 for CPU trials, or the GPUs each trial needs.",
-            )
+        check_options(connect_timeout=connect_timeout, poll_interval=poll_interval,
+                      lease_timeout=lease_timeout, gpus_per_trial=gpus_per_trial)
         self._connection = connect(scheduler, security, float(connect_timeout))
         self._capabilities = LauncherCapabilities(
             detach=True, local_files=False, host_gpus=False, poll_interval=float(poll_interval)
@@ -234,10 +215,10 @@ class DaskLauncher(Launcher):
                 kind, payload = self._inbox.popleft()
                 if kind == "started":
                     self._started(payload, out)
-                else:
+                elif kind == "done":
                     self._ended(payload, out)
             for key in [k for k in self._recomputing
-                        if self._runs[k].future.status not in _NOT_DONE]:
+                        if k not in self._runs or self._runs[k].future.status not in _NOT_DONE]:
                 self._recomputing.discard(key)
                 self._ended(key, out)
             for end in self._followed.ends(self.is_alive):
@@ -246,8 +227,16 @@ class DaskLauncher(Launcher):
             return out
 
     def _started(self, message: Mapping[str, Any], out: list[RunEvent]) -> None:
-        run = self._runs.get((int(message["trial"]), int(message["run"])))
-        if run is None or run.started:
+        key = (int(message["trial"]), int(message["run"]))
+        run = self._runs.get(key)
+        if run is None:
+            # A start heard after its task was given up on (cancelled before
+            # its start came): nothing follows that tree, so it is ended.
+            if message.get("host") and key not in self._followed:
+                self._worker_calls.send(task.terminate_run, self._token, *key,
+                                        workers=[str(message["host"])])
+            return
+        if run.started:
             return
         run.started, run.address = True, str(message.get("host") or "")
         event = started_event(message)
@@ -276,7 +265,13 @@ class DaskLauncher(Launcher):
             except Exception as err:
                 outcome = {"ev": "run_lost", "host": run.address, "error": str(err)}
             if outcome.get("ev") == task.RAN_BEFORE:
-                # Computed again after its outcome was lost: the run had ended.
+                # Computed again after its outcome was lost: the run started
+                # before. Its end is what its keeper wrote, once it is gone
+                # (a worker that closed gracefully may still be ending it).
+                handle = run.handle or started_run(trial_id, number, run.spec.paths)
+                if handle is not None:
+                    self._followed.attach(handle, run.spec.paths, run.spec.grace_period)
+                    return
                 out.append(attached_run_end(trial_id, number, run.spec.paths))
                 self._submit_next(trial_id, out)
                 return
@@ -291,11 +286,19 @@ class DaskLauncher(Launcher):
             except Exception as err:  # cancelled, or the scheduler is gone
                 error = err
             event = failure_event(trial_id, number, error, run.address, run.started)
-            if run.handle is not None and not worker_died(error):
-                # The task is gone, not its worker: the tree may run on there.
-                self._worker_calls.send(task.terminate_run, self._token, trial_id, number,
-                                        workers=[run.address])
-                self._followed.orphan(run.handle, event)
+            handle = run.handle or started_run(trial_id, number, run.spec.paths)
+            if not worker_died(error):
+                # The task is gone, not its worker: the tree may run on there,
+                # or start, if the task is still on its way to starting it.
+                if self._lease is not None:
+                    self._lease.cancel(trial_id, number)
+                if handle is not None:
+                    self._worker_calls.send(task.terminate_run, self._token, trial_id, number,
+                                            workers=[handle.host] if handle.host else None)
+            if handle is not None:
+                # A worker that died or closes has its supervisor end its trees:
+                # the end is told once the keeper wrote it (or patience ran out).
+                self._followed.orphan(handle, run.spec.paths, event, run.spec.grace_period)
                 return
             out.append(event)
         self._submit_next(trial_id, out)
@@ -402,6 +405,7 @@ class DaskLauncher(Launcher):
                 self._ready.append(RunLost(trial_id, run, "still running when the launcher "
                                            "shut down; ended with its session"))
             self._runs.clear()
+            self._recomputing.clear()
             self._ready.extend(self._followed.clear())
         self._release(end_sessions=True)
 

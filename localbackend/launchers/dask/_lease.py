@@ -101,7 +101,7 @@ class LeaseWatch:
         return STALE if now - self._changed > self.timeout else FRESH
 
     def cancelled(self, trial_id: int, run: int) -> bool:
-        """Whether the driver stopped ``run`` of ``trial_id`` before it started (or is gone)."""
+        """Whether the driver stopped ``run`` of ``trial_id`` before it started, or closed."""
         record = read_json_object(self.path)
         if record is None or record.get("closed"):
             return record is not None

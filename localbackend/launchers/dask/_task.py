@@ -34,6 +34,8 @@ RAN_BEFORE = "ran_before"
 _SESSION_END_SECONDS = 10.0
 # How long a task waits for its run's events before it looks again.
 _WAIT_SECONDS = 1.0
+# The states of a worker that is going away (``distributed.core.Status`` names).
+_CLOSING = frozenset({"closing", "closed", "failed"})
 
 _gpu_lock = threading.Lock()
 _gpu_holders: dict[int, list[str]] = {}
@@ -71,14 +73,15 @@ def run_on_worker(
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         command = spawn_command(spec, executable=resolve_program(spec.argv[0]), env=env)
         session = sessions.session_for(token, detach, watch)
+        if _ran_before(spec):  # first: a run stopped after it started is named as well
+            return {"ev": RAN_BEFORE, "host": address}
         if watch.cancelled(spec.trial_id, spec.run):
             return {"ev": "cancelled", "host": address}  # stopped while it waited for a worker
-        if _ran_before(spec):
-            return {"ev": RAN_BEFORE, "host": address}
         try:
             key = session.spawn(command)
         except Exception as err:  # SupervisorError, OSError, or a driver just gone
             return {"ev": "spawn_failed", "host": address, "error": str(err)}
+        ending = False
         while True:
             for event in session.next_events(key, _WAIT_SECONDS):
                 if event["ev"] == "started":
@@ -86,6 +89,12 @@ def run_on_worker(
                     worker.log_event(topic, started)
                 elif event["ev"] in sessions.RUN_ENDS:
                     return dict(event, host=address, started=started)
+            if not ending and getattr(worker.status, "name", "") in _CLOSING:
+                # The worker closes (SIGTERM, or told to): the scheduler has
+                # given up on this task, so the tree is ended now, not when
+                # the worker's process is gone.
+                ending = True
+                session.terminate(spec.trial_id, spec.run)
     finally:
         _give_back_gpus(holder)
 
