@@ -271,12 +271,7 @@ def _live_keeper(
     """The run, if what supervises it is still the process it was."""
     if not known.get("keeper"):
         return None
-    handle = RunHandle(
-        trial_id, run, pid=int(known.get("pid") or 0),
-        create_time=float(known.get("create_time") or 0.0), keeper=int(known["keeper"]),
-        keeper_create_time=float(known.get("keeper_create_time") or 0.0),
-        host=str(known.get("host") or ""),
-    )
+    handle = RunHandle.of_start(trial_id, run, known, str(known.get("host") or ""))
     return handle if launcher.is_alive(handle) else None
 
 

@@ -102,6 +102,17 @@ class RunHandle:
     keeper_create_time: float
     host: str = ""
 
+    @classmethod
+    def of_start(
+        cls, trial_id: int, run: int, start: Mapping[str, Any], host: str = ""
+    ) -> RunHandle:
+        """The handle in a keeper's record of a start: its ``started`` event, or ``run.json``."""
+        return cls(
+            trial_id, run, pid=int(start.get("pid") or 0),
+            create_time=float(start.get("create_time") or 0.0), keeper=int(start["keeper"]),
+            keeper_create_time=float(start.get("keeper_create_time") or 0.0), host=host,
+        )
+
 
 @dataclass(frozen=True)
 class RunStarted:

@@ -38,11 +38,7 @@ def started_run(trial_id: int, run: int, paths: TrialPaths) -> Optional[RunHandl
     record = read_json_object(paths.run_record)
     if record is None or record.get("run") != run or not record.get("keeper"):
         return None
-    return RunHandle(
-        trial_id, run, pid=int(record.get("pid") or 0),
-        create_time=float(record.get("create_time") or 0.0), keeper=int(record["keeper"]),
-        keeper_create_time=float(record.get("keeper_create_time") or 0.0), host="",
-    )
+    return RunHandle.of_start(trial_id, run, record)
 
 
 @dataclass

@@ -169,12 +169,7 @@ def typed_event(event: Mapping[str, Any], host: str) -> RunEvent:
     kind = event["ev"]
     trial_id, run = int(event["trial"]), int(event["run"])
     if kind == "started":
-        handle = RunHandle(
-            trial_id, run, pid=int(event["pid"]), create_time=float(event["create_time"]),
-            keeper=int(event["keeper"]), keeper_create_time=float(event["keeper_create_time"]),
-            host=host,
-        )
-        return RunStarted(trial_id, run, handle)
+        return RunStarted(trial_id, run, RunHandle.of_start(trial_id, run, event, host))
     if kind == "exited":
         return RunExited.from_record(event)
     if kind == "spawn_failed":
