@@ -185,3 +185,34 @@ def test_a_checkpoint_saved_in_the_target_is_a_new_folder_and_the_source_keeps_i
         assert checkpoint.load_json(directory=target) == {"epoch": 4}
         shared = {os.stat(p).st_ino for p in target.rglob("*") if p.is_file()}
         assert shared.isdisjoint(inodes.values())
+
+
+def test_a_published_tree_is_linked_whole_with_its_symlinks_and_folder_modes(
+    tmp_path: Path,
+) -> None:
+    paths = TrialPaths(tmp_path / "0")
+    with checkpoint.save(directory=paths.checkpoints) as folder:
+        deep = folder / "shards" / "layer-0" / "part"
+        deep.mkdir(parents=True)
+        for index in range(20):
+            (deep / f"{index}.bin").write_bytes(bytes([index]) * 100)
+        (folder / "shards" / "latest").symlink_to("layer-0")  # relative, inside
+        (folder / "outside").symlink_to(tmp_path)  # must stay a link, never followed
+        (folder / "shards").chmod(0o750)
+    published = checkpoint.latest(directory=paths.checkpoints)
+    assert published is not None
+    before = tree_digest(paths.checkpoints)
+    target = TrialPaths(tmp_path / "1")
+    _storage.copy_checkpoint_folder(paths, target)
+    copied = target.checkpoints / published.name
+    assert tree_digest(target.checkpoints) == before
+    for original in published.rglob("*"):
+        twin = copied / original.relative_to(published)
+        if original.is_symlink():
+            assert twin.is_symlink() and os.readlink(twin) == os.readlink(original), twin
+        elif original.is_dir():
+            assert twin.is_dir() and not twin.is_symlink(), twin
+            assert stat.S_IMODE(twin.stat().st_mode) == stat.S_IMODE(original.stat().st_mode)
+        else:
+            assert os.stat(twin).st_ino == os.stat(original).st_ino, twin
+    assert stat.S_IMODE((copied / "shards").stat().st_mode) == 0o750

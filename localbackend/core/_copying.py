@@ -1,17 +1,24 @@
 """How a checkpoint's files are copied: hard links where that is safe, fast copies elsewhere.
 
-``TreeCopier.copy_file`` is the ``copy_function`` of the ``shutil.copytree``
-that ``_storage.copy_checkpoint_folder`` runs into its staging folder:
+``_storage.copy_checkpoint_folder`` copies a checkpoint folder into its
+staging folder in two parts, both through one ``TreeCopier``:
 
-- a file inside a published ``checkpoint.save()`` folder (``ckpt-<digits>``
-  at the top of the checkpoint folder) is hard-linked, and the shared file
-  loses its write permission. ``checkpoint.save()`` never writes a published
-  folder again (a new checkpoint is a new folder; old ones are unlinked), so
-  neither trial can change the other's copy through it; a script that opens
-  such a file for writing gets ``PermissionError`` instead of writing through
-  to the other trial (root ignores file modes: see the README);
-- every other file (Syne Tune style files written straight into the folder,
-  which scripts do rewrite in place) is copied for real: a reflink
+- the published ``checkpoint.save()`` folders (``ckpt-<digits>`` at the top
+  of the checkpoint folder) are linked by ``TreeCopier.link_published``: each
+  file is hard-linked, and the shared file loses its write permission.
+  ``checkpoint.save()`` never writes a published folder again (a new
+  checkpoint is a new folder; old ones are unlinked), so neither trial can
+  change the other's copy through it; a script that opens such a file for
+  writing gets ``PermissionError`` instead of writing through to the other
+  trial (root ignores file modes: see the README). The walk works relative to
+  open folder descriptors, so that no path is joined in Python or looked up
+  again by the kernel for each file: a checkpoint of thousands of small
+  files costs about what its links alone cost;
+- everything else (Syne Tune style files written straight into the folder,
+  which scripts do rewrite in place) goes through the ``shutil.copytree``
+  whose ``ignore`` is ``TreeCopier.ignore`` (which leaves out the published
+  folders and unfinished saves) and whose ``copy_function`` is
+  ``TreeCopier.copy_file``: each file is copied for real, a reflink
   (``FICLONE``) where the filesystem has them, else ``os.copy_file_range``
   (in the kernel), else ``os.sendfile``;
 - a link that the filesystem refuses (another filesystem, no hard links, too
@@ -34,6 +41,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from .. import _protocol as proto
 from .._files import fsync_directory, fsync_tree, published_checkpoints
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int), share a whole file's blocks
@@ -46,6 +54,7 @@ _NO_CLONES = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.
 _NO_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP,
              errno.EBADF, errno.EPERM}
 _WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+_DIRECTORY = os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 class TreeCopier:
@@ -53,19 +62,26 @@ class TreeCopier:
 
     def __init__(self, source: str | os.PathLike[str]) -> None:
         self.source = os.path.abspath(source)
-        # copytree joins each name onto the folder as it was given.
-        self._given = os.path.join(os.fspath(source), "")
-        self.shared = {os.path.basename(path) for _, path in published_checkpoints(source)}
+        self.shared = [os.path.basename(path) for _, path in published_checkpoints(source)]
         self.link = True
         self.clone = True
         self.copy_range = hasattr(os, "copy_file_range")
         self.linked = self.cloned = self.copied = 0
+        # The folders of the copy, parents first, relative to the staging folder.
+        self.folders: list[str] = []
+        self._staging = ""
+
+    def ignore(self, folder: str, names: list[str]) -> set[str]:
+        """``copytree``'s ``ignore``: unfinished saves, and the published folders it links."""
+        left_out = {name for name in names if name.startswith(proto.CHECKPOINT_TMP_PREFIX)}
+        folder = os.path.abspath(folder)
+        if folder == self.source:
+            left_out.update(self.shared)
+        self.folders.append(os.path.relpath(folder, self.source))  # copytree makes it next
+        return left_out
 
     def copy_file(self, src: str, dst: str) -> str:
-        """``copytree``'s ``copy_function``: link, clone or copy ``src`` to ``dst``."""
-        if self.link and self._is_shared(src) and self._link(src, dst):
-            self.linked += 1
-            return dst
+        """``copytree``'s ``copy_function``: a real copy of ``src`` at ``dst``."""
         if not stat.S_ISREG(os.lstat(src).st_mode):
             import shutil
 
@@ -78,20 +94,68 @@ class TreeCopier:
         shutil.copystat(src, dst)
         return dst
 
-    def _is_shared(self, src: str) -> bool:
-        if src.startswith(self._given):  # as copytree passes it: no relpath per file
-            relative = src[len(self._given):]
-        else:
-            relative = os.path.relpath(src, self.source)
-        top = relative.split(os.sep, 1)[0]
-        return top in self.shared and top != relative
+    def link_published(self, staging: str | os.PathLike[str]) -> None:
+        """Link every published folder of the source into ``staging`` (which exists)."""
+        staging = self._staging = os.fspath(staging)
+        for name in self.shared:
+            source = os.path.join(self.source, name)
+            target = os.path.join(staging, name)
+            source_fd = os.open(source, _DIRECTORY)
+            try:
+                os.mkdir(target, 0o700)
+                self.folders.append(name)
+                target_fd = os.open(target, _DIRECTORY)
+                try:
+                    self._link_folder(source_fd, target_fd, source, target)
+                finally:
+                    os.close(target_fd)
+            finally:
+                os.close(source_fd)
+            import shutil
 
-    def _link(self, src: str, dst: str) -> bool:
+            shutil.copystat(source, target)  # what copytree does for each folder
+
+    def _link_folder(self, source_fd: int, target_fd: int, source: str, target: str) -> None:
+        """Link (or, where refused, copy) what the folder ``source_fd`` holds into ``target_fd``."""
+        with os.scandir(source_fd) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(proto.CHECKPOINT_TMP_PREFIX):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    self._link_subfolder(source_fd, target_fd, name, source, target)
+                elif entry.is_symlink():
+                    _copy_symlink(os.path.join(source, name), os.path.join(target, name))
+                elif not (self.link and self._link(source_fd, target_fd, name)):
+                    self.copy_file(os.path.join(source, name), os.path.join(target, name))
+
+    def _link_subfolder(
+        self, source_fd: int, target_fd: int, name: str, source: str, target: str
+    ) -> None:
+        os.mkdir(name, 0o700, dir_fd=target_fd)
+        self.folders.append(os.path.relpath(os.path.join(target, name), self._staging))
+        inner_source = os.open(name, _DIRECTORY, dir_fd=source_fd)
         try:
-            before = os.lstat(src)
+            inner_target = os.open(name, _DIRECTORY, dir_fd=target_fd)
+            try:
+                self._link_folder(inner_source, inner_target, os.path.join(source, name),
+                                  os.path.join(target, name))
+            finally:
+                os.close(inner_target)
+        finally:
+            os.close(inner_source)
+        import shutil
+
+        shutil.copystat(os.path.join(source, name), os.path.join(target, name))
+
+    def _link(self, source_fd: int, target_fd: int, name: str) -> bool:
+        """Hard-link one regular file and take away its write permission; False to copy it."""
+        try:
+            before = os.stat(name, dir_fd=source_fd, follow_symlinks=False)
             if not stat.S_ISREG(before.st_mode):
-                return False
-            os.link(src, dst, follow_symlinks=False)
+                return False  # copied as copytree copies it (a fifo or device raises)
+            os.link(name, name, src_dir_fd=source_fd, dst_dir_fd=target_fd,
+                    follow_symlinks=False)
         except OSError as err:
             if err.errno in _NO_LINKS:
                 self.link = False
@@ -101,11 +165,12 @@ class TreeCopier:
         mode = stat.S_IMODE(before.st_mode)
         if mode & _WRITE_BITS:
             try:
-                os.chmod(dst, mode & ~_WRITE_BITS)
+                os.chmod(name, mode & ~_WRITE_BITS, dir_fd=target_fd)
             except OSError:
                 # A file we cannot make read-only is not shared: copy it instead.
-                os.unlink(dst)
+                os.unlink(name, dir_fd=target_fd)
                 return False
+        self.linked += 1
         return True
 
     def _copy_data(self, src: str, dst: str) -> None:
@@ -152,6 +217,14 @@ class TreeCopier:
             offset += done
 
 
+def _copy_symlink(source: str, target: str) -> None:
+    """A symlink copied as a link, never followed, as ``copytree(symlinks=True)`` copies it."""
+    import shutil
+
+    os.symlink(os.readlink(source), target)
+    shutil.copystat(source, target, follow_symlinks=False)
+
+
 def make_durable(folder: Path, copier: TreeCopier) -> None:
     """Make the copy in ``folder`` survive a crash, in as few flushes as it needs."""
     if copier.copied or copier.cloned:
@@ -159,8 +232,8 @@ def make_durable(folder: Path, copier: TreeCopier) -> None:
             return
         fsync_tree(folder)
         return
-    for parent, _subfolders, _files in os.walk(folder, topdown=False):
-        fsync_directory(parent)
+    for relative in reversed(copier.folders):  # each folder after the folders in it
+        fsync_directory(os.path.join(folder, relative))
 
 
 def sync_filesystem(folder: Path) -> bool:

@@ -56,10 +56,6 @@ def has_checkpoint(paths: TrialPaths) -> bool:
         return False
 
 
-def _ignore_unpublished(folder: str, names: list[str]) -> set[str]:
-    return {name for name in names if name.startswith(proto.CHECKPOINT_TMP_PREFIX)}
-
-
 def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
     """Copy ``src``'s checkpoint folder over ``tgt``'s, all or nothing.
 
@@ -101,9 +97,10 @@ def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
             copier = TreeCopier(src.checkpoints)
             try:
                 shutil.copytree(
-                    src.checkpoints, staging, symlinks=True, ignore=_ignore_unpublished,
+                    src.checkpoints, staging, symlinks=True, ignore=copier.ignore,
                     copy_function=copier.copy_file,
                 )
+                copier.link_published(staging)
                 break
             except (FileNotFoundError, shutil.Error):
                 shutil.rmtree(staging, ignore_errors=True)
