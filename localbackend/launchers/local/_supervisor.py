@@ -265,6 +265,10 @@ class _Supervisor:
         """Mark a run asking for preloaded modules ``warm``, or say why it starts cold."""
         reason = self.zygote.verdict(spec)
         spec["warm"] = reason is None
+        if reason is None:
+            # Imported here, once, rather than by each keeper after its fork:
+            # the keeper forks the trial with it (it imports random and runpy).
+            from . import _warm_child  # noqa: F401
         first = reason is not None and self.zygote.note_once(reason)
         write_event(
             self.event_fd,

@@ -155,7 +155,9 @@ class Zygote:
     def _program_reason(spec: Mapping[str, Any]) -> Optional[str]:
         argv = list(spec.get("argv") or ())
         executable = str(spec.get("executable") or "")
-        if os.path.realpath(executable) != os.path.realpath(sys.executable):
+        if executable != sys.executable and (
+            os.path.realpath(executable) != os.path.realpath(sys.executable)
+        ):
             return (
                 f"the trial runs {executable}, not the Python the supervisor runs "
                 f"({sys.executable}); only Python entry points start warm"
