@@ -89,6 +89,24 @@ def test_every_field_comes_back_from_a_packed_record(tmp_path: Path) -> None:
     assert (summary.status, summary.alive, summary.last_metric) == (Status.failed, False, 0.125)
 
 
+def test_a_packed_trial_reads_as_its_record_would_without_being_unpacked(
+    tmp_path: Path,
+) -> None:
+    original = _record(tmp_path)
+    records = TrialRecords()
+    records.append(original)
+    records.pack(0)
+    light = records.packed_trial(0)
+    assert light is not None and records.is_packed(0)
+    back = records[0]
+    assert records.packed_trial(0) is None  # unpacked now: read from the record
+    trial, status = light
+    assert status == back.status == Status.failed
+    assert dataclasses.asdict(trial) == dataclasses.asdict(back.as_trial())
+    assert trial.training_end_time is not None and trial.training_end_time.fold == 1
+    assert trial.config is not original.config  # the tuner gets its own copy
+
+
 def test_a_record_that_could_change_or_holds_an_odd_value_stays_unpacked(tmp_path: Path) -> None:
     records = TrialRecords()
     running = TrialRecord.new(0, {}, ExperimentPaths(tmp_path).trial(0), None)
@@ -149,6 +167,8 @@ def test_finished_trials_read_the_same_packed_as_unpacked(experiment_dir: Path) 
             assert dataclasses.asdict(again[trial_id][0]) == \
                 dataclasses.asdict(statuses[trial_id][0])
         assert again[ids[1]][0].exit_code == 3
+        # The fetch read them from their packed bytes: they were not unpacked.
+        assert all(backend._table.records.is_packed(t) for t in ids)
 
 
 def test_retention_ranks_packed_trials_and_deletes_a_packed_ones_checkpoint(

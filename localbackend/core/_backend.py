@@ -332,9 +332,9 @@ class LocalBackend(BackendCore, TrialLogs):
         it; results of different trials are merged by worker timestamp.
         """
         with self._lock:
-            records = [self._record(trial_id) for trial_id in trial_ids]
+            checked = [self._table.records.checked(trial_id) for trial_id in trial_ids]
             self._table.pump()
-            return self._table.deliver(records)
+            return self._table.deliver(checked)
 
     def busy_trial_ids(self) -> list[tuple[int, str]]:
         """Trials running (``InProgress``) or winding down after a pause or stop (``Stopping``)."""

@@ -10,7 +10,9 @@ unpacked; the table packs it again at its next pass once it is still not
 live (see ``TrialTable.live_records``). So a caller never sees a packed
 record, and must not keep a record across passes: each call looks records
 up by id, and the table's ``failed_runs`` holds only running trials, which
-are never packed.
+are never packed. A fetch of a packed trial, which delivers nothing new,
+needs only its ``Trial`` and status: ``packed_trial`` reads them from the
+packed bytes, and the record stays packed.
 
 What a record refers to that cannot be packed by value (the journal, the
 experiment folder's ``Path``, the limits, which most trials share) is kept
@@ -32,7 +34,7 @@ from typing import Any, Optional, Union
 
 from .._errors import TrialNotFoundError
 from .._paths import TrialPaths
-from .._types import Status
+from .._types import Status, Trial
 from ._results import ResultsReader, TuneMetricReader
 from ._trials import NO_RUNS, TrialRecord, with_run
 
@@ -119,6 +121,32 @@ class TrialRecords:
             return item.paths
         return TrialPaths.of_trial(self._shared[_HEADER.unpack_from(item)[3]], trial_id)
 
+    def packed_trial(self, trial_id: int) -> Optional[tuple[Trial, str]]:
+        """A packed trial's ``Trial`` and status, as its record gives them; None if not packed.
+
+        The record is not unpacked: a tuner that fetches ended trials on every
+        poll pays neither an unpack nor, at the next pass, a pack again.
+        """
+        item = self._items[trial_id]
+        if not isinstance(item, bytes):
+            return None
+        status, _has_metric, _metric, root = _HEADER.unpack_from(item)
+        state = marshal.loads(memoryview(item)[_HEADER.size:])
+        fields = dict(_plain_values(state[2]))
+        trial = Trial(
+            trial_id=trial_id,
+            config=fields.get("config") or {},
+            creation_time=_unpack_time(state[5]) or datetime.datetime.now(),  # as new() does
+            exit_code=fields.get("exit_code"),
+            exit_signal=fields.get("exit_signal"),
+            stderr_tail=fields.get("stderr_tail", ""),
+            trial_dir=TrialPaths.of_trial(self._shared[root], trial_id).root,
+            training_end_time=_unpack_time(state[6]),
+            failure_reason=fields.get("failure_reason"),
+            failure_kind=fields.get("failure_kind"),
+        )
+        return trial, _STATUSES[status]
+
     def summaries(self) -> Iterator[Summary]:
         """Each trial's status, whether a run of it is alive, and its last metric."""
         for trial_id, item in enumerate(self._items):
@@ -194,12 +222,8 @@ class TrialRecords:
         record = TrialRecord.new(
             trial_id, {}, paths, self._shared[journal], _unpack_time(creation)
         )
-        mask, *values = plain
-        given = iter(values)
-        for bit, name in enumerate(_PLAIN):
-            if mask >> bit & 1:
-                value = next(given)
-                setattr(record, name, _run_set(value) if name in _RUN_SETS else value)
+        for name, value in _plain_values(plain):
+            setattr(record, name, _run_set(value) if name in _RUN_SETS else value)
         record.results_reader.set_state(results_state)
         record.stdout_reader.set_state(stdout_state)
         record.training_end_time = _unpack_time(ended)
@@ -216,6 +240,15 @@ def _pack_plain(record: TrialRecord) -> tuple[Any, ...]:
             mask |= 1 << bit
             values.append(value)
     return (mask, *values)
+
+
+def _plain_values(plain: tuple[Any, ...]) -> Iterator[tuple[str, Any]]:
+    """The packed plain fields, each ``(name, value)``: those not at their default."""
+    mask, *values = plain
+    given = iter(values)
+    for bit, name in enumerate(_PLAIN):
+        if mask >> bit & 1:
+            yield name, next(given)
 
 
 def _pack_time(moment: Optional[datetime.datetime]) -> Union[int, tuple[int, int], None]:

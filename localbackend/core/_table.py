@@ -345,13 +345,22 @@ class TrialTable:
                     _note_metric(record, new, self.metric)
 
     def deliver(
-        self, records: Iterable[TrialRecord]
+        self, trial_ids: Iterable[int]
     ) -> tuple[dict[int, tuple[Trial, str]], list[tuple[int, dict[str, Any]]]]:
-        """Hand out every queued result of ``records``, each exactly once."""
+        """Hand out every queued result of the trials ``trial_ids``, each exactly once.
+
+        A packed trial has nothing queued and nothing more to read (see
+        ``_compact``): its status is read without unpacking it.
+        """
         streams: list[list[tuple[int, dict[str, Any]]]] = []
         statuses: dict[int, tuple[Trial, str]] = {}
         notified = self.begin_pass()
-        for record in records:
+        for trial_id in trial_ids:
+            settled = self.records.packed_trial(trial_id)
+            if settled is not None:
+                statuses[trial_id] = settled
+                continue
+            record = self.records[trial_id]
             self.ingest(record, notified=notified)
             delivered = False
             for queue in (record.from_results_file, record.from_stdout):
