@@ -197,3 +197,71 @@ def test_a_watch_dropped_while_the_queue_overflowed_is_added_again(
     readable, _, _ = select.select([watcher.fileno()], [], [], 10.0)
     assert readable, "a write to the file under the old name did not wake the watcher"
     assert _pass_reads(watcher, a, x, y) == [True, False, False]
+
+
+def _owners(watcher: FileWatcher, *, every_trial: bool = True) -> set[int] | None:
+    """One pass: the trials it must visit (None: every trial it covers)."""
+    watcher.begin_pass()
+    return watcher.owners_to_read(every_trial=every_trial)
+
+
+def _until_full_pass_due(watcher: FileWatcher) -> None:
+    deadline = time.monotonic() + FULL_READ_SECONDS + 10.0
+    while _owners(watcher, every_trial=False) is not None:
+        assert time.monotonic() < deadline, "no full pass came due"
+        time.sleep(0.01)
+
+
+def test_a_pass_visits_only_the_trials_whose_files_were_written(
+    watcher: FileWatcher, tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for path, owner in ((a, 1), (b, 2)):
+        path.write_bytes(b"")
+        watcher.watch(path, owner)
+    assert _owners(watcher) is None  # the first pass visits every trial
+    assert _owners(watcher) == {1, 2}  # the files were just watched: read once
+    assert [watcher.take_change(str(p)) for p in (a, b)] == [True, True]
+    assert _owners(watcher) == set()
+    _append(b)
+    assert _owners(watcher) == {2}
+    assert [watcher.take_change(str(p)) for p in (a, b)] == [False, True]
+    assert _owners(watcher) == set()
+    watcher.unwatch(b)
+    assert _owners(watcher) == set()
+
+
+def test_a_written_file_of_no_known_trial_makes_the_pass_visit_every_trial(
+    watcher: FileWatcher, tmp_path: Path
+) -> None:
+    a, stray = tmp_path / "a", tmp_path / "stray"
+    a.write_bytes(b"")
+    stray.write_bytes(b"")
+    watcher.watch(a, 1)
+    watcher.watch(stray)
+    _owners(watcher)
+    watcher.begin_pass()
+    assert watcher.owners_to_read(every_trial=True) is None  # stray's first read
+    watcher.take_change(str(stray))
+    watcher.take_change(str(a))
+    assert _owners(watcher) == set()
+    _append(stray)
+    assert _owners(watcher) is None
+
+
+def test_a_fetch_of_some_trials_does_not_use_up_the_full_pass_of_the_others(
+    watcher: FileWatcher, tmp_path: Path
+) -> None:
+    # A file whose writes are not notified (a watch lost unseen) is read at
+    # the next full pass: passes over a few trials (fetches) must leave that
+    # pass due until one over every running trial (wait()) makes it.
+    a = tmp_path / "a"
+    a.write_bytes(b"")
+    watcher.watch(a, 1)
+    assert _owners(watcher) is None
+    watcher.take_change(str(a))
+    assert _owners(watcher) == set()
+    _until_full_pass_due(watcher)
+    assert _owners(watcher, every_trial=False) is None  # still due: not used up
+    assert _owners(watcher, every_trial=True) is None  # this one makes it
+    assert _owners(watcher, every_trial=True) == set()

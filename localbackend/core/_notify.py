@@ -4,17 +4,22 @@
 once, so a new result wakes it at once instead of at the next poll. Where
 inotify is missing, ``fileno()`` is -1 and ``wait()`` falls back to polling.
 
-The notifications also say which watched files were written: a pass over
-the running trials (``TrialTable.ingest``) reads only those, so its cost
-follows what the trials write, not how many of them run. A file is read
-anyway when it is not watched, when its watch was just added (what was
-written before it is not notified), after the kernel's queue overflowed
-(every watch is then added again, in case one was dropped unseen), and once
-``FULL_READ_SECONDS`` have gone by since it was last read. That last rule
-bounds the delay if a watch is ever lost without a notification (a file
-replaced under its name is a new file, which the watch does not follow): a
-pass comes at least every ``MAX_SLEEP_WITH_NOTIFY`` (``_waiting``), so such a
-file is read within about a second.
+The notifications also say which watched files were written, and whose:
+a pass over the running trials visits only the trials whose files were
+written (``owners_to_read``) and reads only those files (``take_change``),
+so its cost follows what the trials write, not how many of them run. A file
+is read anyway when its watch was just added (what was written before it is
+not notified) and after the kernel's queue overflowed (every watch is then
+added again, in case one was dropped unseen). Once ``FULL_READ_SECONDS``
+have gone by since the last full pass, a pass visits every trial it covers,
+and reads every file not read for that long, watched or not (a watch that
+could not be added, one the kernel dropped); only a pass over every running
+trial (``wait()``'s) counts as the full pass, so that fetches of a few
+trials never use it up for the others. That rule bounds the delay if a watch is
+ever lost without a notification (a file replaced under its name is a new
+file, which the watch does not follow): a pass comes at least every
+``MAX_SLEEP_WITH_NOTIFY`` (``_waiting``), so such a file is read within
+about a second.
 """
 
 from __future__ import annotations
@@ -58,7 +63,12 @@ class FileWatcher:
         self._changed: set[str] = set()
         # When each watched file was last read, by the clock of ``begin_pass``.
         self._read_at: dict[str, float] = {}
+        # The trial whose file each watched path is.
+        self._owners: dict[str, int] = {}
         self._now = 0.0
+        # When a pass last visited every trial; whether one is due.
+        self._full_pass_at = -math.inf
+        self._full_pass_due = True
         self._finalizer: weakref.finalize[..., Any] | None = None
         if sys.platform.startswith("linux"):
             try:
@@ -75,11 +85,17 @@ class FileWatcher:
     def fileno(self) -> int:
         return self._fd
 
-    def watch(self, path: Path) -> None:
-        """Start watching ``path`` (which must exist); a missing file is ignored."""
+    def watch(self, path: Path, owner: int = -1) -> None:
+        """Start watching ``path`` (which must exist), a file of trial ``owner``.
+
+        A missing file is not watched, and is read at each full pass. A file
+        of no known trial (``owner`` -1) makes every pass it is written in a
+        full one.
+        """
         key = str(path)
         if self._libc is None or key in self._watches:
             return
+        self._owners[key] = owner
         self._add(self._libc, key)
 
     def _add(self, libc: ctypes.CDLL, key: str) -> None:
@@ -100,6 +116,7 @@ class FileWatcher:
         wd = self._watches.pop(key, None)
         self._changed.discard(key)
         self._read_at.pop(key, None)
+        self._owners.pop(key, None)
         if wd is not None and self._libc is not None:
             self._paths.pop(wd, None)
             self._libc.inotify_rm_watch(self._fd, wd)
@@ -118,7 +135,36 @@ class FileWatcher:
     def begin_pass(self) -> None:
         """Before a pass that reads trials' files: take in the notifications."""
         self.take_in()
-        self._now = time.monotonic()
+        self._now = now = time.monotonic()
+        self._full_pass_due = self._fd < 0 or now - self._full_pass_at >= FULL_READ_SECONDS
+
+    def owners_to_read(self, *, every_trial: bool) -> set[int] | None:
+        """The trials whose files this pass must read; None when it must visit all it covers.
+
+        A trial missing from the set has no file written since it was last
+        read (as ``take_change`` would say of each). A write notified after
+        this call is taken by the next pass. ``every_trial``: the pass covers
+        every running trial, so a full pass due is done by it; a pass over
+        some trials (a fetch of a few) visits all of those, and leaves the
+        full pass due for the others.
+        """
+        if self._full_pass_due:
+            if every_trial:
+                self._full_pass_at = self._now
+                self._full_pass_due = False
+            return None
+        owners, found = self._owners, set()
+        # A copy made in one step: ``take_in`` may add to the set meanwhile.
+        for path in self._changed.copy():
+            owner = owners.get(path)
+            if owner is None:
+                # Unwatched meanwhile (see ``unwatch``): no pass reads it for a trial now.
+                self._changed.discard(path)
+            elif owner < 0:
+                return None
+            else:
+                found.add(owner)
+        return found
 
     def take_change(self, path: str) -> bool:
         """Whether the pass must read ``path``: it may have changed since it was last read.
@@ -175,3 +221,4 @@ class FileWatcher:
         self._paths.clear()
         self._changed.clear()
         self._read_at.clear()
+        self._owners.clear()

@@ -155,8 +155,8 @@ class TrialTable:
         """Be woken by writes to the trial's results and stdout (its keeper has created both)."""
         if self.launcher.capabilities.local_files:
             watcher = self.notifier = self.watcher()
-            watcher.watch(record.paths.results)
-            watcher.watch(record.paths.stdout)
+            watcher.watch(record.paths.results, record.trial_id)
+            watcher.watch(record.paths.stdout, record.trial_id)
 
     def begin_pass(self) -> FileWatcher | None:
         """Before reading the running trials' files: take in which were written.
@@ -355,13 +355,15 @@ class TrialTable:
         streams: list[list[tuple[int, dict[str, Any]]]] = []
         statuses: dict[int, tuple[Trial, str]] = {}
         notified = self.begin_pass()
+        to_read = notified.owners_to_read(every_trial=False) if notified is not None else None
         for trial_id in trial_ids:
             settled = self.records.packed_trial(trial_id)
             if settled is not None:
                 statuses[trial_id] = settled
                 continue
             record = self.records[trial_id]
-            self.ingest(record, notified=notified)
+            if to_read is None or trial_id in to_read:
+                self.ingest(record, notified=notified)
             delivered = False
             for queue in (record.from_results_file, record.from_stdout):
                 if queue:

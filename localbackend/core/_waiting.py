@@ -51,9 +51,11 @@ def news(table: TrialTable) -> tuple[list[int], bool]:
     ready = []
     running = False
     notified = table.begin_pass()
+    to_read = notified.owners_to_read(every_trial=True) if notified is not None else None
     for record in table.live_records():
         if record.status == Status.in_progress:
-            table.ingest(record, notified=notified)
+            if to_read is None or record.trial_id in to_read:
+                table.ingest(record, notified=notified)
             running = True
         if record.has_news:
             ready.append(record.trial_id)
