@@ -173,7 +173,11 @@ class FileWatcher:
         again, so it is never missed.
         """
         if path in self._changed:
-            self._changed.discard(path)
+            if path in self._watches or path not in self._owners:
+                self._changed.discard(path)
+            # else a trial's file without a watch (it could not be added, or
+            # the kernel dropped it): it stays marked, so that every pass
+            # visits its trial and reads it, until it is watched again.
         elif path in self._watches:
             if self._now - self._read_at.get(path, -math.inf) < FULL_READ_SECONDS:
                 return False
