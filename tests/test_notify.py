@@ -12,6 +12,7 @@ import os
 import select
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,14 @@ def _fill_the_queue(x: Path, y: Path) -> None:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for ``condition``, within a full-read period and a margin."""
+    deadline = time.monotonic() + FULL_READ_SECONDS + 10.0
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
 
 
 def _past_first_full_pass(watcher: FileWatcher, *paths: Path) -> None:
@@ -148,10 +157,7 @@ def test_every_file_is_read_again_once_full_read_seconds_have_passed(
     # rename while still open elsewhere): the periodic full pass bounds the delay.
     (a,) = _watched_and_read(watcher, tmp_path, "a")
     assert _pass_reads(watcher, a) == [False]
-    deadline = time.monotonic() + FULL_READ_SECONDS + 10.0
-    while not _pass_reads(watcher, a)[0]:
-        assert time.monotonic() < deadline, "no full pass came"
-        time.sleep(0.01)
+    _until(lambda: _pass_reads(watcher, a)[0], "no full pass came")
 
 
 def test_passes_over_other_files_do_not_use_up_a_files_periodic_read(
@@ -215,10 +221,7 @@ def _quiet_owners(watcher: FileWatcher) -> set[int] | None:
 
 
 def _until_full_pass_due(watcher: FileWatcher) -> None:
-    deadline = time.monotonic() + FULL_READ_SECONDS + 10.0
-    while _owners(watcher, every_trial=False) is not None:
-        assert time.monotonic() < deadline, "no full pass came due"
-        time.sleep(0.01)
+    _until(lambda: _owners(watcher, every_trial=False) is None, "no full pass came due")
 
 
 def test_a_pass_visits_only_the_trials_whose_files_were_written(
