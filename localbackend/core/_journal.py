@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -254,12 +255,23 @@ def load_state(root: Path, *, attempts: int = 5, owner: bool = False) -> dict[st
 def _replay_journal(
     paths: ExperimentPaths, state: dict[str, Any], *, tolerate_gaps: bool = False
 ) -> bool:
+    # Line by line, not the whole file at once: a compaction replays the
+    # journal of every trial, and the driver's peak memory is the state
+    # together with whatever it holds of the journal.
     try:
-        data = paths.journal.read_bytes()
-    except FileNotFoundError:
+        with open(paths.journal, "rb") as journal:
+            return _replay_lines(paths, journal, state, tolerate_gaps)
+    except FileNotFoundError:  # no entry since the snapshot
         return True
+
+
+def _replay_lines(
+    paths: ExperimentPaths, lines: Iterable[bytes], state: dict[str, Any], tolerate_gaps: bool
+) -> bool:
     expected = state.get("seq", 0) + 1
-    for line in data.split(b"\n")[:-1]:  # an unfinished last line is not an entry yet
+    for line in lines:
+        if not line.endswith(b"\n"):
+            break  # an unfinished last line is not an entry yet
         try:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError:
