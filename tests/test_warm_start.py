@@ -361,3 +361,46 @@ def test_a_module_of_the_scripts_own_that_shadows_a_preloaded_one_starts_cold(
     assert "argparse.py would be imported as 'argparse'" in str(reason)
     warned = [w for w in caught if issubclass(w.category, ColdStartWarning)]
     assert len(warned) == 1 and "argparse.py" in str(warned[0].message)
+
+
+def test_a_script_edited_between_warm_runs_runs_as_edited(tmp_path: Path) -> None:
+    # The supervisor compiles the script once for its warm runs; each run
+    # still runs the file as it reads then, even an edit of the same size and
+    # modification time.
+    entry = tmp_path / "edited.py"
+    entry.write_text('print("[tune-metric]: {\\"version\\": 1}")\n')
+    stamp = entry.stat().st_mtime_ns
+    with LocalBackend(entry, experiment_dir=tmp_path / "exp", preload=["json"]) as backend:
+        backend.start_trial({})
+        first, _ = drain(backend, [0])
+        entry.write_text('print("[tune-metric]: {\\"version\\": 2}")\n')
+        os.utime(entry, ns=(stamp, stamp))
+        backend.start_trial({})
+        second, _ = drain(backend, [1])
+        logs = format_logs(backend, [0, 1])
+        assert [first[0][1], second[1][1]] == [Status.completed, Status.completed], logs
+        assert "".join(backend.stdout(0)).strip().endswith('{"version": 1}'), logs
+        assert "".join(backend.stdout(1)).strip().endswith('{"version": 2}'), logs
+        assert _modes(backend) == {(0, 0): None, (1, 0): None}
+
+
+def test_a_script_that_warns_as_it_compiles_warns_on_the_trials_stderr_as_cold(
+    tmp_path: Path,
+) -> None:
+    # An invalid escape sequence: a SyntaxWarning from Python 3.12 on (a
+    # DeprecationWarning, hidden by default, before).
+    entry = tmp_path / "escape.py"
+    entry.write_text('pattern = "\\d"\nprint("[tune-metric]: {\\"ok\\": 1}")\n')
+    stderr = {}
+    for mode, preload in (("cold", None), ("warm", ["json"])):
+        with LocalBackend(entry, experiment_dir=tmp_path / mode, preload=preload) as backend:
+            for trial_id in (0, 1):  # the second warm run finds the script compiled before
+                backend.start_trial({})
+                statuses, _ = drain(backend, [trial_id])
+                assert statuses[trial_id][1] == Status.completed, format_logs(backend)
+            stderr[mode] = ["".join(backend.stderr(t)) for t in (0, 1)]
+            if preload:
+                assert set(_modes(backend).values()) == {None}
+    assert stderr["warm"] == stderr["cold"]
+    if sys.version_info >= (3, 12):
+        assert "SyntaxWarning" in stderr["warm"][1]

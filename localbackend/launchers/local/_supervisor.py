@@ -268,7 +268,9 @@ class _Supervisor:
         if reason is None:
             # Imported here, once, rather than by each keeper after its fork:
             # the keeper forks the trial with it (it imports random and runpy).
-            from . import _warm_child  # noqa: F401
+            from . import _warm_child
+
+            _warm_child.compile_ahead(spec)
         first = reason is not None and self.zygote.note_once(reason)
         write_event(
             self.event_fd,
