@@ -143,6 +143,17 @@ class ExperimentMovedError(ExperimentError):
         )
 
 
+def experiment_folder_gone(path: str) -> ExperimentError:
+    """The experiment folder vanished under the backend that holds it (deleted or moved)."""
+    return ExperimentError(
+        path,
+        "was deleted or moved while this backend held it, so the trial table can no longer "
+        "be saved there (what happened since its last snapshot is lost with it)",
+        "Close this backend and start the experiment again in a new folder, or restore a "
+        "copy of the old folder if you kept one.",
+    )
+
+
 class ExperimentLockedError(ExperimentError):
     """Another live driver holds the experiment folder."""
 

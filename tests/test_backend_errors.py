@@ -15,6 +15,7 @@ from localbackend import (
     CheckpointCopyError,
     ConfigError,
     EntryPointError,
+    ExperimentError,
     InvalidTransitionError,
     LocalBackend,
     LocalBackendError,
@@ -271,6 +272,31 @@ def test_entry_point_removed_after_construction(experiment_dir: Path, tmp_path: 
         assert state_of(backend) == before
         statuses, _ = backend.fetch_status_results([0])
         assert statuses[0][1] == Status.paused
+
+
+def test_an_experiment_folder_deleted_under_the_backend_is_named_as_such(
+    experiment_dir: Path,
+) -> None:
+    backend = LocalBackend(
+        script("report_then_exit.py"), experiment_dir=experiment_dir, grace_period=GRACE
+    )
+    try:
+        backend.start_trial({"n": 1})
+        collect(backend, [0], lambda statuses, _r: statuses[0][1] == Status.completed)
+        backend.start_trial({"n": 1, "hold": 1})  # runs until it is stopped
+        collect(backend, [1], lambda _s, results: len(results) == 1)
+        shutil.rmtree(experiment_dir)
+        with pytest.raises(ExperimentError) as caught:
+            backend.start_trial({"n": 1})
+        check_error(caught.value, ExperimentError, str(experiment_dir))
+        assert "deleted or moved" in str(caught.value)
+        # The start did not make the folder again, to fill it with what no snapshot holds.
+        assert not experiment_dir.exists()
+    finally:
+        # Closing still stops the running trial and lets go of everything (the
+        # fixture checks that no process is left), then says what was lost.
+        with pytest.raises(ExperimentError, match="deleted or moved"):
+            backend.close()
 
 
 def test_every_public_error_is_a_local_backend_error() -> None:

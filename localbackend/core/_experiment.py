@@ -90,8 +90,10 @@ class ExperimentFolder:
         """Close the journal (folding it into the snapshot first, if asked) and free the folder."""
         try:
             if self.journal is not None:
-                if compact:
-                    self.journal.compact()
-                self.journal.close()
+                try:
+                    if compact:
+                        self.journal.compact()
+                finally:
+                    self.journal.close()
         finally:
             self.lock.release()

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from .._errors import ExperimentError
+from .._errors import ExperimentError, experiment_folder_gone
 from .._log import LazyLogger
 from .._paths import ExperimentPaths
 from ._storage import atomic_write_json
@@ -215,6 +215,9 @@ def load_state(root: Path, *, attempts: int = 5, owner: bool = False) -> dict[st
     rotates under it: a gap is then damage, and is read past with a warning.
     """
     paths = ExperimentPaths(root)
+    if owner and not paths.metadata.exists():
+        # The driver that holds the lock wrote it, and nobody else removes it.
+        raise experiment_folder_gone(str(root))
     if not root.is_dir():
         raise ExperimentError(
             str(root), "does not exist or is not a folder", "Pass the folder of an experiment."

@@ -24,6 +24,7 @@ from .._errors import (
     LocalBackendError,
     SupervisorError,
     TrialLaunchError,
+    experiment_folder_gone,
 )
 from .._paths import ExperimentPaths, TrialPaths
 from .._types import FINISHED_STATUSES, Status, TrialResult
@@ -189,7 +190,7 @@ class BackendCore:
         paths = self._paths.trial(trial_id)
         existed = paths.root.exists()
         try:
-            paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            paths.root.mkdir(exist_ok=True, mode=0o700)  # no parents: a deleted folder stays gone
             if checkpoint_trial_id is not None:
                 checkpoints.copy(self._paths, int(checkpoint_trial_id), trial_id)
                 self._retention.copied()
@@ -204,6 +205,8 @@ class BackendCore:
                 launching.remove_unstarted(paths)
             if isinstance(err, LocalBackendError) and not isinstance(err, SupervisorError):
                 raise
+            if isinstance(err, FileNotFoundError) and not self._paths.root.is_dir():
+                raise experiment_folder_gone(str(self._paths.root)) from err
             raise self._launch_error(trial_id, err) from err
         record = TrialRecord.new(
             trial_id, clean, paths, self._journal,
