@@ -233,6 +233,11 @@ class TunerPaths(ExperimentPaths):
         return self.control / "done"
 
 
+def warm_imports_file(folder: str | os.PathLike[str], trial_id: int, run: int) -> str:
+    """Where a warm run of ``localbackend check --preload`` lists what its script imported."""
+    return os.path.join(folder, f"{int(trial_id)}-{int(run)}.json")
+
+
 def default_experiment_dir(base: Path | None = None) -> Path:
     """A new, unique folder name under ``./localbackend-runs/`` (not created)."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

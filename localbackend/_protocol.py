@@ -24,6 +24,11 @@ ENV_RUN_START_TIME: Final = "LOCALBACKEND_RUN_START_TIME"
 # How many checkpoints ``checkpoint.save()`` keeps at most: the backend's
 # ``keep_checkpoints`` policy.
 ENV_KEEP_CHECKPOINTS: Final = "LOCALBACKEND_KEEP_CHECKPOINTS"
+# Set by ``localbackend check --preload`` only: a folder where each warm run
+# writes the modules its script imported after the fork, as
+# ``<trial>-<run>.json``. The warm child takes it out of the script's
+# environment.
+ENV_WARM_IMPORTS: Final = "LOCALBACKEND_WARM_IMPORTS"
 
 # Variables that tell numeric libraries how many threads to use: set for
 # each trial by ``threads_per_trial`` (or ``cpus_per_trial``), and read by

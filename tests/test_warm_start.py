@@ -404,3 +404,30 @@ def test_a_script_that_warns_as_it_compiles_warns_on_the_trials_stderr_as_cold(
     assert stderr["warm"] == stderr["cold"]
     if sys.version_info >= (3, 12):
         assert "SyntaxWarning" in stderr["warm"][1]
+
+
+def test_a_warm_run_lists_what_its_script_imported_after_the_fork(tmp_path: Path) -> None:
+    # For check --preload: the variable names a folder, the warm run writes
+    # there the modules its script imported itself, and the script never
+    # sees the variable.
+    entry = tmp_path / "imports.py"
+    entry.write_text(textwrap.dedent("""
+        import json, os, filelock
+        seen = os.environ.get("LOCALBACKEND_WARM_IMPORTS")
+        print("[tune-metric]: " + json.dumps({"seen": seen}))
+    """))
+    folder = tmp_path / "imports"
+    folder.mkdir()
+    with LocalBackend(
+        entry, experiment_dir=tmp_path / "exp", preload=["json"],
+        env={"LOCALBACKEND_WARM_IMPORTS": str(folder)},
+    ) as backend:
+        backend.start_trial({})
+        statuses, results = drain(backend, [0])
+        logs = format_logs(backend, [0])
+        assert statuses[0][1] == Status.completed, logs
+        assert _modes(backend) == {(0, 0): None}, logs
+    assert [r["seen"] for _, r in results] == [None], logs
+    imported = json.loads((folder / "0-0.json").read_text())
+    assert "filelock" in imported, imported
+    assert "json" not in imported and "__main__" not in imported, imported

@@ -92,3 +92,28 @@ def test_tune_preload_starts_trials_warm_and_keeps_it_on_resume(tmp_path: Path) 
     changed = cli("tune", "--resume", str(root), "--preload", "numpy,torch")
     assert changed.returncode != 0
     assert "--preload cannot change on resume" in changed.stderr, changed.stderr
+
+
+def test_check_preload_names_what_the_script_still_imports_after_the_fork(
+    tmp_path: Path,
+) -> None:
+    # train_numpy.py draws from numpy.random, which --preload numpy leaves
+    # to each run; with it preloaded too, nothing is left to name.
+    details = {}
+    for preload in ("numpy", "numpy,numpy.random"):
+        result = cli(
+            "check", str(TRAIN), "--metric", "loss", "--grace-period", "1", "-p", "epochs=3",
+            "-p", "epoch_seconds=0.05", "--preload", preload,
+            "--experiment-dir", str(tmp_path / preload.replace(",", "-")),
+        )
+        output = f"{result.stdout}\n{result.stderr}"
+        lines = {n: (v, d) for v, n, d in VERDICT.findall(result.stdout)}
+        assert lines["warm-start"][0] == "PASS", output
+        details[preload] = lines["warm-start"][1]
+    assert (
+        "after the fork the script still imported numpy.random: add it to --preload"
+        in details["numpy"]
+    ), details
+    assert "the script imported no other package after the fork" in details[
+        "numpy,numpy.random"
+    ], details

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +31,7 @@ from typing import Any, Optional
 from .. import LocalBackend, Status
 from .._errors import CheckpointCopyError, LocalBackendError
 from .._paths import TrialPaths
+from .._protocol import ENV_WARM_IMPORTS
 from .._types import FINISHED_STATUSES
 from ._check_verdicts import (
     FAIL,
@@ -111,18 +114,25 @@ def run_check(args: argparse.Namespace) -> int:
         raise CliError("--grace-period must be >= 0 and --timeout > 0 seconds")
     config = build_search_space(None, args.param).sample(random.Random(args.seed))
     preload = preload_names(args.preload)
-    backend = LocalBackend(
-        script, experiment_dir=args.experiment_dir, grace_period=args.grace_period,
-        preload=preload,
-    )
+    # Where the warm runs say what their script imported after the fork.
+    imports = Path(tempfile.mkdtemp(prefix="localbackend-check-")) if preload else None
+    try:
+        backend = LocalBackend(
+            script, experiment_dir=args.experiment_dir, grace_period=args.grace_period,
+            preload=preload, env={ENV_WARM_IMPORTS: str(imports)} if imports else None,
+        )
+    except BaseException:
+        _remove(imports)
+        raise
     shown = " ".join(f"{k}={format_value(v)}" for k, v in config.items()) or "no config"
     print(f"check {args.script} {shown}\nexperiment folder: {backend.experiment_dir}", flush=True)
     try:
         verdicts = _run_checks(backend, config, args)
         if preload is not None:  # trial A ran warm: compare it with a cold run
-            verdicts.append(judge_warm_start(backend, config, args))
+            verdicts.append(judge_warm_start(backend, config, args, imports=imports))
     finally:
         backend.close()
+        _remove(imports)
     width = max(len(v.check) for v in verdicts)
     for verdict in verdicts:
         print(f"  {verdict.outcome}  {verdict.check.ljust(width)}  {verdict.detail}")
@@ -134,6 +144,11 @@ def run_check(args: argparse.Namespace) -> int:
         f"{counts[SKIP]} skipped"
     )
     return 1 if counts[FAIL] else 0
+
+
+def _remove(folder: Optional[Path]) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run_checks(

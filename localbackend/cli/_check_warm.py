@@ -12,18 +12,23 @@ each backend also waits for its supervisor: to start, and when warm to
 import the modules. So each backend starts the config once more once its
 supervisor is up, and the timing compares those two starts (each stopped
 after its first result).
+
+Last, it names the packages the warm trial's script still imported after
+the fork, which the warm runs list (``ENV_WARM_IMPORTS``), so that the user
+can add them to ``--preload``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from .. import LocalBackend
-from .._paths import TrialPaths, default_experiment_dir
+from .._paths import TrialPaths, default_experiment_dir, warm_imports_file
 from .._types import FINISHED_STATUSES, Status
 from ._check_verdicts import FAIL, PASS, SKIP, Verdict, _same, ending
 from ._common import CliError, format_value
@@ -44,9 +49,14 @@ def preload_names(text: Optional[str]) -> Optional[list[str]]:
 
 
 def judge_warm_start(
-    warm: LocalBackend, config: dict[str, Any], args: argparse.Namespace, trial_id: int = 0
+    warm: LocalBackend, config: dict[str, Any], args: argparse.Namespace, trial_id: int = 0,
+    imports: Optional[Path] = None,
 ) -> Verdict:
-    """Compare the warm backend's uninterrupted trial with a cold run of the same config."""
+    """Compare the warm backend's uninterrupted trial with a cold run of the same config.
+
+    ``imports`` is the folder where the warm runs listed the modules their
+    script imported after the fork (``ENV_WARM_IMPORTS``).
+    """
     modes = getattr(warm._supervisor, "start_modes", {})
     if (trial_id, 0) not in modes:
         return Verdict(CHECK, SKIP, "the launcher did not say whether the run started warm")
@@ -87,7 +97,36 @@ def judge_warm_start(
         f"a warm start reports what a cold one does ({len(warm_results)} results, the same "
         f"{metric} at each {attr}); first result after {warm_time} warm, {cold_time} cold "
         f"(the first warm start, which also waited for the supervisor to start and import "
-        f"{modules}: {_first_time(warm_results)})",
+        f"{modules}: {_first_time(warm_results)})"
+        + (_imported_after_fork(Path(warm_imports_file(imports, trial_id, 0))) if imports else ""),
+    )
+
+
+def _imported_after_fork(report: Path) -> str:
+    """What the warm run's script still imported itself, that ``--preload`` could hold.
+
+    Modules of the standard library are left out, and so are those below
+    another one that was imported after the fork (``scipy`` stands for
+    ``scipy.linalg``); a submodule of a preloaded package is named
+    (``numpy.random`` under ``--preload numpy``).
+    """
+    try:
+        names = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""  # the run did not say (it ended by os._exit, say)
+    new = {str(name) for name in names} if isinstance(names, list) else set()
+    shown = sorted(
+        name for name in new
+        if name.partition(".")[0] not in sys.stdlib_module_names
+        and not any(part.startswith("_") for part in name.split("."))
+        and name.rpartition(".")[0] not in new
+    )
+    if not shown:
+        return "; the script imported no other package after the fork"
+    return (
+        f"; after the fork the script still imported {', '.join(shown)}: add "
+        f"{'it' if len(shown) == 1 else 'them'} to --preload to import "
+        f"{'it' if len(shown) == 1 else 'them'} once, in the supervisor"
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import builtins
 import io
+import json
 import os
 import random
 import runpy
@@ -32,6 +33,7 @@ from collections.abc import Callable, Mapping
 from importlib.machinery import SourceFileLoader
 from typing import Any, Optional
 
+from ..._protocol import ENV_WARM_IMPORTS
 from ._zygote import WarmState, cold_first_path, prepared_state
 
 # The exit status of a child whose set-up failed (EX_SOFTWARE).
@@ -117,6 +119,9 @@ def _run(
     _default_signals()
     _fresh_descriptors(out, err)
     os.chdir(str(spec["cwd"]))
+    imports_folder = env.get(ENV_WARM_IMPORTS)
+    if imports_folder is not None:
+        env = {name: value for name, value in env.items() if name != ENV_WARM_IMPORTS}
     os.environ.clear()
     os.environ.update(env)
     argv = [str(word) for word in spec["argv"]]
@@ -129,9 +134,38 @@ def _run(
     _reseed()
     _give_back_threads(env, state)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    imported_before = set(sys.modules) if imports_folder else set()
     if module is not None:
-        return _run_main(_module_runner(module), _RUNPY_FILE)
-    return _run_main(_script_runner(argv[1]), os.path.abspath(argv[1]))
+        status = _run_main(_module_runner(module), _RUNPY_FILE)
+    else:
+        status = _run_main(_script_runner(argv[1]), os.path.abspath(argv[1]))
+    if imports_folder:
+        _report_imports(imports_folder, spec, imported_before)
+    return status
+
+
+def _report_imports(folder: str, spec: Mapping[str, Any], before: set[str]) -> None:
+    """For ``check --preload``: the modules the script imported itself, after the fork.
+
+    Only modules found by the import system (with a ``__spec__``) are listed:
+    a module an extension made up for itself (Cython's ``cython_runtime``)
+    could not be preloaded.
+    """
+    names = sorted(
+        name for name, module in list(sys.modules.items())
+        if name not in before and name != "__main__"
+        and getattr(module, "__spec__", None) is not None
+    )
+    # Imported here, in a check's warm run only: the supervisor, which every
+    # keeper is a fork of, stays without it.
+    from ..._paths import warm_imports_file
+
+    path = warm_imports_file(folder, spec["trial"], spec["run"])
+    try:
+        with open(path, "w", encoding="utf-8") as report:
+            report.write(json.dumps(names))
+    except OSError:
+        pass  # the check then says it does not know
 
 
 def _default_signals() -> None:
