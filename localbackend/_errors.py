@@ -7,6 +7,7 @@ or ships errors between processes keeps the full story.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -152,6 +153,22 @@ def experiment_folder_gone(path: str) -> ExperimentError:
         "Close this backend and start the experiment again in a new folder, or restore a "
         "copy of the old folder if you kept one.",
     )
+
+
+def close_under(close: Callable[[], None], pending: BaseException | None) -> None:
+    """``close()`` at the end of a ``with`` block whose own exception may be on its way.
+
+    A failure to close does not take that exception's place (``with`` would
+    otherwise raise the close's error, with the block's hidden as its
+    context): it becomes a note on the block's exception.
+    """
+    if pending is None:
+        close()
+        return
+    try:
+        close()
+    except Exception as error:
+        pending.add_note(f"Closing the backend failed too: {type(error).__name__}: {error}")
 
 
 class ExperimentLockedError(ExperimentError):

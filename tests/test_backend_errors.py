@@ -299,6 +299,25 @@ def test_an_experiment_folder_deleted_under_the_backend_is_named_as_such(
             backend.close()
 
 
+def test_a_with_block_that_raises_keeps_its_error_when_closing_fails_too(
+    experiment_dir: Path,
+) -> None:
+    # The block's error says what went wrong first; closing, which still
+    # ends the trial, adds its own failure to it as a note instead of
+    # taking its place.
+    backend = LocalBackend(
+        script("report_then_exit.py"), experiment_dir=experiment_dir, grace_period=GRACE
+    )
+    with pytest.raises(ValueError, match="the block's own error") as caught, backend:
+        backend.start_trial({"n": 1, "hold": 1})
+        collect(backend, [0], lambda _s, results: len(results) == 1)
+        shutil.rmtree(experiment_dir)
+        raise ValueError("the block's own error")
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "deleted or moved" in notes and str(experiment_dir) in notes, notes
+    assert "ExperimentError" in notes, notes
+
+
 def test_every_public_error_is_a_local_backend_error() -> None:
     import localbackend
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .._errors import InvalidTransitionError, LocalBackendError
+from .._errors import InvalidTransitionError, LocalBackendError, close_under
 from .._paths import default_experiment_dir
 from .._types import Status, Trial, TrialResult
 from ..launchers._base import Launcher
@@ -318,8 +318,8 @@ class LocalBackend(BackendCore, TrialLogs):
     def __enter__(self) -> LocalBackend:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        close_under(self.close, exc)
 
     # -- results and status --------------------------------------------------
 

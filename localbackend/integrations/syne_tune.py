@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import _types
+from .._errors import close_under
 from .._paths import ExperimentPaths, TrialPaths
 from .._types import Status
 from ..core._backend import LocalBackend
@@ -281,8 +282,8 @@ class SyneTuneBackend(TrialBackend):
     def __enter__(self) -> SyneTuneBackend:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        close_under(self.close, exc)
 
     # -- results and status --------------------------------------------------
 
