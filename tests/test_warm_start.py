@@ -408,26 +408,58 @@ def test_a_script_that_warns_as_it_compiles_warns_on_the_trials_stderr_as_cold(
 
 def test_a_warm_run_lists_what_its_script_imported_after_the_fork(tmp_path: Path) -> None:
     # For check --preload: the variable names a folder, the warm run writes
-    # there the modules its script imported itself, and the script never
-    # sees the variable.
+    # there the modules its script imported itself (not its own modules, not
+    # the preloaded ones), whatever odd entries it left in sys.modules, and
+    # the script never sees the variable.
+    (tmp_path / "helper_mod.py").write_text("VALUE = 1\n")
     entry = tmp_path / "imports.py"
     entry.write_text(textwrap.dedent("""
-        import json, os, filelock
+        import decimal, json, os, sys, filelock, helper_mod
+
+        class Odd:
+            def __getattr__(self, name):
+                raise RuntimeError("no attribute may be read from me")
+
+        sys.modules["odd_entry"] = Odd()
+        sys.modules[("not", "a", "name")] = Odd()
         seen = os.environ.get("LOCALBACKEND_WARM_IMPORTS")
         print("[tune-metric]: " + json.dumps({"seen": seen}))
     """))
     folder = tmp_path / "imports"
     folder.mkdir()
     with LocalBackend(
-        entry, experiment_dir=tmp_path / "exp", preload=["json"],
+        entry, experiment_dir=tmp_path / "exp", preload=["decimal"],
         env={"LOCALBACKEND_WARM_IMPORTS": str(folder)},
     ) as backend:
         backend.start_trial({})
         statuses, results = drain(backend, [0])
         logs = format_logs(backend, [0])
-        assert statuses[0][1] == Status.completed, logs
         assert _modes(backend) == {(0, 0): None}, logs
+    assert statuses[0][1] == Status.completed and statuses[0][0].exit_code == 0, logs
     assert [r["seen"] for _, r in results] == [None], logs
     imported = json.loads((folder / "0-0.json").read_text())
     assert "filelock" in imported, imported
-    assert "json" not in imported and "__main__" not in imported, imported
+    assert not {"decimal", "helper_mod", "odd_entry", "__main__"} & set(imported), imported
+
+
+def test_a_check_run_that_starts_cold_does_not_see_the_imports_folder(tmp_path: Path) -> None:
+    entry = tmp_path / "seen.py"
+    entry.write_text(
+        'import json, os\nseen = os.environ.get("LOCALBACKEND_WARM_IMPORTS")\n'
+        'print("[tune-metric]: " + json.dumps({"seen": seen}))\n'
+    )
+    folder = tmp_path / "imports"
+    folder.mkdir()
+    # A PYTHON* variable the supervisor started without: the run starts cold.
+    env = {"LOCALBACKEND_WARM_IMPORTS": str(folder), "PYTHONWARNINGS": "default"}
+    with warnings.catch_warnings(record=True), LocalBackend(
+        entry, experiment_dir=tmp_path / "exp", preload=["json"], env=env
+    ) as backend:
+        warnings.simplefilter("always")
+        backend.start_trial({})
+        statuses, results = drain(backend, [0])
+        logs = format_logs(backend, [0])
+        assert _modes(backend)[(0, 0)] is not None, logs
+    assert statuses[0][1] == Status.completed, logs
+    assert [r["seen"] for _, r in results] == [None], logs
+    assert list(folder.iterdir()) == []

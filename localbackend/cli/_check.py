@@ -124,15 +124,18 @@ def run_check(args: argparse.Namespace) -> int:
     except BaseException:
         _remove(imports)
         raise
-    shown = " ".join(f"{k}={format_value(v)}" for k, v in config.items()) or "no config"
-    print(f"check {args.script} {shown}\nexperiment folder: {backend.experiment_dir}", flush=True)
     try:
+        shown = " ".join(f"{k}={format_value(v)}" for k, v in config.items()) or "no config"
+        print(f"check {args.script} {shown}\nexperiment folder: {backend.experiment_dir}",
+              flush=True)
         verdicts = _run_checks(backend, config, args)
         if preload is not None:  # trial A ran warm: compare it with a cold run
             verdicts.append(judge_warm_start(backend, config, args, imports=imports))
     finally:
-        backend.close()
-        _remove(imports)
+        try:
+            backend.close()
+        finally:
+            _remove(imports)
     width = max(len(v.check) for v in verdicts)
     for verdict in verdicts:
         print(f"  {verdict.outcome}  {verdict.check.ljust(width)}  {verdict.detail}")

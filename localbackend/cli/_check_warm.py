@@ -105,20 +105,20 @@ def judge_warm_start(
 def _imported_after_fork(report: Path) -> str:
     """What the warm run's script still imported itself, that ``--preload`` could hold.
 
-    Modules of the standard library are left out, and so are those below
-    another one that was imported after the fork (``scipy`` stands for
-    ``scipy.linalg``); a submodule of a preloaded package is named
-    (``numpy.random`` under ``--preload numpy``).
+    The warm run left out the script's own modules. Modules of the standard
+    library are left out too, and so are those below another one imported
+    after the fork (``scipy`` stands for ``scipy.linalg``); a submodule of a
+    preloaded package is named (``numpy.random`` under ``--preload numpy``).
     """
     try:
         names = json.loads(report.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return ""  # the run did not say (it ended by os._exit, say)
+        # It ended by os._exit or a signal, before it could list them.
+        return "; the warm run did not list what its script imported"
     new = {str(name) for name in names} if isinstance(names, list) else set()
     shown = sorted(
         name for name in new
         if name.partition(".")[0] not in sys.stdlib_module_names
-        and not any(part.startswith("_") for part in name.split("."))
         and name.rpartition(".")[0] not in new
     )
     if not shown:

@@ -28,7 +28,7 @@ from ..._files import (
     file_size,
     read_json_object,
 )
-from ..._protocol import ENV_ITERATION_START
+from ..._protocol import ENV_ITERATION_START, ENV_WARM_IMPORTS
 from ._monitor import Monitor
 from ._proctable import create_time, descendants
 
@@ -318,7 +318,10 @@ class Keeper:
             if spec.get("warm"):  # the supervisor preloaded modules: fork the trial
                 from ._warm_child import fork_trial
 
-                return fork_trial(spec, self._environment(), out, err)
+                return fork_trial(
+                    spec, self._environment(), out, err,
+                    imports_folder=spec["env"].get(ENV_WARM_IMPORTS),
+                )
             default_signals = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
             return os.posix_spawn(
                 spec["executable"],
@@ -340,11 +343,15 @@ class Keeper:
     def _environment(self) -> dict[str, str]:
         """The trial's environment, with the iteration counter's start made exact.
 
-        The driver counted the results of earlier runs when the resume was
-        asked for; a paused run may have written more before it ended. Every
-        earlier run is gone by now, so the results file can be counted.
+        ``ENV_WARM_IMPORTS`` is left out: it is for a check's warm child, which
+        the keeper hands it to, not for the script. The driver counted the
+        results of earlier runs when the resume was asked for; a paused run
+        may have written more before it ended. Every earlier run is gone by
+        now, so the results file can be counted.
         """
         env: dict[str, str] = self.spec["env"]
+        if ENV_WARM_IMPORTS in env:
+            env = {name: value for name, value in env.items() if name != ENV_WARM_IMPORTS}
         self.start_offsets = {
             "results": file_size(self.spec["results"]),
             "stdout": file_size(self.spec["stdout"]),

@@ -33,7 +33,6 @@ from collections.abc import Callable, Mapping
 from importlib.machinery import SourceFileLoader
 from typing import Any, Optional
 
-from ..._protocol import ENV_WARM_IMPORTS
 from ._zygote import WarmState, cold_first_path, prepared_state
 
 # The exit status of a child whose set-up failed (EX_SOFTWARE).
@@ -79,8 +78,15 @@ def compile_ahead(spec: Mapping[str, Any]) -> None:
         _compiled[filename] = (identity, text, code)
 
 
-def fork_trial(spec: Mapping[str, Any], env: Mapping[str, str], out: int, err: int) -> int:
-    """Fork the trial from this keeper; its PID. The child never returns."""
+def fork_trial(
+    spec: Mapping[str, Any], env: Mapping[str, str], out: int, err: int,
+    imports_folder: Optional[str] = None,
+) -> int:
+    """Fork the trial from this keeper; its PID. The child never returns.
+
+    ``imports_folder``: where the run lists what its script imported (see
+    ``ENV_WARM_IMPORTS``), for ``localbackend check --preload``.
+    """
     state = prepared_state()
     if state is None:
         raise RuntimeError("a warm start was asked of a keeper whose supervisor preloaded nothing")
@@ -101,7 +107,7 @@ def fork_trial(spec: Mapping[str, Any], env: Mapping[str, str], out: int, err: i
         os.setsid()
         os.close(ready_w)
         os.close(ready_r)
-        code = _run(spec, env, out, err, state)
+        code = _run(spec, env, out, err, state, imports_folder)
     except BaseException as error:  # never fall back into the keeper's code
         try:
             import traceback
@@ -114,23 +120,21 @@ def fork_trial(spec: Mapping[str, Any], env: Mapping[str, str], out: int, err: i
 
 
 def _run(
-    spec: Mapping[str, Any], env: Mapping[str, str], out: int, err: int, state: WarmState
+    spec: Mapping[str, Any], env: Mapping[str, str], out: int, err: int, state: WarmState,
+    imports_folder: Optional[str],
 ) -> int:
     _default_signals()
     _fresh_descriptors(out, err)
     os.chdir(str(spec["cwd"]))
-    imports_folder = env.get(ENV_WARM_IMPORTS)
-    if imports_folder is not None:
-        env = {name: value for name, value in env.items() if name != ENV_WARM_IMPORTS}
     os.environ.clear()
     os.environ.update(env)
     argv = [str(word) for word in spec["argv"]]
     module = argv[2] if argv[1] == "-m" else None
-    if module is not None:  # python -m module: sys.argv[0] becomes its file, path[0] the cwd
-        _fresh_interpreter_state(argv, ["-m", *argv[3:]], os.getcwd(), env, state)
-    else:
-        first = cold_first_path(argv, os.getcwd())
-        _fresh_interpreter_state(argv, argv[1:], first, env, state)
+    # sys.path[0]: for python -m the cwd (sys.argv[0] becomes the module's
+    # file), else the script's folder.
+    first = cold_first_path(argv, os.getcwd())
+    options = ["-m", *argv[3:]] if module is not None else argv[1:]
+    _fresh_interpreter_state(argv, options, first, env, state)
     _reseed()
     _give_back_threads(env, state)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -140,32 +144,45 @@ def _run(
     else:
         status = _run_main(_script_runner(argv[1]), os.path.abspath(argv[1]))
     if imports_folder:
-        _report_imports(imports_folder, spec, imported_before)
+        try:
+            _report_imports(imports_folder, spec, imported_before, own=(first, os.getcwd()))
+        except Exception:  # the script's end stands; the check says it was not told
+            pass
     return status
 
 
-def _report_imports(folder: str, spec: Mapping[str, Any], before: set[str]) -> None:
-    """For ``check --preload``: the modules the script imported itself, after the fork.
+def _report_imports(
+    folder: str, spec: Mapping[str, Any], before: set[str], own: tuple[str, ...]
+) -> None:
+    """For ``check --preload``: the modules the script imported after the fork, to preload.
 
-    Only modules found by the import system (with a ``__spec__``) are listed:
-    a module an extension made up for itself (Cython's ``cython_runtime``)
-    could not be preloaded.
+    Listed: modules the import system found (a ``__spec__``; not a module an
+    extension made up for itself, such as Cython's ``cython_runtime``), and
+    not found in the script's own folders (``own``: ``sys.path[0]`` and the
+    working folder, which another working folder would not have). Nothing
+    is read through attributes, which a lazy module would load.
     """
-    names = sorted(
-        name for name, module in list(sys.modules.items())
-        if name not in before and name != "__main__"
-        and getattr(module, "__spec__", None) is not None
-    )
+    paths = sorted((os.path.abspath(p or os.getcwd()) for p in sys.path if isinstance(p, str)),
+                   key=len, reverse=True)
+    names = []
+    for name, module in list(sys.modules.items()):
+        if not isinstance(name, str) or name in before or name == "__main__":
+            continue
+        found = module.__dict__.get("__spec__") if isinstance(module, types.ModuleType) else None
+        if found is None:
+            continue
+        origin = getattr(found, "origin", None)
+        if isinstance(origin, str) and os.path.isabs(origin):
+            entry = next((p for p in paths if origin.startswith(p.rstrip(os.sep) + os.sep)), None)
+            if entry is not None and entry in own:
+                continue  # the script's own module
+        names.append(name)
     # Imported here, in a check's warm run only: the supervisor, which every
     # keeper is a fork of, stays without it.
     from ..._paths import warm_imports_file
 
-    path = warm_imports_file(folder, spec["trial"], spec["run"])
-    try:
-        with open(path, "w", encoding="utf-8") as report:
-            report.write(json.dumps(names))
-    except OSError:
-        pass  # the check then says it does not know
+    with open(warm_imports_file(folder, spec["trial"], spec["run"]), "w", encoding="utf-8") as out:
+        out.write(json.dumps(sorted(names)))
 
 
 def _default_signals() -> None:
