@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -398,3 +399,16 @@ def test_the_example_runs(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "best config" in completed.stdout
     assert not [p for p in psutil.Process().children(recursive=True) if p.is_running()]
+
+
+def test_a_with_block_that_raises_keeps_its_error_when_closing_fails_too(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "exp"
+    ours = SyneTuneBackend(EPOCHS_SCRIPT, experiment_dir=root, grace_period=5.0)
+    with pytest.raises(ValueError, match="the block's own error") as caught, ours:
+        ours.start_trial({"epochs": 1})
+        shutil.rmtree(root)
+        raise ValueError("the block's own error")
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "deleted or moved" in notes and str(root) in notes, notes
