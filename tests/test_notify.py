@@ -117,6 +117,27 @@ def test_notifications_taken_in_while_sleeping_are_kept_for_the_next_pass(
     assert _pass_reads(watcher, a) == [True]
 
 
+def test_taking_in_while_sleeping_leaves_the_watches_to_the_next_pass(
+    watcher: FileWatcher, tmp_path: Path
+) -> None:
+    # wait() takes notifications in without the backend's lock, while other
+    # threads watch and unwatch files under it: so taking in changes no
+    # watch, not even for a deleted file's dropped watch or a full queue, and
+    # the next pass (under the lock) applies what was taken in.
+    a, gone, x, y = _watched_and_read(watcher, tmp_path, "a", "gone", "x", "y")
+    gone.unlink()  # the kernel drops its watch and says so
+    _fill_the_queue(x, y)
+    watches = dict(watcher._watches)
+    watcher.take_in()
+    assert watcher._watches == watches
+    assert _pass_reads(watcher, a, gone, x, y) == [True, True, True, True]
+    assert str(gone) not in watcher._watches and str(a) in watcher._watches
+    _append(a)
+    readable, _, _ = select.select([watcher.fileno()], [], [], 10.0)
+    assert readable, "a write to a watched file did not wake the watcher"
+    assert _pass_reads(watcher, a, x, y) == [True, False, False]
+
+
 def test_files_not_watched_are_always_read(watcher: FileWatcher, tmp_path: Path) -> None:
     a = tmp_path / "a"
     a.write_bytes(b"")

@@ -31,6 +31,7 @@ import struct
 import sys
 import time
 import weakref
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,9 @@ class FileWatcher:
     """Watches files for writes; create lazily, close with ``close()``.
 
     The backend's lock guards every call but ``take_in``, which ``wait()``
-    makes while it sleeps: its updates are single dict and set operations,
-    and a mark it sets after a pass looked is seen by the next pass.
+    makes while it sleeps, beside threads that watch and unwatch files under
+    the lock: so ``take_in`` only reads the notifications into a queue (one
+    atomic append each), and the next pass applies them (``begin_pass``).
     """
 
     def __init__(self) -> None:
@@ -59,6 +61,8 @@ class FileWatcher:
         self._libc: ctypes.CDLL | None = None
         self._watches: dict[str, int] = {}
         self._paths: dict[int, str] = {}
+        # Notifications read by ``take_in``, for the next pass to apply.
+        self._unread: deque[bytes] = deque()
         # Watched files written to (or newly watched) since they were last read.
         self._changed: set[str] = set()
         # When each watched file was last read, by the clock of ``begin_pass``.
@@ -122,19 +126,22 @@ class FileWatcher:
             self._libc.inotify_rm_watch(self._fd, wd)
 
     def take_in(self) -> None:
-        """Take in the pending notifications, without blocking."""
+        """Read the pending notifications, without blocking, for the next pass."""
         fd = self._fd
         if fd < 0:
             return
         try:
             while data := os.read(fd, 1 << 16):
-                self._take(data)
+                self._unread.append(data)
         except OSError:
             pass  # nothing more (EAGAIN), or closed by another thread meanwhile
 
     def begin_pass(self) -> None:
-        """Before a pass that reads trials' files: take in the notifications."""
+        """Before a pass that reads trials' files: apply the notifications."""
         self.take_in()
+        unread = self._unread
+        while unread:
+            self._take(unread.popleft())
         self._now = now = time.monotonic()
         self._full_pass_due = self._fd < 0 or now - self._full_pass_at >= FULL_READ_SECONDS
 
@@ -154,7 +161,7 @@ class FileWatcher:
                 self._full_pass_due = False
             return None
         owners, found = self._owners, set()
-        # A copy made in one step: ``take_in`` may add to the set meanwhile.
+        # A copy: the loop discards from the set.
         for path in self._changed.copy():
             owner = owners.get(path)
             if owner is None:
@@ -223,6 +230,7 @@ class FileWatcher:
         self._libc = None
         self._watches.clear()
         self._paths.clear()
+        self._unread.clear()
         self._changed.clear()
         self._read_at.clear()
         self._owners.clear()
