@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from localbackend._cores import usable_cores
+from localbackend._protocol import THREAD_COUNT_VARIABLES
 from localbackend.cli import _build_parser
 from localbackend.cli._tune import backend_limits, threads_per_trial
-from localbackend.core._limits import THREAD_VARIABLES
 from tests.test_cli_tune import SPACE, TRAIN, cli
 
 
@@ -59,7 +59,7 @@ def test_a_bad_limit_is_one_clear_line(tmp_path: Path) -> None:
 def test_threads_per_trial_auto_splits_the_cores_between_the_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in THREAD_VARIABLES:
+    for name in THREAD_COUNT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     root = tmp_path / "run"
     done = cli(
@@ -92,7 +92,7 @@ def test_threads_per_trial_choices(
     monkeypatch: pytest.MonkeyPatch, value: str, workers: int, options: dict[str, bool],
     environ: dict[str, str], expected: object,
 ) -> None:
-    for name in THREAD_VARIABLES:
+    for name in THREAD_COUNT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for name, setting in environ.items():
         monkeypatch.setenv(name, setting)
@@ -120,7 +120,7 @@ def test_a_bad_thread_count_is_one_clear_line(tmp_path: Path, value: str) -> Non
 def test_auto_counts_only_the_trials_that_can_run_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in THREAD_VARIABLES:
+    for name in THREAD_COUNT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     args = _build_parser().parse_args(
         ["tune", "train.py", "--metric", "loss", "--workers", "8", "--max-trials", "1"]

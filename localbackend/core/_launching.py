@@ -16,11 +16,10 @@ from pathlib import Path
 
 from .._errors import LocalBackendError, TrialLaunchError
 from .._paths import TrialPaths
-from .._protocol import ENV_KEEP_CHECKPOINTS
+from .._protocol import ENV_KEEP_CHECKPOINTS, THREAD_COUNT_VARIABLES
 from ..launchers._base import Launcher, RunLimits, RunSpec
 from ._command import ENV_DEFAULTS, build_launch_spec
 from ._gpus import GpuAllocator
-from ._limits import THREAD_VARIABLES
 from ._table import TrialTable
 from ._trials import TrialRecord
 
@@ -151,7 +150,8 @@ def _policy_env(template: RunTemplate, cores: int) -> dict[str, str]:
     env = {}
     threads = template.threads_per_trial or cores
     if threads:
-        env.update({name: str(threads) for name in THREAD_VARIABLES if name not in template.env})
+        variables = (name for name in THREAD_COUNT_VARIABLES if name not in template.env)
+        env.update({name: str(threads) for name in variables})
     if template.keep_checkpoints is not None:
         env[ENV_KEEP_CHECKPOINTS] = str(template.keep_checkpoints)
     return env

@@ -17,10 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
 from .._errors import BackendConfigurationError
-from .._protocol import THREAD_COUNT_VARIABLES
 
-# Set to ``threads_per_trial``, or for a trial pinned to ``cpus_per_trial`` cores.
-THREAD_VARIABLES = THREAD_COUNT_VARIABLES
 # A failed run that ran less than this is a quick failure: a trial whose
 # every retry fails this fast is in a crash loop, and its reason says so.
 QUICK_FAILURE_SECONDS = 5.0
