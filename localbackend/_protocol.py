@@ -26,8 +26,8 @@ ENV_RUN_START_TIME: Final = "LOCALBACKEND_RUN_START_TIME"
 ENV_KEEP_CHECKPOINTS: Final = "LOCALBACKEND_KEEP_CHECKPOINTS"
 # Set by ``localbackend check --preload`` only: a folder where each warm run
 # writes the modules its script imported after the fork, as
-# ``<trial>-<run>.json``. The warm child takes it out of the script's
-# environment.
+# ``<trial>-<run>.json``. The keeper takes it out of the trial's environment
+# and hands it to the warm child, so that no script sees it.
 ENV_WARM_IMPORTS: Final = "LOCALBACKEND_WARM_IMPORTS"
 
 # Variables that tell numeric libraries how many threads to use: set for

@@ -168,7 +168,10 @@ def _report_imports(
     for name, module in list(sys.modules.items()):
         if not isinstance(name, str) or name in before or name == "__main__":
             continue
-        found = module.__dict__.get("__spec__") if isinstance(module, types.ModuleType) else None
+        if not isinstance(module, types.ModuleType):
+            continue
+        # Past the module's own __getattribute__, which a lazy module loads in.
+        found = object.__getattribute__(module, "__dict__").get("__spec__")
         if found is None:
             continue
         origin = getattr(found, "origin", None)
