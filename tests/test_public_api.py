@@ -281,6 +281,19 @@ def test_a_driver_running_a_trial_loads_only_what_a_trial_needs(tmp_path: Path) 
     assert json.loads(outcome) == {"status": "Completed", "results": 1, "loaded": []}
 
 
+def test_the_supervisor_loads_neither_threading_nor_subprocess() -> None:
+    """Every keeper is a fork of the supervisor, and ``threading``'s after-fork
+    work would cost each one about 100 page faults before its first line."""
+    outcome = _run_python(
+        """
+        import json, sys
+        from localbackend.launchers.local import _supervisor
+        print(json.dumps([m for m in ("threading", "subprocess") if m in sys.modules]))
+        """
+    )
+    assert json.loads(outcome) == []
+
+
 def test_the_supported_python_versions_agree_everywhere() -> None:
     """pyproject's classifiers name the versions ``.ci/run`` tests; the rest must follow them."""
     import configparser

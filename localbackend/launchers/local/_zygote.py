@@ -26,7 +26,6 @@ import importlib
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -259,7 +258,7 @@ class Zygote:
             return "OpenBLAS is loaded but its thread count cannot be given back to the trial"
         try:
             cold_path = _cold_sys_path()
-        except (OSError, ValueError, subprocess.SubprocessError) as err:
+        except (OSError, ValueError) as err:
             return f"the module path of a cold start could not be found ({err})"
         reason = self._libraries_reason() or self.process_reason(modules)
         if reason is not None:
@@ -332,13 +331,24 @@ def _openblas_setter() -> Any:
 
 
 def _cold_sys_path() -> list[str]:
-    """``sys.path`` of a cold start less its first entry (the script's folder)."""
+    """``sys.path`` of a cold start less its first entry (the script's folder).
+
+    A failed probe raises ``ValueError``. ``subprocess`` is imported here, not
+    with the module: it loads ``threading``, whose after-fork work every keeper
+    forked by a supervisor would pay (about 100 page faults each), and a
+    supervisor that runs no warm trial never needs it.
+    """
+    import subprocess
+
     probe = "import json, sys; print(json.dumps([sys.flags.safe_path, sys.path]))"
     environ = dict(os.environ)
-    output = subprocess.run(
-        [sys.executable, "-c", probe], env=environ, cwd="/", capture_output=True,
-        check=True, timeout=60, stdin=subprocess.DEVNULL,
-    ).stdout
+    try:
+        output = subprocess.run(
+            [sys.executable, "-c", probe], env=environ, cwd="/", capture_output=True,
+            check=True, timeout=60, stdin=subprocess.DEVNULL,
+        ).stdout
+    except subprocess.SubprocessError as err:
+        raise ValueError(str(err)) from err
     safe_path, path = json.loads(output)
     entries = [str(entry) for entry in path]
     if not safe_path and entries and entries[0] == "":
