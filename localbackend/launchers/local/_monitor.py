@@ -27,8 +27,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from ._proctable import descendants
 
@@ -45,8 +44,7 @@ _CGROUP_ROOT = "/sys/fs/cgroup"
 _SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     """Why the tree must end now: ``kind`` is "time_limit", "memory_limit" or "hang"."""
 
     kind: str

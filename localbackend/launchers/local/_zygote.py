@@ -28,8 +28,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from ..._protocol import THREAD_COUNT_VARIABLES
 
@@ -97,19 +96,23 @@ def _mapped_libraries() -> list[str]:
     return sorted({line.split(None, 5)[5] for line in lines if len(line.split(None, 5)) == 6})
 
 
-@dataclass
-class WarmState:
-    """What the zygote learnt when it imported the preload modules; the child reads it."""
+class WarmState(NamedTuple):
+    """What the zygote learnt when it imported the preload modules; the child reads it.
+
+    A named tuple, not a dataclass: ``dataclasses`` (with ``inspect``) would
+    add 1.4 MiB to the supervisor, which every keeper's fork copies the page
+    tables of.
+    """
 
     modules: tuple[str, ...]
     # sys.path of a cold ``python script.py`` without its first entry.
-    cold_path: list[str] = field(default_factory=list)
+    cold_path: list[str]
     # The thread variables as they were when the modules were imported.
-    import_env: dict[str, Optional[str]] = field(default_factory=dict)
+    import_env: dict[str, Optional[str]]
     # OpenBLAS's setter, when the zygote held OpenBLAS to one thread.
-    openblas_setter: Any = None
+    openblas_setter: Any
     # The streams' encodings and errors, as this interpreter chose them.
-    stdio: dict[str, tuple[str, str]] = field(default_factory=dict)
+    stdio: dict[str, tuple[str, str]]
 
 
 class Zygote:
