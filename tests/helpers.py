@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -133,3 +135,21 @@ def status_history(backend: Any, trial_id: int) -> list[dict[str, Any]]:
     """The trial's status history file, one dict per change."""
     path = backend.trial_dir(trial_id) / "status.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def remove_tree_under_writers(path: Path, timeout: float = 30.0) -> None:
+    """Delete ``path`` while a running trial's processes may still add files to it.
+
+    A keeper or a trial can create an entry between ``rmtree``'s listing of a
+    folder and its ``rmdir``, which then fails with ENOTEMPTY (or finds an
+    entry gone); each pass deletes what the one before missed, until the
+    folder is gone, and once it is nothing can be created in it.
+    """
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        try:
+            shutil.rmtree(path)
+        except OSError as err:
+            gone_or_refilled = err.errno in (errno.ENOTEMPTY, errno.ENOENT)
+            if not gone_or_refilled or time.monotonic() > deadline:
+                raise

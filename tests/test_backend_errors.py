@@ -24,6 +24,7 @@ from localbackend import (
 )
 from tests.helpers import (
     collect,
+    remove_tree_under_writers,
     script,
     status_history,
     wait_for_trial_file,
@@ -285,7 +286,7 @@ def test_an_experiment_folder_deleted_under_the_backend_is_named_as_such(
         collect(backend, [0], lambda statuses, _r: statuses[0][1] == Status.completed)
         backend.start_trial({"n": 1, "hold": 1})  # runs until it is stopped
         collect(backend, [1], lambda _s, results: len(results) == 1)
-        shutil.rmtree(experiment_dir)
+        remove_tree_under_writers(experiment_dir)
         with pytest.raises(ExperimentError) as caught:
             backend.start_trial({"n": 1})
         check_error(caught.value, ExperimentError, str(experiment_dir))
@@ -311,7 +312,7 @@ def test_a_with_block_that_raises_keeps_its_error_when_closing_fails_too(
     with pytest.raises(ValueError, match="the block's own error") as caught, backend:
         backend.start_trial({"n": 1, "hold": 1})
         collect(backend, [0], lambda _s, results: len(results) == 1)
-        shutil.rmtree(experiment_dir)
+        remove_tree_under_writers(experiment_dir)
         raise ValueError("the block's own error")
     notes = "\n".join(getattr(caught.value, "__notes__", []))
     assert "deleted or moved" in notes and str(experiment_dir) in notes, notes

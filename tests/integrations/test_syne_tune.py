@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -30,7 +29,7 @@ from syne_tune.tuner_callback import TunerCallback
 
 from localbackend import InvalidTransitionError
 from localbackend.integrations.syne_tune import SyneTuneBackend
-from tests.helpers import format_logs, wait_for
+from tests.helpers import format_logs, remove_tree_under_writers, wait_for
 from tests.integrations.conftest import EXAMPLES, SCRIPTS
 
 pytestmark = pytest.mark.integration
@@ -408,7 +407,7 @@ def test_a_with_block_that_raises_keeps_its_error_when_closing_fails_too(
     ours = SyneTuneBackend(EPOCHS_SCRIPT, experiment_dir=root, grace_period=5.0)
     with pytest.raises(ValueError, match="the block's own error") as caught, ours:
         ours.start_trial({"epochs": 1})
-        shutil.rmtree(root)
+        remove_tree_under_writers(root)
         raise ValueError("the block's own error")
     notes = "\n".join(getattr(caught.value, "__notes__", []))
     assert "deleted or moved" in notes and str(root) in notes, notes
