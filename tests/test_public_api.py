@@ -284,7 +284,7 @@ def test_a_driver_running_a_trial_loads_only_what_a_trial_needs(tmp_path: Path) 
 def test_the_supervisor_loads_no_module_its_keepers_would_pay_for() -> None:
     """Every keeper is a fork of the supervisor: ``threading``'s after-fork work
     would cost each one about 100 page faults before its first line, and
-    ``dataclasses`` (with ``inspect``) 1.4 MiB more to fork."""
+    ``dataclasses`` (with ``inspect``) 0.9 MiB more to fork."""
     outcome = _run_python(
         """
         import json, sys

@@ -99,9 +99,8 @@ def _mapped_libraries() -> list[str]:
 class WarmState(NamedTuple):
     """What the zygote learnt when it imported the preload modules; the child reads it.
 
-    A named tuple, not a dataclass: ``dataclasses`` (with ``inspect``) would
-    add 1.4 MiB to the supervisor, which every keeper's fork copies the page
-    tables of.
+    A named tuple, not a dataclass: ``dataclasses`` (with ``inspect``) added
+    0.9 MiB to the supervisor, whose page tables every keeper's fork copies.
     """
 
     modules: tuple[str, ...]
