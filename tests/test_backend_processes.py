@@ -175,8 +175,10 @@ def test_trial_ignoring_sigterm_is_killed_after_the_grace_period(experiment_dir:
         script("ignore_sigterm.py"), experiment_dir=experiment_dir, grace_period=STOPPING_GRACE
     ) as backend:
         backend.start_trial({})
-        run = read_json(wait_for_trial_file(backend, 0, "runs.jsonl"))
+        # The script touches ready-0 only after its line in runs.jsonl is written;
+        # runs.jsonl itself exists, empty, from its open() on.
         wait_for_trial_file(backend, 0, "ready-0")
+        run = read_json(backend.trial_dir(0) / "runs.jsonl")
         leader = psutil.Process(run["pid"])
         backend.pause_trial(0)
         # pause_trial returns at once, with the status already Paused.
