@@ -302,14 +302,15 @@ class Keeper:
         A run that cannot record what it runs does not start (the error is
         the spawn's): the file is the one exact account of the command.
         """
-        path, command = self.spec.get("command_file"), self.spec.get("command")
-        if not path or command is None:
+        path, text = self.spec.get("command_file"), self.spec.get("command_text")
+        if not path or text is None:
             return
-        if self.monitor.mechanism is not None:
-            command = dict(command, memory_limit={
+        if self.monitor.mechanism is not None:  # known only here, after the cgroup's making
+            command = dict(json.loads(text), memory_limit={
                 "bytes": self.monitor.memory_limit, "mechanism": self.monitor.mechanism,
             })
-        atomic_write_bytes(path, json.dumps(command, indent=2).encode())
+            text = json.dumps(command, indent=2)
+        atomic_write_bytes(path, text.encode())
 
     def _spawn(self) -> int:
         spec = self.spec
