@@ -11,8 +11,36 @@ import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Optional, cast
 
 RUNS_ROOT = "localbackend-runs"
+
+# What pathlib itself makes a folder's entries with, unparsed (see ``child``).
+_CHILD_OF: Optional[Callable[[Path, str], Any]] = getattr(Path, "_make_child_relpath", None)
+_FROM_STRING: Optional[Callable[[Path, str], Any]] = getattr(Path, "_from_parsed_string", None)
+
+
+def child(parent: Path, name: str) -> Path:
+    """``parent / name`` for a ``name`` without separators, made without interning ``name``.
+
+    pathlib interns every component of a path it parses: on Python 3.11 when
+    the path is made, on 3.12 and 3.13 when it is first turned into a string,
+    and 3.12 never frees an interned string. A driver makes the paths of
+    thousands of trials, each named by its own folder; parsed, every name
+    would stay in the interpreter's table of interned strings for good
+    (3.12), or leave a tombstone there that makes the table grow (3.11 and
+    3.13; ``bench/analysis.md``, section 7). So a trial's paths are made the
+    way pathlib makes the entries of a folder it lists, which it does not
+    parse: ``_make_child_relpath`` on 3.11 and 3.12, ``_from_parsed_string``
+    on 3.13. Both are pathlib's own, not public: on a Python that has
+    neither, this is plain ``parent / name``, and ``tests/test_paths.py``
+    fails there.
+    """
+    if _CHILD_OF is not None:
+        return cast(Path, _CHILD_OF(parent, name))
+    if _FROM_STRING is not None:
+        return cast(Path, _FROM_STRING(parent, os.path.join(parent, name)))
+    return parent / name
 
 
 class TrialPaths:
@@ -39,14 +67,14 @@ class TrialPaths:
         paths = cls.__new__(cls)
         paths._parent = experiment_root
         paths._trial_id = trial_id
-        paths._root = experiment_root / str(trial_id)
+        paths._root = child(experiment_root, str(trial_id))
         return paths
 
     @property
     def root(self) -> Path:
         root = self._root
         if root is None:
-            root = self._parent / str(self._trial_id)
+            root = child(self._parent, str(self._trial_id))
         return root
 
     @property
@@ -87,40 +115,40 @@ class TrialPaths:
 
     @property
     def config(self) -> Path:
-        return self.root / "config.json"
+        return child(self.root, "config.json")
 
     @property
     def command(self) -> Path:
-        return self.root / "command.json"
+        return child(self.root, "command.json")
 
     @property
     def stdout(self) -> Path:
-        return self.root / "stdout.log"
+        return child(self.root, "stdout.log")
 
     @property
     def stderr(self) -> Path:
-        return self.root / "stderr.log"
+        return child(self.root, "stderr.log")
 
     @property
     def results(self) -> Path:
-        return self.root / "results.jsonl"
+        return child(self.root, "results.jsonl")
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return child(self.root, "checkpoints")
 
     @property
     def status_history(self) -> Path:
-        return self.root / "status.jsonl"
+        return child(self.root, "status.jsonl")
 
     @property
     def exit_status(self) -> Path:
-        return self.root / "exit.json"
+        return child(self.root, "exit.json")
 
     @property
     def run_record(self) -> Path:
         """Written by the keeper when a run starts: its PIDs and where its output begins."""
-        return self.root / "run.json"
+        return child(self.root, "run.json")
 
     @property
     def checkpoint_request(self) -> Path:
@@ -129,15 +157,15 @@ class TrialPaths:
         ``{"run": N, "action": "delete" | "keep"}``, written by the driver and
         read by that run's keeper after it has reaped the tree.
         """
-        return self.root / "checkpoint-request.json"
+        return child(self.root, "checkpoint-request.json")
 
     def checkpoint_staging(self) -> Path:
         """Where a checkpoint copy is assembled before it replaces ``checkpoints``."""
-        return self.root / f".checkpoints-incoming-{os.getpid()}-{os.urandom(4).hex()}"
+        return child(self.root, f".checkpoints-incoming-{os.getpid()}-{os.urandom(4).hex()}")
 
     def checkpoint_retired(self) -> Path:
         """Where the replaced checkpoint folder waits to be deleted."""
-        return self.root / f".checkpoints-retired-{os.getpid()}-{os.urandom(4).hex()}"
+        return child(self.root, f".checkpoints-retired-{os.getpid()}-{os.urandom(4).hex()}")
 
     def log(self, stream: str) -> Path:
         return self.stdout if stream == "stdout" else self.stderr
@@ -145,11 +173,11 @@ class TrialPaths:
     @property
     def function(self) -> Path:
         """The pickled function a ``FunctionBackend`` trial runs."""
-        return self.root / "function.pkl"
+        return child(self.root, "function.pkl")
 
     def syne_tune_log(self, stream: str) -> Path:
         """Syne Tune's name for a log (``std.out``, ``std.err``): a link to ours."""
-        return self.root / ("std.out" if stream == "stdout" else "std.err")
+        return child(self.root, "std.out" if stream == "stdout" else "std.err")
 
 
 @dataclass(frozen=True)
