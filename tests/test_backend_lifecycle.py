@@ -49,6 +49,22 @@ def finish(backend: LocalBackend, trial_ids: list[int]) -> tuple[dict[int, Any],
 # -- starting and finishing ----------------------------------------------------
 
 
+def test_a_trial_runs_in_an_experiment_folder_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    # The folder's name decodes to a lone surrogate, which reaches the trial's
+    # argv, environment and working folder, and command.json, which records them.
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/exp-\xff"))
+    with LocalBackend(
+        script("report_then_exit.py"), experiment_dir=folder, grace_period=GRACE
+    ) as backend:
+        backend.start_trial({"n": 2})
+        statuses, _ = finish(backend, [0])
+        assert statuses[0][1] == Status.completed, format_logs(backend)
+        command = json.loads((folder / "0" / "command.json").read_bytes())
+        assert command["env"]["LOCALBACKEND_TRIAL_DIR"].encode("utf-8", "surrogateescape") == (
+            os.fsencode(folder / "0")
+        )
+
+
 def test_start_trial_returns_a_trial_result_and_ids_count_up(experiment_dir: Path) -> None:
     with LocalBackend(
         script("report_then_exit.py"), experiment_dir=experiment_dir, grace_period=GRACE

@@ -357,6 +357,19 @@ class SupervisorClient:
                 os.close(events_fd)
 
 
+def _command_text(command: dict[str, Any]) -> str:
+    """``command.json``'s text, encoded here: a keeper is a fresh fork of the
+    supervisor, for which the encoding would cost page faults on its way to the
+    spawn. orjson refuses lone surrogates, which stand for the undecodable bytes
+    of a path or a variable: such a command is written by the standard ``json``,
+    which escapes them.
+    """
+    try:
+        return orjson.dumps(command, option=orjson.OPT_INDENT_2).decode()
+    except TypeError:
+        return json.dumps(command, indent=2)
+
+
 def spawn_command(spec: RunSpec, *, executable: str, env: Mapping[str, str]) -> dict[str, Any]:
     """The supervisor's ``spawn`` command for one run: what its keeper reads.
 
@@ -381,14 +394,11 @@ def spawn_command(spec: RunSpec, *, executable: str, env: Mapping[str, str]) -> 
         "checkpoints": str(paths.checkpoints),
         "checkpoint_request": str(paths.checkpoint_request),
         "command_file": str(paths.command),
-        # What the keeper publishes as command.json (the variables we set, not
-        # the host's), encoded here: a keeper is a fresh fork, for which the
-        # encoding would cost page faults on its way to the spawn.
-        "command_text": orjson.dumps(
+        # What the keeper publishes as command.json: the variables we set, not the host's.
+        "command_text": _command_text(
             {"run": spec.run, "argv": list(spec.argv), "cwd": str(spec.cwd),
              "env": dict(spec.env), "limits": spec.limits.as_record()},
-            option=orjson.OPT_INDENT_2,
-        ).decode(),
+        ),
         "delete_on_completion": spec.delete_checkpoints_on_completion,
         "grace": spec.grace_period,
         "limits": spec.limits.as_record(),
