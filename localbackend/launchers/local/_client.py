@@ -358,11 +358,12 @@ class SupervisorClient:
 
 
 def _command_text(command: dict[str, Any]) -> str:
-    """``command.json``'s text, encoded here: a keeper is a fresh fork of the
-    supervisor, for which the encoding would cost page faults on its way to the
-    spawn. orjson refuses lone surrogates, which stand for the undecodable bytes
-    of a path or a variable: such a command is written by the standard ``json``,
-    which escapes them.
+    """The text of a run's ``command.json``, encoded in the driver.
+
+    A keeper is a fresh fork of the supervisor, for which the encoding would
+    cost page faults on its way to the spawn. orjson refuses lone surrogates,
+    which stand for the undecodable bytes of a path or a variable: such a
+    command is written by the standard ``json``, which escapes them.
     """
     try:
         return orjson.dumps(command, option=orjson.OPT_INDENT_2).decode()
