@@ -13,11 +13,16 @@ import os
 import re
 import select
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 from ._protocol import CHECKPOINT_PREFIX, CHECKPOINT_TMP_PREFIX
 
 _BLOCK = 1 << 20
+# Pieces of an atomic write are gathered into writes of this size.
+_WRITE_BLOCK = 64 << 10
 # Published checkpoints are CHECKPOINT_PREFIX + this many digits (see checkpoint.save()).
 CHECKPOINT_DIGITS = 8
 _PUBLISHED = re.compile(re.escape(CHECKPOINT_PREFIX) + r"(\d+)")
@@ -137,24 +142,26 @@ def _remove(path: str | os.PathLike[str]) -> None:
 
 
 def atomic_write_bytes(
-    path: str | os.PathLike[str], data: bytes, *, durable: bool = False
+    path: str | os.PathLike[str], data: bytes | Iterable[bytes], *, durable: bool = False
 ) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half.
 
     The data goes to a temporary file next to ``path`` (unique to this call,
     so concurrent writers never share one), which then replaces ``path`` by
-    rename. ``durable`` fsyncs the file before the rename. On any error the
-    temporary file is removed and the error propagates; ``path`` is unchanged.
+    rename. ``durable`` fsyncs the file before the rename. ``data`` may be
+    an iterable of pieces, written as they come (gathered into writes of
+    about ``_WRITE_BLOCK`` bytes), so that a large text need never be held whole.
+    On any error, from the pieces too, the temporary file is removed and the
+    error propagates; ``path`` is unchanged.
     """
     target = os.fspath(path)
     parent, name = os.path.split(target)
     tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    pieces = (data,) if isinstance(data, bytes) else data
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_pieces(fd, pieces)
             if durable:
                 os.fsync(fd)
         finally:
@@ -166,6 +173,24 @@ def atomic_write_bytes(
         except OSError:
             pass
         raise
+
+
+def _write_pieces(fd: int, pieces: Iterable[bytes]) -> None:
+    pending: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        pending.append(piece)
+        size += len(piece)
+        if size >= _WRITE_BLOCK:
+            _write_all(fd, b"".join(pending))  # one piece alone is not copied
+            pending, size = [], 0
+    _write_all(fd, b"".join(pending))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def fsync_tree(top: str | os.PathLike[str]) -> None:

@@ -54,7 +54,7 @@ class ExperimentFolder:
             ) from err
         self.lock.acquire(on_take_over)
         state = empty_state(options)
-        atomic_write_json(self.paths.metadata, state, durable=True)
+        atomic_write_json(self.paths.metadata, state, durable=True, split="trials")
         self.open_journal(state["seq"])
         self.created = True
 

@@ -189,7 +189,7 @@ class Journal:
         if self._fd < 0:
             return
         state = load_state(self.paths.root, owner=True)
-        atomic_write_json(self.paths.metadata, state, durable=True)
+        atomic_write_json(self.paths.metadata, state, durable=True, split="trials")
         tmp = self.paths.journal.with_name(f".journal.tmp-{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,47 @@ class CheckpointSwapUnsupportedError(CheckpointFolderError):
     """The target cannot be replaced in one step on this filesystem, given what it holds."""
 
 
-def atomic_write_json(path: Path, obj: Any, *, durable: bool = False) -> None:
-    """Write ``obj`` as indented JSON, atomically (see ``atomic_write_bytes``)."""
-    data = orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-    atomic_write_bytes(path, data, durable=durable)
+_JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+
+
+def atomic_write_json(
+    path: Path, obj: Any, *, durable: bool = False, split: str | None = None
+) -> None:
+    """Write ``obj`` as indented JSON, atomically (see ``atomic_write_bytes``).
+
+    With ``split``, the mapping ``obj[split]`` (the snapshot's trials) is
+    encoded one entry at a time, and each piece written as it is made: the
+    file is the same, but its whole text is never held at once.
+    """
+    atomic_write_bytes(path, _json_pieces(obj, split), durable=durable)
+
+
+def _json_pieces(obj: Any, split: str | None) -> Iterator[bytes]:
+    """``orjson.dumps(obj, option=_JSON_OPTIONS)``, with ``obj[split]`` a piece per entry.
+
+    orjson indents a value nested ``depth`` levels deep as it would alone,
+    each line after the first shifted by two spaces a level; no string in
+    its output holds a raw newline, so the shift is a plain replacement.
+    """
+    inner = obj.get(split) if split is not None and isinstance(obj, dict) else None
+    if not (
+        isinstance(inner, dict) and inner
+        and all(isinstance(key, str) for key in obj)
+        and all(isinstance(key, (str, int)) and not isinstance(key, bool) for key in inner)
+    ):
+        yield orjson.dumps(obj, option=_JSON_OPTIONS)
+        return
+    for index, (key, value) in enumerate(obj.items()):
+        yield b"{\n  " if index == 0 else b",\n  "
+        yield orjson.dumps(key) + b": "
+        if key != split:
+            yield orjson.dumps(value, option=_JSON_OPTIONS).replace(b"\n", b"\n  ")
+            continue
+        for entry, (name, item) in enumerate(inner.items()):
+            yield (b"{\n    " if entry == 0 else b",\n    ") + orjson.dumps(str(name)) + b": "
+            yield orjson.dumps(item, option=_JSON_OPTIONS).replace(b"\n", b"\n    ")
+        yield b"\n  }"
+    yield b"\n}"
 
 
 def has_checkpoint(paths: TrialPaths) -> bool:
