@@ -94,7 +94,11 @@ class BackendConfigurationError(LocalBackendError, ValueError):
 
 
 class CheckpointCopyError(LocalBackendError):
-    """A checkpoint could not be copied; the target is left as it was."""
+    """A checkpoint could not be copied; the target is left as it was.
+
+    Unless the hint says that the copy is in place: then only syncing it to
+    disk failed, after it was switched in.
+    """
 
     def __init__(self, src_trial_id: int, tgt_trial_id: int, problem: str, hint: str) -> None:
         self.src_trial_id = src_trial_id

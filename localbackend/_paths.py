@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional, cast
 
 RUNS_ROOT = "localbackend-runs"
+# A trial folder's checkpoint copy in the making, and its replaced checkpoints.
+_STAGING = ".checkpoints-incoming-"
+_RETIRED = ".checkpoints-retired-"
 
 # What pathlib itself makes a folder's entries with, unparsed (see ``child``).
 _CHILD_OF: Optional[Callable[[Path, str], Any]] = getattr(Path, "_make_child_relpath", None)
@@ -161,11 +164,20 @@ class TrialPaths:
 
     def checkpoint_staging(self) -> Path:
         """Where a checkpoint copy is assembled before it replaces ``checkpoints``."""
-        return child(self.root, f".checkpoints-incoming-{os.getpid()}-{os.urandom(4).hex()}")
+        return child(self.root, f"{_STAGING}{os.getpid()}-{os.urandom(4).hex()}")
 
     def checkpoint_retired(self) -> Path:
         """Where the replaced checkpoint folder waits to be deleted."""
-        return child(self.root, f".checkpoints-retired-{os.getpid()}-{os.urandom(4).hex()}")
+        return child(self.root, f"{_RETIRED}{os.getpid()}-{os.urandom(4).hex()}")
+
+    def checkpoint_leftovers(self) -> list[Path]:
+        """Staging and retired folders that a copy or delete killed halfway left behind."""
+        try:
+            with os.scandir(self.root) as entries:
+                return [child(self.root, entry.name) for entry in entries
+                        if entry.name.startswith((_STAGING, _RETIRED))]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def log(self, stream: str) -> Path:
         return self.stdout if stream == "stdout" else self.stderr

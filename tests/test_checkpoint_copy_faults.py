@@ -269,3 +269,118 @@ def test_copying_over_a_target_leaves_no_staging_folder(tmp_path: Path) -> None:
     shutil.rmtree(source.root)  # the target's shared files survive the source's deletion
     assert checkpoint.latest(directory=target.checkpoints) is not None
     assert len(tree_digest(target.checkpoints)) == 4
+
+
+def modes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): os.stat(p).st_mode for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("step", ["link", "replace", "exchange", "syncfs"])
+def test_a_failed_copy_leaves_the_source_files_as_writable_as_they_were(
+    step: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = make_trial(tmp_path, "0", b"new")
+    source_modes = modes(source.checkpoints)
+    assert any(mode & 0o200 for mode in source_modes.values())
+    target = (make_trial(tmp_path, "1", b"old") if step == "exchange"
+              else TrialPaths(tmp_path / "1"))
+    if step == "link":
+        # The first file is linked (and made read-only), the second fails.
+        monkeypatch.setattr(_copying.os, "link", _nth_fails(os.link, 2))
+    elif step == "replace":
+        monkeypatch.setattr(_storage.os, "replace", failing(errno.EIO)[0])
+    elif step == "exchange":
+        monkeypatch.setattr(_storage, "_exchange", failing(errno.EIO)[0])
+    else:
+        syncfs, _ = failing(errno.EIO)
+        monkeypatch.setattr(_copying, "_libc_syncfs", lambda: _errno_call(syncfs))
+    with pytest.raises(OSError, match=r"injected|Input/output"):
+        _storage.copy_checkpoint_folder(source, target)
+    monkeypatch.undo()
+    assert modes(source.checkpoints) == source_modes
+    _storage.copy_checkpoint_folder(source, target)  # once it succeeds, they are shared
+    assert shared_with(source, target)
+    assert all(not os.stat(source.checkpoints / name).st_mode & 0o222
+               for name in shared_with(source, target))
+
+
+def _nth_fails(real: Callable[..., Any], n: int) -> Callable[..., Any]:
+    calls = 0
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        return real(*args, **kwargs)
+
+    return call
+
+
+@pytest.mark.parametrize("existing_target", [True, False])
+def test_a_failure_once_the_copy_is_switched_in_says_so(
+    existing_target: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = make_trial(tmp_path, "0", b"new")
+    target = (make_trial(tmp_path, "1", b"old") if existing_target
+              else TrialPaths(tmp_path / "1"))
+    target.root.mkdir(exist_ok=True)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(target.root):
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(_storage.CheckpointNotDurableError, match="in place") as raised:
+        _storage.copy_checkpoint_folder(source, target)
+    monkeypatch.undo()
+    assert raised.value.folder == target.checkpoints
+    assert tree_digest(target.checkpoints) == tree_digest(source.checkpoints)
+    assert [p.name for p in target.root.iterdir() if p.name.startswith(".")] == []
+
+
+def test_what_a_killed_copy_or_delete_left_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    source = make_trial(tmp_path, "0", b"new")
+    target = make_trial(tmp_path, "1", b"old")
+    # What a driver killed during a copy, and a keeper killed during a delete, leave.
+    staging, retired = target.checkpoint_staging(), target.checkpoint_retired()
+    for folder in (staging, retired):
+        (folder / "ckpt-00000001").mkdir(parents=True)
+        (folder / "ckpt-00000001" / "part.bin").write_bytes(b"x" * 1000)
+    _storage.copy_checkpoint_folder(source, target)
+    assert sorted(p.name for p in target.root.iterdir()) == ["checkpoints"]
+    assert tree_digest(target.checkpoints) == tree_digest(source.checkpoints)
+    for folder in (staging, retired):
+        (folder / "part.bin").parent.mkdir(parents=True)
+        (folder / "part.bin").write_bytes(b"x")
+    _storage.delete_checkpoint_folder(target)
+    assert sorted(p.name for p in target.root.iterdir()) == []
+
+
+def test_the_backend_says_when_a_copy_is_in_place_but_not_synced(
+    experiment_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localbackend import CheckpointCopyError, LocalBackend
+    from tests.helpers import script, wait_not_busy
+
+    with LocalBackend(script("checkpointing.py"), experiment_dir=experiment_dir) as backend:
+        source = backend.start_trial({"epochs": 2}).trial_id
+        wait_not_busy(backend, [source])
+        target = backend.new_trial_id()
+        target_root = backend.trial_dir(source).parent / str(target)
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(target_root):
+                raise OSError(errno.EIO, "Input/output error (injected)")
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        with pytest.raises(CheckpointCopyError, match="The copy is in place") as raised:
+            backend.copy_checkpoint(source, target)
+        monkeypatch.undo()
+        assert "left as it was" not in str(raised.value)
+        assert tree_digest(target_root / "checkpoints") == tree_digest(
+            backend.trial_dir(source) / "checkpoints")

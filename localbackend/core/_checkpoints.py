@@ -13,6 +13,7 @@ from .._log import LazyLogger
 from .._paths import ExperimentPaths
 from .._types import Status
 from ._storage import (
+    CheckpointNotDurableError,
     CheckpointSwapUnsupportedError,
     SymlinkedCheckpointError,
     atomic_write_json,
@@ -57,6 +58,12 @@ def copy(paths: ExperimentPaths, src_trial_id: int, tgt_trial_id: int) -> None:
             hint = (
                 f"Nothing was copied. To copy it, replace the link {err.folder} with the "
                 "folder it points to (move that folder into its place), then copy again."
+            )
+        elif isinstance(err, CheckpointNotDurableError):
+            hint = (
+                f"The copy is in place: trial {tgt_trial_id} starts from it. The disk "
+                "reported an error while syncing it, so check the disk: after a power cut "
+                "the copy may be missing."
             )
         elif isinstance(err, CheckpointSwapUnsupportedError):
             hint = (

@@ -70,6 +70,8 @@ class TreeCopier:
         # The folders of the copy, parents first, relative to the staging folder.
         self.folders: list[str] = []
         self._staging = ""
+        # Each source file this copy made read-only, with the mode it had.
+        self._made_read_only: list[tuple[str, int]] = []
 
     def ignore(self, folder: str, names: list[str]) -> set[str]:
         """``copytree``'s ``ignore``: unfinished saves, and the published folders it links."""
@@ -126,7 +128,7 @@ class TreeCopier:
                     self._link_subfolder(source_fd, target_fd, name, source, target)
                 elif entry.is_symlink():
                     _copy_symlink(os.path.join(source, name), os.path.join(target, name))
-                elif not (self.link and self._link(source_fd, target_fd, name)):
+                elif not (self.link and self._link(source_fd, target_fd, source, name)):
                     self.copy_file(os.path.join(source, name), os.path.join(target, name))
 
     def _link_subfolder(
@@ -148,7 +150,7 @@ class TreeCopier:
 
         shutil.copystat(os.path.join(source, name), os.path.join(target, name))
 
-    def _link(self, source_fd: int, target_fd: int, name: str) -> bool:
+    def _link(self, source_fd: int, target_fd: int, source: str, name: str) -> bool:
         """Hard-link one regular file and take away its write permission; False to copy it."""
         try:
             before = os.stat(name, dir_fd=source_fd, follow_symlinks=False)
@@ -170,8 +172,22 @@ class TreeCopier:
                 # A file we cannot make read-only is not shared: copy it instead.
                 os.unlink(name, dir_fd=target_fd)
                 return False
+            self._made_read_only.append((os.path.join(source, name), mode))
         self.linked += 1
         return True
+
+    def give_back_write_permission(self) -> None:
+        """Undo the read-only modes this copy set, for a copy that failed and is discarded.
+
+        Only files this copy made read-only are touched: one already shared by
+        an earlier copy had no write permission to give back.
+        """
+        for path, mode in self._made_read_only:
+            try:
+                os.chmod(path, mode)
+            except OSError:
+                pass  # gone with a pruned checkpoint
+        self._made_read_only.clear()
 
     def _copy_data(self, src: str, dst: str) -> None:
         with open(src, "rb") as source:

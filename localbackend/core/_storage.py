@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -19,6 +19,9 @@ from .._files import (
     temporary_checkpoint_name,
 )
 from .._paths import TrialPaths
+
+if TYPE_CHECKING:
+    from ._copying import TreeCopier
 
 
 class CheckpointFolderError(OSError):
@@ -41,6 +44,10 @@ class SymlinkedCheckpointError(CheckpointFolderError):
 
 class CheckpointSwapUnsupportedError(CheckpointFolderError):
     """The target cannot be replaced in one step on this filesystem, given what it holds."""
+
+
+class CheckpointNotDurableError(CheckpointFolderError):
+    """The copy is in place (``folder``), but syncing it to disk failed afterwards."""
 
 
 _JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
@@ -118,42 +125,89 @@ def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
     a trial rewriting one in place cannot change the source (see
     ``_copying``). Symlinks inside are copied as links, never followed. A
     checkpoint folder that is itself a symlink is refused with
-    ``SymlinkedCheckpointError``.
+    ``SymlinkedCheckpointError``. A copy that fails gives the source's files
+    back the write permission it took. A failure to sync the target's folder
+    once the copy is switched in raises ``CheckpointNotDurableError``: the
+    copy is in place. Staging and retired folders that a copy or delete
+    killed halfway left in the target's folder are removed first.
     """
     if src.checkpoints.is_symlink():
         raise _symlink_error(src.checkpoints, "source")
     tgt.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _remove_leftovers(tgt)
     staging = tgt.checkpoint_staging()
-    import shutil  # copies only: off the driver's import path
-
-    from ._copying import TreeCopier, make_durable
+    from ._copying import make_durable
 
     try:
-        # A published checkpoint may be pruned by the running source trial
-        # while we copy; try again from the newer state.
-        for attempt in range(3):
-            copier = TreeCopier(src.checkpoints)
-            try:
-                shutil.copytree(
-                    src.checkpoints, staging, symlinks=True, ignore=copier.ignore,
-                    copy_function=copier.copy_file,
-                )
-                copier.link_published(staging)
-                break
-            except (FileNotFoundError, shutil.Error):
-                shutil.rmtree(staging, ignore_errors=True)
-                if attempt == 2:
-                    raise
-        make_durable(staging, copier)
-        if not (tgt.checkpoints.exists() or tgt.checkpoints.is_symlink()):
-            os.replace(staging, tgt.checkpoints)
-        elif _exchange(staging, tgt.checkpoints):
-            pass  # ``staging`` now holds the old checkpoint; removed below
-        else:
-            _publish_into(staging, tgt.checkpoints)
-        fsync_directory(tgt.root)
+        copier = _assemble(src.checkpoints, staging)
+        try:
+            make_durable(staging, copier)
+            if not (tgt.checkpoints.exists() or tgt.checkpoints.is_symlink()):
+                os.replace(staging, tgt.checkpoints)
+            elif _exchange(staging, tgt.checkpoints):
+                pass  # ``staging`` now holds the old checkpoint; removed below
+            else:
+                _publish_into(staging, tgt.checkpoints)
+        except CheckpointNotDurableError:
+            raise  # switched in: its files stay shared, read-only
+        except BaseException:
+            copier.give_back_write_permission()
+            raise
+        _sync_switched(tgt.root, tgt.checkpoints)
     finally:
         _discard(staging)
+
+
+def _assemble(source: Path, staging: Path) -> TreeCopier:
+    """Copy the checkpoint folder ``source`` into ``staging``, which must not exist yet.
+
+    A published checkpoint may be pruned by the running source trial while
+    it is copied: the copy is then made again, from the newer state. A
+    failed attempt leaves the source's files as writable as they were.
+    """
+    import shutil  # copies only: off the driver's import path
+
+    from ._copying import TreeCopier
+
+    attempts = 0
+    while True:
+        copier = TreeCopier(source)
+        try:
+            shutil.copytree(
+                source, staging, symlinks=True, ignore=copier.ignore,
+                copy_function=copier.copy_file,
+            )
+            copier.link_published(staging)
+            return copier
+        except BaseException as err:
+            copier.give_back_write_permission()
+            attempts += 1
+            if attempts == 3 or not isinstance(err, (FileNotFoundError, shutil.Error)):
+                raise
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sync_switched(folder: Path, checkpoints: Path) -> None:
+    """Fsync ``folder`` after the copy was switched into it; a failure now says so."""
+    try:
+        fsync_directory(folder)
+    except OSError as err:
+        raise CheckpointNotDurableError(
+            f"the copy is in place in {checkpoints}, but syncing {folder} to disk failed "
+            f"({err}): it may not survive a power cut", checkpoints,
+        ) from err
+
+
+def _remove_leftovers(paths: TrialPaths) -> None:
+    """Remove the staging and retired folders of copies and deletes killed halfway.
+
+    Only the driver that holds the experiment's lock copies into a trial
+    folder or deletes its checkpoints here, one call at a time, and a keeper
+    deletes them only while the trial's processes run, when neither is
+    allowed: whatever such a folder holds, nobody is writing it.
+    """
+    for leftover in paths.checkpoint_leftovers():
+        _discard(leftover)
 
 
 def _publish_into(staging: Path, target: Path) -> None:
@@ -196,7 +250,7 @@ def _publish_into(staging: Path, target: Path) -> None:
     numbered = [(base + index, path) for index, (_, path) in enumerate(new, start=1)]
     newest_number, newest = numbered[-1]
     os.rename(newest, target / checkpoint_folder_name(newest_number))  # the switch
-    fsync_directory(target)
+    _sync_switched(target, target)
     for number, path in reversed(numbered[:-1]):
         try:
             os.rename(path, target / checkpoint_folder_name(number))
@@ -273,4 +327,5 @@ def _exchange(first: Path, second: Path) -> bool:
 
 def delete_checkpoint_folder(paths: TrialPaths) -> None:
     """Remove a trial's checkpoints; a missing folder is fine (see ``delete_folder_atomically``)."""
+    _remove_leftovers(paths)
     delete_folder_atomically(paths.checkpoints, paths.checkpoint_retired())
