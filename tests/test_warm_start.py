@@ -234,6 +234,23 @@ def test_a_zygote_with_threads_refuses_to_fork(
     assert len(caught) == 1 and "2 threads" in str(caught[0].message)
 
 
+def test_what_a_preload_module_sets_in_its_process_does_not_reach_the_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    helper = tmp_path / "modules" / "sets_a_umask.py"
+    helper.parent.mkdir()
+    helper.write_text("import os\nos.umask(0o077)\n")
+    monkeypatch.setenv("PYTHONPATH", str(helper.parent))
+    _, cold, _ = _run_probe(tmp_path / "cold", ["ok", "ok"], None)
+    backend, warm, caught = _run_probe(tmp_path / "warm", ["ok", "ok"], ["sets_a_umask"])
+    assert not caught, [str(w.message) for w in caught]
+    assert set(_modes(backend).values()) == {None}
+    for run in warm:
+        for key in ("umask", "main_names", "annotations"):
+            assert run["facts"][key] == cold[0]["facts"][key], key
+    assert cold[0]["facts"]["umask"] != 0o077
+
+
 @pytest.mark.parametrize(
     ("preload", "problem"),
     [

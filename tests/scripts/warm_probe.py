@@ -16,6 +16,9 @@ import sys
 import threading
 import time
 
+# What the interpreter put in __main__ before the first line ran (imports add no dunder).
+MAIN_NAMES = sorted(name for name in globals() if name.startswith("__"))
+
 ending = sys.argv[sys.argv.index("--ending") + 1] if "--ending" in sys.argv else "ok"
 if ending == "numpy":
     import numpy  # noqa: F401
@@ -63,6 +66,12 @@ def blas_threads() -> object:
     return None
 
 
+def umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 main_module = sys.modules["__main__"]
 facts = {
     "argv": sys.argv,
@@ -84,6 +93,9 @@ facts = {
     "package": __package__,
     "cached": __cached__,
     "loader": type(__loader__).__name__,
+    "main_names": MAIN_NAMES,
+    "annotations": repr(globals().get("__annotations__")),
+    "umask": umask(),
     "environ": dict(os.environ),
     "environ_reaches_children": dict(os.environ) == environ_of_a_child(),
     "cwd": os.getcwd(),

@@ -318,6 +318,9 @@ def _module_runner(module: str) -> Callable[[], None]:
 def _fresh_main() -> types.ModuleType:
     main = types.ModuleType("__main__")
     main.__dict__["__builtins__"] = builtins
+    if "__annotations__" in vars(sys.modules["__main__"]):
+        # As the interpreter makes its own __main__, which ours replaces.
+        main.__annotations__ = {}
     sys.modules["__main__"] = main
     return main
 

@@ -239,6 +239,8 @@ class Zygote:
         if limit_blas:
             os.environ["OPENBLAS_NUM_THREADS"] = "1"
         fds = _open_fds()
+        umask = os.umask(0o077)
+        os.umask(umask)
         try:
             # Trial scripts import localbackend's report and checkpoint helpers,
             # and nearly all read their config from argv with argparse.
@@ -249,6 +251,8 @@ class Zygote:
         finally:
             if limit_blas:
                 _restore(os.environ, "OPENBLAS_NUM_THREADS", import_env["OPENBLAS_NUM_THREADS"])
+            # Inherited by every run, warm or cold, as it was before the imports.
+            os.umask(umask)
         left_open = sorted(_open_fds() - fds)
         if left_open:
             return (
