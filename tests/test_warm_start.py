@@ -239,16 +239,69 @@ def test_what_a_preload_module_sets_in_its_process_does_not_reach_the_trial(
 ) -> None:
     helper = tmp_path / "modules" / "sets_a_umask.py"
     helper.parent.mkdir()
-    helper.write_text("import os\nos.umask(0o077)\n")
+    # A umask, and a variable in the C environment that os.environ does not list.
+    helper.write_text("import os\nos.umask(0o077)\nos.putenv('SET_BY_A_PRELOAD', '1')\n")
     monkeypatch.setenv("PYTHONPATH", str(helper.parent))
     _, cold, _ = _run_probe(tmp_path / "cold", ["ok", "ok"], None)
     backend, warm, caught = _run_probe(tmp_path / "warm", ["ok", "ok"], ["sets_a_umask"])
     assert not caught, [str(w.message) for w in caught]
     assert set(_modes(backend).values()) == {None}
     for run in warm:
-        for key in ("umask", "main_names", "annotations"):
+        for key in ("umask", "main_names", "annotations", "environ_reaches_children"):
             assert run["facts"][key] == cold[0]["facts"][key], key
     assert cold[0]["facts"]["umask"] != 0o077
+
+
+@pytest.mark.parametrize(
+    ("death", "said"),
+    [("os._exit(7)", "exit status 7"), ("os.kill(os.getpid(), signal.SIGSEGV)", "SIGSEGV")],
+)
+def test_a_preload_module_that_kills_the_supervisor_leaves_every_run_to_start_cold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, death: str, said: str
+) -> None:
+    helper = tmp_path / "modules" / "kills_its_process.py"
+    helper.parent.mkdir()
+    helper.write_text(f"import os, signal\n{death}\n")
+    monkeypatch.setenv("PYTHONPATH", str(helper.parent))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend = LocalBackend(PROBE, experiment_dir=tmp_path / "exp",
+                               preload=["kills_its_process"])
+        with backend:
+            # Both are handed to the supervisor that dies importing the module.
+            ids = [backend.start_trial({"ending": "ok"}).trial_id for _ in range(2)]
+            statuses, _ = drain(backend, ids)
+            ids.append(backend.start_trial({"ending": "ok"}).trial_id)
+            statuses, _ = drain(backend, ids)
+            assert {statuses[t][1] for t in ids} == {Status.completed}, format_logs(backend, ids)
+            modes = _modes(backend)
+    cold = [w for w in caught if issubclass(w.category, ColdStartWarning)]
+    assert len(cold) == 1, [str(w.message) for w in caught]
+    message = str(cold[0].message)
+    assert "kills_its_process" in message and said in message
+    assert set(modes) == {(0, 0), (1, 0), (2, 0)}
+    assert all(reason is not None and said in reason for reason in modes.values())
+
+
+def test_close_does_not_wait_for_a_preload_import_that_never_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    helper = tmp_path / "modules" / "never_imports.py"
+    helper.parent.mkdir()
+    helper.write_text("import threading\nthreading.Event().wait()\n")
+    monkeypatch.setenv("PYTHONPATH", str(helper.parent))
+    backend = LocalBackend(PROBE, experiment_dir=tmp_path / "exp", preload=["never_imports"])
+    trial_id = backend.start_trial({"ending": "ok"}).trial_id
+    supervisor = backend._supervisor._process
+    assert supervisor is not None
+    closer = threading.Thread(target=backend.close)
+    closer.start()
+    closer.join(timeout=60)
+    assert not closer.is_alive(), "close() waits for an import that never ends"
+    assert supervisor.poll() is not None
+    assert backend.fetch_status_results([trial_id])[0][trial_id][1] == Status.stopped
 
 
 @pytest.mark.parametrize(

@@ -331,7 +331,8 @@ class BackendCore:
         """Wait (grace period plus a margin at most) until no trial process is left."""
         deadline = time.monotonic() + self._o.grace_period + WAIT_MARGIN
         while (
-            any(r.alive_runs for r in self._table.live_records())
+            any(r.alive_runs and not self._launcher.unstarted(r.trial_id, r.alive_runs)
+                for r in self._table.live_records())
             and time.monotonic() < deadline
         ):
             self._sleep_until_event(deadline - time.monotonic())

@@ -13,7 +13,7 @@ A launcher is single-use: one backend opens it, and ``shutdown`` ends it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -264,6 +264,15 @@ class Launcher(ABC):
         Returns at once and never blocks; a run that has already ended, or
         is unknown, is ignored.
         """
+
+    def unstarted(self, trial_id: int, runs: Iterable[int]) -> bool:
+        """Whether no process of these runs exists yet, nor will once they are terminated.
+
+        For a launcher that holds runs before it starts any (the local one,
+        while its supervisor imports the preload modules): a stop need not
+        wait for them.
+        """
+        return False
 
     @abstractmethod
     def events(self) -> list[RunEvent]:

@@ -22,9 +22,9 @@ from typing import Any
 from ..._files import read_json_object
 from ...core._gpus import GpuAllocator
 from .._base import RunSpec
-from ..local._client import spawn_command
 from ..local._gpus import detect_gpus
 from ..local._launcher import _wait_for_exit, process_matches, resolve_program
+from ..local._spawn_command import spawn_command
 from . import _session as sessions
 from ._lease import CLOSED, LeaseWatch
 

@@ -18,15 +18,13 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Optional
 
-import orjson
-
 from ..._errors import SupervisorError
 from ..._files import wait_readable
-from .._base import RunSpec
+from ._first_import import FirstImport
 from ._proctable import boot_time, create_time
 
 _BOOTSTRAP = (
@@ -138,6 +136,12 @@ class SupervisorClient:
         self.forked_away = False
         # How each run asked to start warm started: None (warm) or why it started cold.
         self.start_modes: dict[tuple[int, int], Optional[str]] = {}
+        # The supervisor's import of the preload modules (see ``_first_import``),
+        # the runs a supervisor died importing for, to send to the next, and
+        # whether the driver is letting go (then nothing is sent again).
+        self.first_import = FirstImport()
+        self._again: list[dict[str, Any]] = []
+        self._closing = False
 
     @property
     def alive(self) -> bool:
@@ -196,14 +200,24 @@ class SupervisorClient:
             self._fork_hook_registered = True
         if self.on_start is not None:
             self.on_start(self._process.pid, _start_time(self._process.pid))
+        self.first_import.started()
+        again, self._again = self._again, []
+        for command in again:
+            self._write(command)
 
     def _send(self, command: dict[str, Any]) -> None:
+        self._check_owner()
+        self.ensure_started()
+        self._write(command)
+
+    def _check_owner(self) -> None:
         if self.forked_away:
             raise SupervisorError(
                 "this backend belongs to the process that created it, not to a forked child. "
                 "Create a new LocalBackend in the child, or use the 'spawn' start method."
             )
-        self.ensure_started()
+
+    def _write(self, command: dict[str, Any]) -> None:
         line = json.dumps(command, separators=(",", ":")).encode() + b"\n"
         with self._lock:
             stdin = self._stdin
@@ -219,9 +233,15 @@ class SupervisorClient:
                 ) from err
 
     def spawn(self, command: dict[str, Any]) -> None:
-        """Hand one ``spawn_command`` to the supervisor."""
-        self._send(command)
-        self._spawned.add((int(command["trial"]), int(command["run"])))
+        """Hand one ``spawn_command`` to the supervisor (cold, once preloading failed)."""
+        self._check_owner()
+        self.ensure_started()
+        key = (int(command["trial"]), int(command["run"]))
+        sent = self.first_import.command(command)
+        if sent is not command:
+            self.start_modes[key] = self.first_import.failure
+        self._write(sent)
+        self._spawned.add(key)
 
     def terminate(self, trial_id: int, run: int) -> None:
         """Ask for the end of a run's tree; at once, and never by starting a supervisor.
@@ -230,6 +250,7 @@ class SupervisorClient:
         ``PR_SET_PDEATHSIG``), and the end of each run is reported when the
         event pipe is drained.
         """
+        self.first_import.cancelled(trial_id, run)
         if not self.alive or self.forked_away:
             return
         try:
@@ -243,6 +264,7 @@ class SupervisorClient:
         It then ends every tree fast (in detach mode, it outlives them) and
         exits; the ends of the runs still come on the event pipe until it closes.
         """
+        self._closing = True
         with self._lock:
             stdin, self._stdin = self._stdin, None
         if stdin is not None:
@@ -271,6 +293,13 @@ class SupervisorClient:
         if eof:
             events.extend(self._lost_runs())
             self.close_pipes()
+            if self._again:  # to a new supervisor, cold: the old one died importing
+                try:
+                    self.ensure_started()
+                except SupervisorError:
+                    again, self._again = self._again, []
+                    events.extend({"ev": "run_lost", "trial": c["trial"], "run": c["run"]}
+                                  for c in again)
         return events
 
     def _parse(self, data: bytes) -> list[dict[str, Any]]:
@@ -286,25 +315,41 @@ class SupervisorClient:
         """Keep a ``start_mode`` event (warm or cold, see ``_zygote``); warn once per reason."""
         if event["ev"] != "start_mode":
             return False
+        self.first_import.answered()
         reason = event.get("reason")
         self.start_modes[(int(event["trial"]), int(event["run"]))] = reason
         if reason and event.get("first"):
-            from ._zygote import ColdStartWarning
-
-            warnings.warn(
-                ColdStartWarning(
-                    f"trial {event['trial']} starts cold, and so will every run for the same "
-                    f"reason: {reason}"
-                ),
-                stacklevel=2,
-            )
+            _warn_cold(event["trial"], reason)
         return True
 
     def _lost_runs(self) -> list[dict[str, Any]]:
-        """One ``run_lost`` event for every run the dead supervisor never reported ended."""
+        """One ``run_lost`` event for every run the dead supervisor never reported ended.
+
+        Except for the runs it died importing the preload modules for, which
+        it never started: they go to the next supervisor, cold.
+        """
+        if not self._closing and self.first_import.importing:
+            again = self.first_import.died(self._returncode())
+            reason = self.first_import.failure
+            if reason is not None:
+                _warn_cold(min((c["trial"] for c in again), default="-"), reason)
+            for command in again:
+                key = (int(command["trial"]), int(command["run"]))
+                self.start_modes[key] = reason
+                self._spawned.discard(key)
+            self._again.extend(again)
         lost = [{"ev": "run_lost", "trial": t, "run": r} for t, r in sorted(self._spawned)]
         self._spawned.clear()
         return lost
+
+    def _returncode(self) -> Optional[int]:
+        """How the supervisor whose event pipe just closed ended (None if it has not)."""
+        if self._process is None:
+            return None
+        try:
+            return self._process.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _drain_until_eof(self, deadline: float) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -326,10 +371,16 @@ class SupervisorClient:
         """Stop every trial (with its grace period) and wait for the supervisor."""
         if self._process is None:
             return
+        self._closing = True
         try:
             self._send({"op": "shutdown"})
         except SupervisorError:
             pass
+        self._pending.extend(self.read_events())
+        if self.first_import.importing and not self.detach and self._process is not None:
+            # Still importing the preload modules, it has no keeper: its runs
+            # were never started, and its import may never end.
+            self._process.kill()
         # Keep reading events while the trees end: a keeper blocked on a full
         # event pipe would never exit, and neither would the supervisor.
         while self._process is not None and self._process.poll() is None:
@@ -357,51 +408,12 @@ class SupervisorClient:
                 os.close(events_fd)
 
 
-def _command_text(command: dict[str, Any]) -> str:
-    """The text of a run's ``command.json``, encoded in the driver.
+def _warn_cold(trial: object, reason: str) -> None:
+    from ._zygote import ColdStartWarning
 
-    A keeper is a fresh fork of the supervisor, for which the encoding would
-    cost page faults on its way to the spawn. orjson refuses lone surrogates,
-    which stand for the undecodable bytes of a path or a variable: such a
-    command is written by the standard ``json``, which escapes them.
-    """
-    try:
-        return orjson.dumps(command, option=orjson.OPT_INDENT_2).decode()
-    except TypeError:
-        return json.dumps(command, indent=2)
-
-
-def spawn_command(spec: RunSpec, *, executable: str, env: Mapping[str, str]) -> dict[str, Any]:
-    """The supervisor's ``spawn`` command for one run: what its keeper reads.
-
-    ``executable`` is the program resolved on the host that runs the trial,
-    and ``env`` the whole environment of the trial there. Every launcher
-    that runs the keeper builds its command here.
-    """
-    paths = spec.paths
-    return {
-        "op": "spawn",
-        "trial": spec.trial_id,
-        "run": spec.run,
-        "executable": executable,
-        "argv": list(spec.argv),
-        "env": dict(env),
-        "cwd": str(spec.cwd),
-        "stdout": str(paths.stdout),
-        "stderr": str(paths.stderr),
-        "results": str(paths.results),
-        "exit_file": str(paths.exit_status),
-        "run_file": str(paths.run_record),
-        "checkpoints": str(paths.checkpoints),
-        "checkpoint_request": str(paths.checkpoint_request),
-        "command_file": str(paths.command),
-        # What the keeper publishes as command.json: the variables we set, not the host's.
-        "command_text": _command_text(
-            {"run": spec.run, "argv": list(spec.argv), "cwd": str(spec.cwd),
-             "env": dict(spec.env), "limits": spec.limits.as_record()},
+    warnings.warn(
+        ColdStartWarning(
+            f"trial {trial} starts cold, and so will every run for the same reason: {reason}"
         ),
-        "delete_on_completion": spec.delete_checkpoints_on_completion,
-        "grace": spec.grace_period,
-        "limits": spec.limits.as_record(),
-        "preload": list(spec.preload),
-    }
+        stacklevel=3,
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional
 
 from ..._files import read_json_object, which
@@ -28,8 +28,9 @@ from .._base import (
     RunSpec,
     RunStarted,
 )
-from ._client import SupervisorClient, spawn_command
+from ._client import SupervisorClient
 from ._gpus import detect_gpus
+from ._spawn_command import spawn_command
 
 _CAPABILITIES = LauncherCapabilities(detach=True, local_files=True, host_gpus=True)
 _KEEPER_DIED = "the process supervising this trial died"
@@ -137,6 +138,10 @@ class LocalLauncher(Launcher):
 
     def cpu_devices(self) -> list[str]:
         return [str(cpu) for cpu in sorted(os.sched_getaffinity(0))]
+
+    def unstarted(self, trial_id: int, runs: Iterable[int]) -> bool:
+        client = self._client
+        return client is not None and all(client.first_import.holds(trial_id, r) for r in runs)
 
     def shutdown(self) -> None:
         if self._client is not None:

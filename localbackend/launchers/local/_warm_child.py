@@ -126,6 +126,8 @@ def _run(
     _default_signals()
     _fresh_descriptors(out, err)
     os.chdir(str(spec["cwd"]))
+    if state.clearenv is not None:
+        state.clearenv()  # the C environment; os.environ is emptied next
     os.environ.clear()
     os.environ.update(env)
     argv = [str(word) for word in spec["argv"]]

@@ -112,6 +112,9 @@ class WarmState(NamedTuple):
     openblas_setter: Any
     # The streams' encodings and errors, as this interpreter chose them.
     stdio: dict[str, tuple[str, str]]
+    # libc's clearenv: the C environment can hold what os.environ does not
+    # list (a module's os.putenv, or a C extension's setenv).
+    clearenv: Any
 
 
 class Zygote:
@@ -277,6 +280,7 @@ class Zygote:
         self.state = _prepared = WarmState(
             modules=modules, cold_path=cold_path, import_env=import_env,
             openblas_setter=setter, stdio=_stdio_codecs(),
+            clearenv=getattr(ctypes.CDLL(None), "clearenv", None),
         )
         return None
 
