@@ -175,8 +175,27 @@ def run_job(
     if error is not None:
         error = f"{error}\n{output.get('traceback', '')}\n{log_tail}".strip()
     if not keep:
-        shutil.rmtree(scratch, ignore_errors=True)
+        _set_aside(scratch, run_dir)
     return JobResult(job, output.get("measurements"), output.get("process", {}), error)
+
+
+def _set_aside(scratch: Path, run_dir: Path) -> None:
+    """Move a finished job's scratch folder aside, to be deleted with the run's folder.
+
+    Deleted now, it would tax the next job. On ext4 without a journal (the
+    bench host's root filesystem), a new inode is never one deleted in the
+    last 60 seconds (360 while its inode table block is unwritten): each
+    file created skips past every one recently deleted near it. A job that
+    creates thousands of files right after another's were deleted would
+    pay for that deletion, and the more files it creates, the more
+    (``bench/analysis.md``, section 1).
+    """
+    trash = run_dir / "finished-jobs"
+    trash.mkdir(exist_ok=True)
+    try:
+        scratch.rename(trash / scratch.name)
+    except OSError:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _module(name: str) -> ModuleType:
