@@ -160,13 +160,7 @@ def test_a_failed_publish_or_flush_leaves_the_target_as_it_was(
     target = (make_trial(tmp_path, "1", b"old") if step == "exchange"
               else TrialPaths(tmp_path / "1"))
     target_before = tree_digest(target.checkpoints)
-    if step == "replace":
-        monkeypatch.setattr(_storage.os, "replace", failing(errno.EIO)[0])
-    elif step == "exchange":
-        monkeypatch.setattr(_storage, "_exchange", failing(errno.EIO)[0])
-    else:
-        syncfs, _ = failing(errno.EIO)
-        monkeypatch.setattr(_copying, "_libc_syncfs", lambda: _errno_call(syncfs))
+    fail_to_publish(step, monkeypatch)
     with pytest.raises(OSError, match=r"injected|Input/output"):
         _storage.copy_checkpoint_folder(source, target)
     monkeypatch.undo()
@@ -175,6 +169,17 @@ def test_a_failed_publish_or_flush_leaves_the_target_as_it_was(
     assert [p.name for p in target.root.iterdir() if p.name.startswith(".")] == []
     _storage.copy_checkpoint_folder(source, target)  # and it works once the fault is gone
     assert tree_digest(target.checkpoints) == before
+
+
+def fail_to_publish(step: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make one step of publishing a copy fail with EIO: replace, exchange or syncfs."""
+    if step == "replace":
+        monkeypatch.setattr(_storage.os, "replace", failing(errno.EIO)[0])
+    elif step == "exchange":
+        monkeypatch.setattr(_storage, "_exchange", failing(errno.EIO)[0])
+    else:
+        syncfs, _ = failing(errno.EIO)
+        monkeypatch.setattr(_copying, "_libc_syncfs", lambda: _errno_call(syncfs))
 
 
 def _errno_call(raising: Callable[..., Any]) -> Callable[[int], int]:
@@ -287,13 +292,8 @@ def test_a_failed_copy_leaves_the_source_files_as_writable_as_they_were(
     if step == "link":
         # The first file is linked (and made read-only), the second fails.
         monkeypatch.setattr(_copying.os, "link", _nth_fails(os.link, 2))
-    elif step == "replace":
-        monkeypatch.setattr(_storage.os, "replace", failing(errno.EIO)[0])
-    elif step == "exchange":
-        monkeypatch.setattr(_storage, "_exchange", failing(errno.EIO)[0])
     else:
-        syncfs, _ = failing(errno.EIO)
-        monkeypatch.setattr(_copying, "_libc_syncfs", lambda: _errno_call(syncfs))
+        fail_to_publish(step, monkeypatch)
     with pytest.raises(OSError, match=r"injected|Input/output"):
         _storage.copy_checkpoint_folder(source, target)
     monkeypatch.undo()

@@ -60,6 +60,14 @@ def _run_probe(
     return backend, runs, [w for w in caught if issubclass(w.category, ColdStartWarning)]
 
 
+def preload_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, text: str) -> None:
+    """A module ``name`` with ``text``, importable by the backends a test creates next."""
+    folder = tmp_path / "modules"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(text)
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+
+
 def _comparable(facts: dict[str, Any]) -> dict[str, Any]:
     facts = dict(facts)
     facts.pop("random")
@@ -222,13 +230,10 @@ def test_a_run_that_cannot_start_warm_starts_cold_and_says_so_once(
 def test_a_zygote_with_threads_refuses_to_fork(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    helper = tmp_path / "modules" / "starts_a_thread.py"
-    helper.parent.mkdir()
-    helper.write_text(
+    preload_module(tmp_path, monkeypatch, "starts_a_thread", (
         "import threading, time\n"
         "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
-    )
-    monkeypatch.setenv("PYTHONPATH", str(helper.parent))
+    ))
     _, runs, caught = _run_probe(tmp_path / "exp", ["ok"], ["starts_a_thread"])
     assert runs[0]["exit_code"] == 0
     assert len(caught) == 1 and "2 threads" in str(caught[0].message)
@@ -237,11 +242,9 @@ def test_a_zygote_with_threads_refuses_to_fork(
 def test_what_a_preload_module_sets_in_its_process_does_not_reach_the_trial(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    helper = tmp_path / "modules" / "sets_a_umask.py"
-    helper.parent.mkdir()
     # A umask, and a variable in the C environment that os.environ does not list.
-    helper.write_text("import os\nos.umask(0o077)\nos.putenv('SET_BY_A_PRELOAD', '1')\n")
-    monkeypatch.setenv("PYTHONPATH", str(helper.parent))
+    preload_module(tmp_path, monkeypatch, "sets_a_umask",
+                   "import os\nos.umask(0o077)\nos.putenv('SET_BY_A_PRELOAD', '1')\n")
     _, cold, _ = _run_probe(tmp_path / "cold", ["ok", "ok"], None)
     backend, warm, caught = _run_probe(tmp_path / "warm", ["ok", "ok"], ["sets_a_umask"])
     assert not caught, [str(w.message) for w in caught]
@@ -259,10 +262,7 @@ def test_what_a_preload_module_sets_in_its_process_does_not_reach_the_trial(
 def test_a_preload_module_that_kills_the_supervisor_leaves_every_run_to_start_cold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, death: str, said: str
 ) -> None:
-    helper = tmp_path / "modules" / "kills_its_process.py"
-    helper.parent.mkdir()
-    helper.write_text(f"import os, signal\n{death}\n")
-    monkeypatch.setenv("PYTHONPATH", str(helper.parent))
+    preload_module(tmp_path, monkeypatch, "kills_its_process", f"import os, signal\n{death}\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         backend = LocalBackend(PROBE, experiment_dir=tmp_path / "exp",
@@ -288,10 +288,8 @@ def test_close_does_not_wait_for_a_preload_import_that_never_ends(
 ) -> None:
     import threading
 
-    helper = tmp_path / "modules" / "never_imports.py"
-    helper.parent.mkdir()
-    helper.write_text("import threading\nthreading.Event().wait()\n")
-    monkeypatch.setenv("PYTHONPATH", str(helper.parent))
+    preload_module(tmp_path, monkeypatch, "never_imports",
+                   "import threading\nthreading.Event().wait()\n")
     backend = LocalBackend(PROBE, experiment_dir=tmp_path / "exp", preload=["never_imports"])
     trial_id = backend.start_trial({"ending": "ok"}).trial_id
     supervisor = backend._supervisor._process
