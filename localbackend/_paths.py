@@ -15,6 +15,9 @@ from typing import Any, Callable, Optional, cast
 
 RUNS_ROOT = "localbackend-runs"
 # A trial folder's checkpoint copy in the making, and its replaced checkpoints.
+# A keeper deletes a trial's checkpoints with ``_files.delete_folder``, which
+# names its retired folder the same way (``.<name>-retired-``): what a keeper
+# killed halfway leaves is found by ``checkpoint_leftovers`` too.
 _STAGING = ".checkpoints-incoming-"
 _RETIRED = ".checkpoints-retired-"
 
