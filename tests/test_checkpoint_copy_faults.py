@@ -384,3 +384,27 @@ def test_the_backend_says_when_a_copy_is_in_place_but_not_synced(
         assert "left as it was" not in str(raised.value)
         assert tree_digest(target_root / "checkpoints") == tree_digest(
             backend.trial_dir(source) / "checkpoints")
+
+
+def test_what_a_crashed_driver_left_is_removed_when_the_experiment_is_restored(
+    experiment_dir: Path,
+) -> None:
+    from localbackend import LocalBackend
+    from tests.helpers import script, wait_not_busy
+
+    with LocalBackend(script("checkpointing.py"), experiment_dir=experiment_dir) as backend:
+        trial = backend.start_trial({"epochs": 2}).trial_id
+        wait_not_busy(backend, [trial])
+        paths = TrialPaths(backend.trial_dir(trial))
+    before = tree_digest(paths.checkpoints)
+    # What a driver killed during a copy into the trial, and a keeper killed
+    # while it deleted the trial's checkpoints, leave; nothing copies or
+    # deletes into the trial again, so only the restore can remove them.
+    for folder in (paths.checkpoint_staging(), paths.checkpoint_retired()):
+        (folder / "ckpt-00000001").mkdir(parents=True)
+        (folder / "ckpt-00000001" / "part.bin").write_bytes(b"x" * 1000)
+    with LocalBackend.restore(experiment_dir) as backend:
+        assert paths.checkpoint_leftovers() == []
+        assert tree_digest(paths.checkpoints) == before
+        statuses, _ = backend.fetch_status_results([trial])
+        assert statuses[trial][1] == "Completed"

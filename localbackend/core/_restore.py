@@ -23,6 +23,7 @@ from ..launchers._base import Launcher, RunExited, RunHandle
 from ._gpus import GpuAllocator
 from ._journal import Journal, new_trial
 from ._limits import TrialLimits
+from ._storage import remove_leftovers
 from ._table import TrialTable
 from ._trials import TrialRecord, with_run
 
@@ -139,6 +140,7 @@ def _restore_trial(backend: Rebuild, saved: dict[str, Any], journal: Journal) ->
     record.stdout_reader.offset = int(delivered["stdout"])
     record.iterations = int(delivered["iterations"])
     if not runs:
+        remove_leftovers(record.paths)
         record.interrupted()
         record.set_status(Status.paused, reason="restored: the trial had not been launched")
         return
@@ -174,6 +176,10 @@ def _restore_trial(backend: Rebuild, saved: dict[str, Any], journal: Journal) ->
         )) is not None
     ]
     _restore_delivery(backend, record, saved, started, ended, keeper)
+    if keeper is None and not ending:
+        # What a copy or delete killed with the old driver left, which the
+        # trial's next copy or delete would remove, if it ever came.
+        remove_leftovers(record.paths)
     # Attached last: their output is never delivered, and while they are
     # alive nothing of the current run is read (see TrialTable.ingest).
     for entry, found in ending:

@@ -134,7 +134,7 @@ def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
     if src.checkpoints.is_symlink():
         raise _symlink_error(src.checkpoints, "source")
     tgt.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _remove_leftovers(tgt)
+    remove_leftovers(tgt)
     staging = tgt.checkpoint_staging()
     from ._copying import make_durable
 
@@ -198,13 +198,15 @@ def _sync_switched(folder: Path, checkpoints: Path) -> None:
         ) from err
 
 
-def _remove_leftovers(paths: TrialPaths) -> None:
+def remove_leftovers(paths: TrialPaths) -> None:
     """Remove the staging and retired folders of copies and deletes killed halfway.
 
     Only the driver that holds the experiment's lock copies into a trial
     folder or deletes its checkpoints here, one call at a time, and a keeper
-    deletes them only while the trial's processes run, when neither is
-    allowed: whatever such a folder holds, nobody is writing it.
+    deletes them only while it supervises one of the trial's runs, when
+    neither is allowed: whatever such a folder holds, nobody is writing it.
+    A copy or delete sweeps its trial's folder first, and a restore sweeps
+    every trial of which no keeper still lives (``_restore``).
     """
     for leftover in paths.checkpoint_leftovers():
         _discard(leftover)
@@ -327,5 +329,5 @@ def _exchange(first: Path, second: Path) -> bool:
 
 def delete_checkpoint_folder(paths: TrialPaths) -> None:
     """Remove a trial's checkpoints; a missing folder is fine (see ``delete_folder_atomically``)."""
-    _remove_leftovers(paths)
+    remove_leftovers(paths)
     delete_folder_atomically(paths.checkpoints, paths.checkpoint_retired())
