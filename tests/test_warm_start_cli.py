@@ -15,6 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "entrypoints" / "train_numpy.py"
 SENSITIVE = REPO / "tests" / "scripts" / "warm_sensitive.py"
+ENDS_OTHERWISE = REPO / "tests" / "scripts" / "warm_exit.py"
 VERDICT = re.compile(r"^\s+(PASS|FAIL|SKIP)\s+(\S+)\s+(.*)$", re.MULTILINE)
 
 
@@ -76,6 +77,19 @@ def test_check_preload_fails_a_script_whose_warm_start_reports_otherwise(tmp_pat
     lines = {name: (outcome, detail) for outcome, name, detail in VERDICT.findall(result.stdout)}
     assert lines["warm-start"][0] == "FAIL", output
     assert "the warm run reports loss" in lines["warm-start"][1], output
+    assert result.returncode == 1, output
+
+
+def test_check_preload_fails_a_script_that_ends_otherwise_warm_than_cold(tmp_path: Path) -> None:
+    result = cli(
+        "check", str(ENDS_OTHERWISE), "--metric", "loss", "--grace-period", "1",
+        "--preload", "json", "--experiment-dir", str(tmp_path / "c"),
+    )
+    output = f"{result.stdout}\n{result.stderr}"
+    lines = {name: (outcome, detail) for outcome, name, detail in VERDICT.findall(result.stdout)}
+    assert lines["warm-start"][0] == "FAIL", output
+    assert "exit code 3" in lines["warm-start"][1], output
+    assert "exit code 0" in lines["warm-start"][1], output
     assert result.returncode == 1, output
 
 

@@ -4,8 +4,9 @@ With ``--preload``, every trial of the check runs warm (forked from the
 supervisor that imported the modules, see ``launchers/local/_zygote``), so
 the protocol checks hold for warm starts too. This check then runs the same
 config once more, cold, in a backend of its own, and compares what the
-uninterrupted warm trial (A) reported with what the cold one reports: the
-same results, the same resource levels and the same metric values.
+uninterrupted warm trial (A) did with what the cold one does: the same end
+(status and exit code), the same results, the same resource levels and the
+same metric values.
 
 It also shows how much sooner the first result comes warm. The first run of
 each backend also waits for its supervisor: to start, and when warm to
@@ -78,6 +79,14 @@ def judge_warm_start(
                 "fix the reporting check first",
             )
         metric, attr = args.metric, args.resource_attr
+        ended = _ended_otherwise(warm, trial_id, cold_trial, cold_status)
+        if ended is not None:
+            return Verdict(
+                CHECK, FAIL, ended,
+                f"compare the stderr of {warm.trial_dir(trial_id)} with the cold run's in "
+                f"{cold.trial_dir(cold_trial.trial_id)}; the README's \"What a fork cannot "
+                "undo\" lists how a warm start differs, or drop --preload",
+            )
         differs = _first_difference(warm_results, cold_results, metric, attr)
         if differs is not None:
             return Verdict(
@@ -198,6 +207,20 @@ def _results(path: Path) -> list[dict[str, Any]]:
         if isinstance(result, dict):
             results.append(result)
     return results
+
+
+def _ended_otherwise(
+    warm: LocalBackend, trial_id: int, cold_trial: Any, cold_status: str
+) -> Optional[str]:
+    """How the warm trial ended, when that is not how the cold one did; else None."""
+    statuses, _ = warm.fetch_status_results([trial_id])
+    warm_trial, warm_status = statuses[trial_id]
+    if (warm_status, ending(warm_trial)) == (cold_status, ending(cold_trial)):
+        return None
+    return (
+        f"the warm run ended {warm_status} ({ending(warm_trial)}), the cold run "
+        f"{cold_status} ({ending(cold_trial)})"
+    )
 
 
 def _first_difference(
