@@ -263,13 +263,15 @@ class _Supervisor:
 
     def _judge_warm_start(self, spec: dict[str, Any]) -> None:
         """Mark a run asking for preloaded modules ``warm``, or say why it starts cold."""
+        # Imported here, once, rather than by each keeper after its fork: the
+        # keeper forks the trial with it. Before the verdict, which looks for
+        # files next to the script named as modules imported here (it
+        # imports random and runpy).
+        from . import _warm_child
+
         reason = self.zygote.verdict(spec)
         spec["warm"] = reason is None
         if reason is None:
-            # Imported here, once, rather than by each keeper after its fork:
-            # the keeper forks the trial with it (it imports random and runpy).
-            from . import _warm_child
-
             _warm_child.compile_ahead(spec)
         first = reason is not None and self.zygote.note_once(reason)
         write_event(

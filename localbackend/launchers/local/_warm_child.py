@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import ctypes
 import io
 import json
 import os
@@ -33,12 +34,16 @@ from collections.abc import Callable, Mapping
 from importlib.machinery import SourceFileLoader
 from typing import Any, Optional
 
-from ._zygote import WarmState, cold_first_path, prepared_state
+from ._shadowing import cold_first_path
+from ._zygote import WarmState, prepared_state
 
 # The exit status of a child whose set-up failed (EX_SOFTWARE).
 SETUP_FAILED = 70
-# What Python exits with when flushing stdout at exit fails.
+# What Python exits with when flushing stdout or stderr at exit fails.
 _FLUSH_FAILED = 120
+# The range of a C long, into which the interpreter reads sys.exit's int.
+_C_LONG_MAX = 2 ** (8 * ctypes.sizeof(ctypes.c_long) - 1) - 1
+_C_LONG_MIN = -_C_LONG_MAX - 1
 # Where the traceback of ``python -m module`` begins.
 _RUNPY_FILE = runpy._run_module_as_main.__code__.co_filename  # type: ignore[attr-defined]
 # Entry scripts compiled in the supervisor (``compile_ahead``), by absolute
@@ -136,7 +141,8 @@ def _run(
     # file), else the script's folder.
     first = cold_first_path(argv, os.getcwd())
     options = ["-m", *argv[3:]] if module is not None else argv[1:]
-    _fresh_interpreter_state(argv, options, first, env, state)
+    _fresh_interpreter_state(argv, options, first, env, state.cold_paths[str(spec["cwd"])],
+                             state)
     _reseed()
     _give_back_threads(env, state)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -215,12 +221,12 @@ def _fresh_descriptors(out: int, err: int) -> None:
 
 def _fresh_interpreter_state(
     argv: list[str], script_argv: list[str], path0: str, env: Mapping[str, str],
-    state: WarmState,
+    cold_path: list[str], state: WarmState,
 ) -> None:
     sys.argv = script_argv
     sys.orig_argv = argv
     first = [] if sys.flags.safe_path else [path0]
-    sys.path[:] = [*first, *state.cold_path]
+    sys.path[:] = [*first, *cold_path]
     sys.path_importer_cache.clear()
     unbuffered = bool(env.get("PYTHONUNBUFFERED"))
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
@@ -230,6 +236,11 @@ def _fresh_interpreter_state(
     tempfile: Any = sys.modules.get("tempfile")
     if tempfile is not None:
         tempfile.tempdir = None  # computed from the environment on first use
+    # The C library read TZ when ``time`` was imported in the supervisor; a
+    # cold start reads the trial's (time.tzname, time.timezone, localtime).
+    time: Any = sys.modules.get("time")
+    if time is not None:
+        time.tzset()
 
 
 def _stdio(fd: int, name: str, codec: tuple[str, str], unbuffered: bool) -> io.TextIOWrapper:
@@ -352,12 +363,16 @@ def _run_main(run: Callable[[], None], first_file: str) -> int:
 
 
 def _exit_status(exit_request: SystemExit) -> int:
-    """What ``sys.exit(value)`` exits with: None is 0, an int itself, anything else 1."""
+    """What ``sys.exit(value)`` exits with: None is 0, an int itself, anything else 1.
+
+    As the interpreter reads the int into a C ``long``: one out of its range
+    is -1, that is 255.
+    """
     value = exit_request.code
     if value is None:
         return 0
     if isinstance(value, int):
-        return value & 0xFF
+        return value & 0xFF if _C_LONG_MIN <= value <= _C_LONG_MAX else 0xFF
     try:
         sys.stderr.write(f"{value}\n")
     except Exception:
@@ -383,13 +398,37 @@ def _finish(status: int) -> int:
     except BaseException as error:  # a KeyboardInterrupt while joining, as Python reports
         _print_uncaught(error, "")
     atexit._run_exitfuncs()
-    try:
-        sys.stdout.flush()
-    except Exception:
+    flushed = _flush_at_exit(sys.stdout, report=True)
+    if not _flush_at_exit(sys.stderr, report=False) or not flushed:
         status = _FLUSH_FAILED
-    try:
-        sys.stderr.flush()
-    except Exception:
-        pass
     return status
+
+
+def _flush_at_exit(stream: Any, report: bool) -> bool:
+    """Flush a standard stream as the interpreter does at exit; False if that failed.
+
+    A stream set to None, or closed by the script, is left alone. A failed
+    flush of stdout is reported on stderr as an exception ignored.
+    """
+    if stream is None:
+        return True
+    try:
+        closed = bool(stream.closed)
+    except Exception:  # without a readable ``closed``, the interpreter flushes it
+        closed = False
+    if closed:
+        return True
+    try:
+        stream.flush()
+    except Exception as error:
+        if report:
+            try:
+                import traceback
+
+                sys.stderr.write(f"Exception ignored in: {stream!r}\n")
+                traceback.print_exception(error, file=sys.stderr)
+            except Exception:
+                pass
+        return False
+    return True
 

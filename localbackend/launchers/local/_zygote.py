@@ -12,8 +12,9 @@ Forking is only safe from a process in a known state, so before each warm
 start the supervisor checks that it has one thread (``/proc/self/task``,
 which sees threads that ``threading`` does not), that no CUDA driver is
 loaded, and that nothing the preload modules read at start-up would differ
-for the trial. Any doubt starts that run cold, and the driver is told the
-reason once (``ColdStartWarning``).
+for the trial, nor any module the trial would import from its own folder.
+Any doubt starts that run cold, and the driver is told the reason once
+(``ColdStartWarning``).
 
 This module imports only the standard library, and nothing runs at import time.
 """
@@ -31,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional
 
 from ..._protocol import THREAD_COUNT_VARIABLES
+from ._shadowing import ShadowCheck
 
 # Modules whose import initialises CUDA or starts a GPU runtime: a forked
 # child of a process holding a CUDA context cannot use the GPU.
@@ -104,8 +106,10 @@ class WarmState(NamedTuple):
     """
 
     modules: tuple[str, ...]
-    # sys.path of a cold ``python script.py`` without its first entry.
-    cold_path: list[str]
+    # By working folder, sys.path of a cold ``python script.py`` there without
+    # its first entry; a relative PYTHONPATH entry is found from that folder.
+    # Filled in by the zygote before it forks each keeper (Zygote.verdict).
+    cold_paths: dict[str, list[str]]
     # The thread variables as they were when the modules were imported.
     import_env: dict[str, Optional[str]]
     # OpenBLAS's setter, when the zygote held OpenBLAS to one thread.
@@ -125,12 +129,14 @@ class Zygote:
         self.broken: Optional[str] = None  # why no run can start warm
         self.reported: set[str] = set()
         self._environ = dict(os.environ)  # the supervisor's, as it started
+        self.shadowing = ShadowCheck()
 
     def verdict(self, spec: Mapping[str, Any]) -> Optional[str]:
         """None when this run may start warm, else the reason it starts cold."""
         modules = tuple(str(name) for name in spec.get("preload") or ())
         if self.state is None and self.broken is None:
-            self.broken = self._prepare(modules, spec.get("env") or {})
+            self.broken = self._prepare(
+                modules, spec.get("env") or {}, str(spec.get("cwd") or os.getcwd()))
         if self.broken is not None:
             return self.broken
         state = self.state
@@ -139,7 +145,9 @@ class Zygote:
             return f"the supervisor preloaded {list(state.modules)}, not {list(modules)}"
         reason = self._program_reason(spec)
         if reason is None:
-            reason = _shadowing_reason(spec, (*state.modules, *_TRIAL_SIDE_MODULES))
+            reason = self._cold_path_reason(str(spec.get("cwd") or os.getcwd()), state)
+        if reason is None:
+            reason = self.shadowing.reason(spec)
         if reason is None:
             reason = self._environment_reason(spec.get("env") or {}, state)
         if reason is None:
@@ -154,6 +162,16 @@ class Zygote:
         return True
 
     # -- checks -------------------------------------------------------------
+
+    def _cold_path_reason(self, cwd: str, state: WarmState) -> Optional[str]:
+        """Why the sys.path of a cold start in ``cwd`` is unknown, or None once it is known."""
+        if cwd in state.cold_paths:
+            return None
+        try:
+            state.cold_paths[cwd] = _cold_start(cwd)[0]
+        except (OSError, ValueError) as err:
+            return f"the module path of a cold start in {cwd} could not be found ({err})"
+        return None
 
     @staticmethod
     def _program_reason(spec: Mapping[str, Any]) -> Optional[str]:
@@ -225,7 +243,9 @@ class Zygote:
 
     # -- preparing ----------------------------------------------------------
 
-    def _prepare(self, modules: tuple[str, ...], env: Mapping[str, str]) -> Optional[str]:
+    def _prepare(
+        self, modules: tuple[str, ...], env: Mapping[str, str], cwd: str
+    ) -> Optional[str]:
         """Import the modules once, as the trial's environment would; the reason if not."""
         refused = cuda_modules(modules)
         if refused:
@@ -266,9 +286,10 @@ class Zygote:
         if limit_blas and setter is None and any("openblas" in lib for lib in _mapped_libraries()):
             return "OpenBLAS is loaded but its thread count cannot be given back to the trial"
         try:
-            cold_path = _cold_sys_path()
+            cold_path, cold_modules = _cold_start(cwd)
         except (OSError, ValueError) as err:
-            return f"the module path of a cold start could not be found ({err})"
+            return f"the module path of a cold start in {cwd} could not be found ({err})"
+        self.shadowing.set_cold_modules(cold_modules)
         reason = self._libraries_reason() or self.process_reason(modules)
         if reason is not None:
             return reason
@@ -278,41 +299,11 @@ class Zygote:
         gc.freeze()
         global _prepared
         self.state = _prepared = WarmState(
-            modules=modules, cold_path=cold_path, import_env=import_env,
+            modules=modules, cold_paths={cwd: cold_path}, import_env=import_env,
             openblas_setter=setter, stdio=_stdio_codecs(),
             clearenv=getattr(ctypes.CDLL(None), "clearenv", None),
         )
         return None
-
-
-def cold_first_path(argv: Sequence[str], cwd: str) -> str:
-    """``sys.path[0]`` of a cold start: the working folder for ``-m``, else the script's folder."""
-    if argv[1:2] == ["-m"]:
-        return cwd
-    return os.path.dirname(os.path.realpath(os.path.join(cwd, argv[1])))
-
-
-def _shadowing_reason(spec: Mapping[str, Any], modules: Sequence[str]) -> Optional[str]:
-    """Why a cold start would import another file for a preloaded module, or None.
-
-    A cold start puts the script's folder (for ``-m``, the working folder)
-    first on ``sys.path``, so an ``argparse.py`` next to the script is the
-    ``argparse`` it imports; a warm trial would get the supervisor's.
-    """
-    first = cold_first_path([str(word) for word in spec.get("argv") or ()],
-                            str(spec.get("cwd") or os.getcwd()))
-    for top in sorted({name.split(".", 1)[0] for name in modules}):
-        loaded = getattr(sys.modules.get(top), "__file__", None)
-        for candidate in (os.path.join(first, f"{top}.py"),
-                          os.path.join(first, top, "__init__.py")):
-            if os.path.exists(candidate) and (
-                loaded is None or not os.path.samefile(candidate, loaded)
-            ):
-                return (
-                    f"{candidate} would be imported as {top!r} by a cold start, where the "
-                    f"supervisor preloaded {loaded or 'another module'}"
-                )
-    return None
 
 
 def _restore(environ: Any, name: str, value: Optional[str]) -> None:
@@ -340,30 +331,37 @@ def _openblas_setter() -> Any:
     return None
 
 
-def _cold_sys_path() -> list[str]:
-    """``sys.path`` of a cold start less its first entry (the script's folder).
+def _cold_start(cwd: str) -> tuple[list[str], list[str]]:
+    """What a cold start in ``cwd`` has when its script begins.
 
-    A failed probe raises ``ValueError``. ``subprocess`` is imported here, not
-    with the module: it loads ``threading``, whose after-fork work every keeper
-    forked by a supervisor would pay (about 100 page faults each), and a
-    supervisor that runs no warm trial never needs it.
+    ``sys.path`` less its first entry (the script's folder), and the
+    top-level modules already imported (their names as listed, which
+    ``ShadowCheck`` reduces to the top level). A failed probe raises
+    ``ValueError``.
+    ``subprocess`` is imported here, not with the module: it loads
+    ``threading``, whose after-fork work every keeper forked by a supervisor
+    would pay (about 100 page faults each), and a supervisor that runs no
+    warm trial never needs it.
     """
     import subprocess
 
-    probe = "import json, sys; print(json.dumps([sys.flags.safe_path, sys.path]))"
+    probe = (
+        "import sys; names = sorted(sys.modules); import json; "
+        "print(json.dumps([sys.flags.safe_path, sys.path, names]))"
+    )
     environ = dict(os.environ)
     try:
         output = subprocess.run(
-            [sys.executable, "-c", probe], env=environ, cwd="/", capture_output=True,
+            [sys.executable, "-c", probe], env=environ, cwd=cwd, capture_output=True,
             check=True, timeout=60, stdin=subprocess.DEVNULL,
         ).stdout
     except subprocess.SubprocessError as err:
         raise ValueError(str(err)) from err
-    safe_path, path = json.loads(output)
+    safe_path, path, names = json.loads(output)
     entries = [str(entry) for entry in path]
     if not safe_path and entries and entries[0] == "":
         entries = entries[1:]
-    return entries
+    return entries, [str(name) for name in names]
 
 
 def _stdio_codecs() -> dict[str, tuple[str, str]]:
