@@ -195,6 +195,33 @@ def test_a_copy_sharing_its_files_is_counted_once_against_the_budget(
         assert not any(h.get("action") for t in (0, 1) for h in status_history(backend, t))
 
 
+@pytest.mark.parametrize("copy_saves", [False, True])
+def test_a_budget_is_met_by_deleting_a_copy_together_with_its_source(
+    experiment_dir: Path, tmp_path: Path, copy_saves: bool
+) -> None:
+    # A copy shares its source's files by hard link: deleting either alone
+    # frees nothing of them, deleting both frees them all. The worst two are
+    # a source and its copy; the best trial alone fits the budget.
+    entry = tmp_path / "loss_trial.py"
+    entry.write_text(LOSS_TRIAL.replace(
+        "with checkpoint.save() as folder:\n    (folder",
+        "if args.size:\n    with checkpoint.save() as folder:\n        (folder"))
+    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
+                      checkpoint_budget=500_000, metric="loss", mode="min") as backend:
+        backend.start_trial({"loss": 2, "size": 400_000})
+        collect(backend, [0], until_status(Status.completed), timeout=30)
+        backend.start_trial({"loss": 3, "size": 10 if copy_saves else 0}, checkpoint_trial_id=0)
+        collect(backend, [1], until_status(Status.completed), timeout=30)
+        assert _checkpoints(backend, 0) and _checkpoints(backend, 1)  # 400 kB, counted once
+        backend.start_trial({"loss": 1, "size": 200_000})
+        collect(backend, [2], until_status(Status.completed), timeout=30)
+        kept = [t for t in range(3) if _checkpoints(backend, t)]
+        assert kept == [2], format_logs(backend)
+        for trial_id in (0, 1):
+            actions = [h for h in status_history(backend, trial_id) if h.get("action")]
+            assert actions and "over checkpoint_budget" in actions[0]["reason"]
+
+
 def test_a_failure_reason_outlives_a_retention_deletion_and_a_restore(
     experiment_dir: Path, tmp_path: Path
 ) -> None:

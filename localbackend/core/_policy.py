@@ -75,7 +75,7 @@ class RetentionPolicy:
         self.rules = rules
         self.table = table
         # Files of finished trials' checkpoints, which no longer change.
-        self._sizes: dict[int, dict[tuple[int, int], tuple[int, bool]]] = {}
+        self._sizes: dict[int, dict[tuple[int, int], tuple[int, int, int]]] = {}
         self._cleared: set[int] = set()
         self._warned = False
 
@@ -116,35 +116,45 @@ class RetentionPolicy:
     def _meet_budget(self, budget: int) -> None:
         trials = list(self.table.records.summaries())
         usage = {t.trial_id: self._files(t) for t in trials}
-        everything: dict[tuple[int, int], int] = {}
+        inodes: dict[tuple[int, int], tuple[int, int]] = {}  # size and link count
         for files in usage.values():
-            everything.update({inode: size for inode, (size, _own) in files.items()})
-        total = sum(everything.values())
+            inodes.update({inode: (size, nlink) for inode, (size, _, nlink) in files.items()})
+        total = sum(size for size, _ in inodes.values())
         if total <= budget:
             return
         candidates = [
             t.trial_id for t in reversed(self._ranked(trials))
             if t.status in FINISHED_STATUSES and not t.alive and usage[t.trial_id]
         ]
+        gone: dict[tuple[int, int], int] = {}  # links in folders deleted so far
+        group: list[int] = []
         for trial_id in candidates:
             if total <= budget:
                 break
-            # Only files with no link outside this trial's folder free space;
-            # a copy shares the published files of its source by hard link.
-            freed = sum(size for size, own in usage[trial_id].values() if own)
+            # A copy shares the published files of its source by hard link:
+            # a file is freed only once every folder linking it is deleted. A
+            # trial that frees nothing alone waits for the next, better ones,
+            # and goes with the first of them with which it frees files.
+            group.append(trial_id)
+            freed = _freed([usage[t] for t in group], gone, inodes)
             if not freed:
                 continue
-            record = self.table.records[trial_id]
-            self._delete(record, (
-                f"checkpoint deleted: the experiment's checkpoints took {bytes_text(total)}, "
-                f"over checkpoint_budget={bytes_text(budget)}"
-            ))
-            if record.trial_id in self._cleared:
-                total -= freed
-                usage[record.trial_id] = {}
+            deleting = [t for t in group if not freed.isdisjoint(usage[t])]
+            group = [t for t in group if t not in deleting]
+            for member in deleting:
+                self._delete(self.table.records[member], (
+                    f"checkpoint deleted: the experiment's checkpoints took "
+                    f"{bytes_text(total)}, over checkpoint_budget={bytes_text(budget)}"
+                ))
+                if member in self._cleared:
+                    for inode, (_, links, _) in usage[member].items():
+                        gone[inode] = gone.get(inode, 0) + links
+                    usage[member] = {}
+            total = sum(size for inode, (size, nlink) in inodes.items()
+                        if gone.get(inode, 0) < nlink)
         if total > budget and not self._warned:
             self._warned = True
-            held = {t: sum(size for size, _ in files.values()) for t, files in usage.items()}
+            held = {t: sum(size for size, _, _ in files.values()) for t, files in usage.items()}
             logger.warning(
                 "The checkpoints take %s, over checkpoint_budget=%s, and what is left belongs to "
                 "trials that are paused or running (%s); they are kept, since they are needed "
@@ -153,15 +163,24 @@ class RetentionPolicy:
                 ", ".join(f"trial {t}: {bytes_text(n)}" for t, n in held.items() if n),
             )
 
-    def _files(self, trial: Summary) -> dict[tuple[int, int], tuple[int, bool]]:
-        """The trial's checkpoint files: size, and whether every link is in its folder."""
+    def _files(self, trial: Summary) -> dict[tuple[int, int], tuple[int, int, int]]:
+        """The trial's checkpoint files by inode: size, links in its folder, and all links.
+
+        Kept for a finished trial whose files are linked from its folder
+        alone: nothing else changes their link counts but a copy from it,
+        after which everything is counted again (``copied``). Files it
+        shares with another trial are counted again each time, since
+        deleting or pruning that trial's checkpoints changes them.
+        """
         if trial.trial_id in self._cleared:
             return {}
         known = self._sizes.get(trial.trial_id)
         if known is not None:
             return known
         files = checkpoint_files(str(self.table.records.paths(trial.trial_id).checkpoints))
-        if trial.status in FINISHED_STATUSES and not trial.alive:
+        if trial.status in FINISHED_STATUSES and not trial.alive and all(
+            links >= nlink for _, links, nlink in files.values()
+        ):
             self._sizes[trial.trial_id] = files
         return files
 
@@ -194,8 +213,26 @@ class RetentionPolicy:
         self._sizes.pop(trial_id, None)
 
 
-def checkpoint_files(top: str) -> dict[tuple[int, int], tuple[int, bool]]:
-    """Every file under ``top`` by inode: its size, and whether all its links are under ``top``."""
+def _freed(
+    group: list[dict[tuple[int, int], tuple[int, int, int]]],
+    gone: dict[tuple[int, int], int],
+    inodes: dict[tuple[int, int], tuple[int, int]],
+) -> set[tuple[int, int]]:
+    """The files that deleting every folder of ``group`` would free, after those ``gone``."""
+    links: dict[tuple[int, int], int] = {}
+    for files in group:
+        for inode, (_, count, _) in files.items():
+            links[inode] = links.get(inode, 0) + count
+    freed = set()
+    for inode, count in links.items():
+        before, nlink = gone.get(inode, 0), inodes[inode][1]
+        if before < nlink <= before + count:
+            freed.add(inode)
+    return freed
+
+
+def checkpoint_files(top: str) -> dict[tuple[int, int], tuple[int, int, int]]:
+    """Every file under ``top`` by inode: its size, its links under ``top``, and all its links."""
     seen: dict[tuple[int, int], list[int]] = {}
     stack = [top]
     while stack:
@@ -214,7 +251,7 @@ def checkpoint_files(top: str) -> dict[tuple[int, int], tuple[int, bool]]:
                     found[1] += 1
         except OSError:
             continue
-    return {inode: (size, links >= nlink) for inode, (size, links, nlink) in seen.items()}
+    return {inode: (size, links, nlink) for inode, (size, links, nlink) in seen.items()}
 
 
 __all__ = ["RetentionPolicy", "Retries", "checkpoint_files", "give_up_reason"]
