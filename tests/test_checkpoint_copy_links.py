@@ -24,7 +24,7 @@ import pytest
 
 from localbackend import LocalBackend, Status, checkpoint
 from localbackend._paths import TrialPaths
-from localbackend.core import _storage
+from localbackend.core import _copying, _storage
 from tests.helpers import collect, format_logs, script, until_status, wait_not_busy
 from tests.test_backend_checkpoints import tree_digest
 
@@ -216,3 +216,55 @@ def test_a_published_tree_is_linked_whole_with_its_symlinks_and_folder_modes(
         else:
             assert os.stat(twin).st_ino == os.stat(original).st_ino, twin
     assert stat.S_IMODE((copied / "shards").stat().st_mode) == 0o750
+
+
+def test_files_named_like_an_unfinished_save_inside_a_checkpoint_are_copied(
+    tmp_path: Path,
+) -> None:
+    # Only an unfinished save at the top of the checkpoint folder is left
+    # out; deeper down, such names are the script's own data.
+    source = TrialPaths(tmp_path / "0")
+    with checkpoint.save(directory=source.checkpoints) as folder:
+        (folder / ".tmp-ckpt-cache.bin").write_bytes(b"published")
+        (folder / "sub").mkdir()
+        (folder / "sub" / ".tmp-ckpt-1-2").write_bytes(b"deeper")
+    (source.checkpoints / "loose").mkdir()
+    (source.checkpoints / "loose" / ".tmp-ckpt-9-9").write_bytes(b"loose")
+    (source.checkpoints / ".tmp-ckpt-unfinished").mkdir()  # a save that never ended
+    target = target_of(tmp_path)
+    _storage.copy_checkpoint_folder(source, target)
+    copied = target.checkpoints
+    names = sorted(str(p.relative_to(copied)) for p in copied.rglob("*") if p.is_file())
+    assert names == ["ckpt-00000001/.tmp-ckpt-cache.bin", "ckpt-00000001/sub/.tmp-ckpt-1-2",
+                     "loose/.tmp-ckpt-9-9"]
+
+
+def test_a_loose_file_that_the_running_source_replaces_during_the_copy_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Syne Tune style script writes a temporary file and renames it over
+    # the old one. One that is renamed between the copy's listing and its
+    # read was not there when the copy read the folder: it is left out,
+    # instead of failing the copy (the fault injected: the rename, at that moment).
+    source = make_source(tmp_path)
+    (source.checkpoints / "state.json.123.tmp").write_text("new")
+    real = _copying.TreeCopier.copy_file
+
+    def renamed_first(self: _copying.TreeCopier, src: str, dst: str) -> str:
+        if not src.endswith(".tmp"):
+            return real(self, src, dst)
+        os.replace(src, src.removesuffix(".123.tmp"))
+        try:
+            return real(self, src, dst)
+        finally:
+            # The trial goes on saving: a copy made again would meet the next one.
+            Path(src).write_text("newer")
+
+    monkeypatch.setattr(_copying.TreeCopier, "copy_file", renamed_first)
+    target = target_of(tmp_path)
+    _storage.copy_checkpoint_folder(source, target)
+    copied = target.checkpoints
+    assert not (copied / "state.json.123.tmp").exists()
+    assert (source.checkpoints / "state.json").read_text() == "new"
+    published = "ckpt-00000001"
+    assert tree_digest(copied / published) == tree_digest(source.checkpoints / published)

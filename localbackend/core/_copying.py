@@ -74,26 +74,45 @@ class TreeCopier:
         self._made_read_only: list[tuple[str, int]] = []
 
     def ignore(self, folder: str, names: list[str]) -> set[str]:
-        """``copytree``'s ``ignore``: unfinished saves, and the published folders it links."""
-        left_out = {name for name in names if name.startswith(proto.CHECKPOINT_TMP_PREFIX)}
+        """``copytree``'s ``ignore``: unfinished saves, and the published folders it links.
+
+        Both are at the top of the checkpoint folder; deeper down, a name that
+        looks like an unfinished save is the script's own.
+        """
+        left_out: set[str] = set()
         folder = os.path.abspath(folder)
         if folder == self.source:
+            left_out.update(name for name in names if name.startswith(proto.CHECKPOINT_TMP_PREFIX))
             left_out.update(self.shared)
         self.folders.append(os.path.relpath(folder, self.source))  # copytree makes it next
         return left_out
 
     def copy_file(self, src: str, dst: str) -> str:
-        """``copytree``'s ``copy_function``: a real copy of ``src`` at ``dst``."""
-        if not stat.S_ISREG(os.lstat(src).st_mode):
-            import shutil
+        """``copytree``'s ``copy_function``: a real copy of ``src`` at ``dst``.
 
-            shutil.copy2(src, dst)  # what copytree does: a fifo or device raises
-            self.copied += 1
-            return dst
-        self._copy_data(src, dst)
+        A file that is gone by the time it is read was removed or renamed by
+        the running trial after the folder was listed (a Syne Tune style
+        script renames a temporary file over the old one): it is left out,
+        as a listing made a moment later would have left it out. Its data,
+        once the file is open, is what it held then.
+        """
         import shutil
 
-        shutil.copystat(src, dst)
+        try:
+            if not stat.S_ISREG(os.lstat(src).st_mode):
+                shutil.copy2(src, dst)  # what copytree does: a fifo or device raises
+                self.copied += 1
+                return dst
+            self._copy_data(src, dst)
+        except FileNotFoundError:
+            if os.path.lexists(src):
+                raise  # not the source that is missing
+            return dst
+        try:
+            shutil.copystat(src, dst)
+        except FileNotFoundError:
+            if os.path.lexists(src):
+                raise
         return dst
 
     def link_published(self, staging: str | os.PathLike[str]) -> None:
@@ -122,8 +141,6 @@ class TreeCopier:
         with os.scandir(source_fd) as entries:
             for entry in entries:
                 name = entry.name
-                if name.startswith(proto.CHECKPOINT_TMP_PREFIX):
-                    continue
                 if entry.is_dir(follow_symlinks=False):
                     self._link_subfolder(source_fd, target_fd, name, source, target)
                 elif entry.is_symlink():
