@@ -485,6 +485,47 @@ def test_resume_after_a_kill_carries_on_from_the_last_batch(tmp_path: Path) -> N
     assert_results_continue(experiment)
 
 
+# The tuner, killed just after the backend started trial 2 and before the
+# tuner logged that start: the fault injected is the kill, at that moment.
+KILLED_AFTER_A_START = """
+import os, signal, sys
+from localbackend.cli import _tune_loop, main
+
+logged = _tune_loop.Tuner.event
+
+def event(self, event):
+    if event.get("event") == "start" and event.get("trial") == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    logged(self, event)
+
+_tune_loop.Tuner.event = event
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@needs_restore
+def test_a_start_the_killed_tuner_had_not_logged_is_logged_on_resume(tmp_path: Path) -> None:
+    experiment = tmp_path / "killed"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_A_START, "tune", str(TRAIN), "--metric", "loss",
+         "-p", "epochs=3", "-p", "epoch_seconds=0.02", "-p", "lr=loguniform(1e-3,1)",
+         "--max-trials", "4", "--seed", "2", "--workers", "2", "--scheduler", "random",
+         "--experiment-dir", str(experiment), "--view", "plain"],
+        capture_output=True, text=True, timeout=TIMEOUT, env=cli_env(),
+    )
+    assert killed.returncode == -signal.SIGKILL, shown(killed)
+    resumed = cli("tune", "--resume", str(experiment))
+    assert resumed.returncode == 0, shown(resumed)
+    started = [e["trial"] for e in jsonl(experiment / "events.jsonl") if e["event"] == "start"]
+    assert sorted(started) == [0, 1, 2, 3], started
+    assert_results_continue(experiment)
+    # Resumed once more, nothing is logged twice.
+    again = cli("tune", "--resume", str(experiment))
+    assert again.returncode == 0, shown(again)
+    started = [e["trial"] for e in jsonl(experiment / "events.jsonl") if e["event"] == "start"]
+    assert sorted(started) == [0, 1, 2, 3], started
+
+
 def test_the_plain_view_builds_the_trial_table_only_when_it_shows_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

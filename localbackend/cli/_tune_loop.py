@@ -25,7 +25,14 @@ from typing import Any, Optional
 from .. import LocalBackend, Status
 from .._errors import CheckpointCopyError, LocalBackendError
 from .._types import FINISHED_STATUSES
-from ._common import EXIT_FAILED, EXIT_INTERRUPTED, TunerPaths, append_jsonl, read_json
+from ._common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    TunerPaths,
+    append_jsonl,
+    iter_jsonl,
+    read_json,
+)
 from ._control import handle_requests
 from ._events import describe_event
 from ._live import View
@@ -132,13 +139,24 @@ class Tuner:
         self.signal_received = signum
 
     def _reattach(self) -> None:
-        """After a restore: take the results not yet delivered, then queue running trials."""
+        """After a restore: take the results not yet delivered, then queue running trials.
+
+        A trial the backend started just before the tuner was killed, which
+        the tuner's state never recorded, is taken on; its start is logged
+        in ``events.jsonl`` unless the killed tuner logged it already.
+        """
         known = list(range(self.backend.new_trial_id()))
-        for trial_id in known:
-            if trial_id not in self.trials:
-                config = read_json(self.files.trial(trial_id).config) or {}
-                self.trials[trial_id] = TrialView(config=config)
-                self.scheduler.on_trial_start(trial_id, config)
+        unknown = [trial_id for trial_id in known if trial_id not in self.trials]
+        logged = {
+            event.get("trial") for event in iter_jsonl(self.files.events)
+            if event.get("event") == "start"
+        } if unknown else set()
+        for trial_id in unknown:
+            config = read_json(self.files.trial(trial_id).config) or {}
+            self.trials[trial_id] = TrialView(config=config)
+            self.scheduler.on_trial_start(trial_id, config)
+            if trial_id not in logged:
+                self.event({"event": "start", "trial": trial_id, "config": config})
         if known:
             self._collect(known)
         for view in self.trials.values():
