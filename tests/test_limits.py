@@ -92,6 +92,20 @@ def test_a_grandchild_in_its_own_session_that_allocates_past_the_memory_limit_is
         assert command["memory_limit"]["mechanism"] in ("cgroup", "rss-sampling")
 
 
+def test_a_tree_over_its_memory_limit_is_killed_without_a_sigterm_first(
+    experiment_dir: Path,
+) -> None:
+    # "Killed at once, with no grace period": a SIGTERM handler (one that
+    # saves a checkpoint, say) would run while the tree is over its limit.
+    with _backend(experiment_dir, memory_limit="96MiB", grace_period=5.0) as backend:
+        backend.start_trial({"mode": "alloc_on_term", "megabytes": 400})
+        statuses, _ = collect(backend, [0], until_status(Status.failed), timeout=60)
+        trial, _ = statuses[0]
+        assert trial.failure_kind == "memory_limit", format_logs(backend)
+        assert trial.exit_signal == "SIGKILL"
+        assert not (backend.trial_dir(0) / "term-handler-ran").exists()
+
+
 @pytest.mark.skipif(len(psutil.Process().cpu_affinity() or []) < 2, reason="needs 2 cores")
 def test_two_trials_are_pinned_to_disjoint_cores(experiment_dir: Path) -> None:
     with _backend(experiment_dir, cpus_per_trial=1) as backend:

@@ -12,6 +12,8 @@
   reported; the first ``--crashes`` runs exit with code 3 after the epoch
   given by ``--crash_at`` plus the number of earlier crashes.
 - ``crash``: exit with code 1 at once.
+- ``alloc_on_term``: with a SIGTERM handler that touches ``term-handler-ran``,
+  allocate ``--megabytes`` MiB.
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ elif mode == "grandchild_alloc":
             os._exit(0)
         os._exit(0)
     trialkit.idle()
+elif mode == "alloc_on_term":
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: trialkit.touch("term-handler-ran"))
+    report(step=0)
+    allocate(int(trialkit.option("megabytes", "256")))
 elif mode == "affinity":
     cores = sorted(os.sched_getaffinity(0))
     report(cores=cores, omp=os.environ.get("OMP_NUM_THREADS"))

@@ -149,8 +149,12 @@ class Keeper:
         self.terminating = True
         if self.terminated_by is None or why in ("driver_lost", "supervisor_lost"):
             self.terminated_by = why
-        if first:
+        if first and grace > 0:
             self._signal_groups(signal.SIGTERM)
+        elif first:
+            # No grace (the memory limit, grace_period=0): no SIGTERM either,
+            # whose handler would run in a tree that must end now.
+            self._kill_everything()
         if deadline < self.kill_at:
             self.kill_at = deadline
             signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001))
@@ -406,8 +410,6 @@ class Keeper:
                 if verdict is not None:
                     grace = self.grace if verdict.grace is None else verdict.grace
                     self.begin_termination(grace, verdict.kind)
-                    if grace <= 0:
-                        self._kill_everything()
                     continue
             # Once ending, the alarm kills what is left; only SIGCHLD matters.
             wait = 0.5 if self.terminating else self.monitor.timeout(now)
