@@ -222,6 +222,88 @@ def test_a_budget_is_met_by_deleting_a_copy_together_with_its_source(
             assert actions and "over checkpoint_budget" in actions[0]["reason"]
 
 
+def test_a_budget_counts_a_checkpoint_deleted_by_hand_as_gone(
+    experiment_dir: Path, tmp_path: Path
+) -> None:
+    entry = tmp_path / "loss_trial.py"
+    entry.write_text(LOSS_TRIAL)
+    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
+                      checkpoint_budget=250_000, metric="loss") as backend:
+        for loss in (1, 2):
+            backend.start_trial({"loss": loss, "size": 100_000})
+        collect(backend, [0, 1], until_status(Status.completed), timeout=30)
+        backend.delete_checkpoint(0)
+        backend.start_trial({"loss": 3, "size": 100_000})
+        collect(backend, [2], until_status(Status.completed), timeout=30)
+        # 200 kB on disk: under the budget, nothing more goes.
+        assert [t for t in range(3) if _checkpoints(backend, t)] == [1, 2]
+        assert not any(h.get("action") for t in (1, 2) for h in status_history(backend, t))
+
+
+# Killed inside checkpoint.save(), before it published: what it wrote stays
+# in an unfinished save's folder.
+KILLED_MID_SAVE = """
+import os, signal
+from localbackend import checkpoint, report
+
+report(loss=9.0)
+with checkpoint.save() as folder:
+    (folder / "weights").write_bytes(os.urandom(300_000))
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_budget_deletes_what_a_save_killed_halfway_left(
+    experiment_dir: Path, tmp_path: Path
+) -> None:
+    entry = tmp_path / "killed_mid_save.py"
+    entry.write_text(KILLED_MID_SAVE)
+    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
+                      checkpoint_budget=250_000, metric="loss") as backend:
+        backend.start_trial({})
+        collect(backend, [0], until_status(Status.failed), timeout=30)
+        left = backend.trial_dir(0) / "checkpoints"
+        assert not left.exists() or not any(left.iterdir()), sorted(left.rglob("*"))
+        actions = [h for h in status_history(backend, 0) if h.get("action")]
+        assert actions and "over checkpoint_budget" in actions[0]["reason"]
+
+
+# Killed right after its third save was published, before that save pruned
+# the older ones (the fault injected: the kill, at that moment).
+KILLED_AFTER_A_PUBLISH = """
+import os, signal
+import localbackend.checkpoint as checkpoint_module
+from localbackend import checkpoint, report
+
+synced = checkpoint_module.fsync_directory
+calls = []
+
+def sync_then_die(path):
+    synced(path)
+    calls.append(path)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+checkpoint_module.fsync_directory = sync_then_die
+for step in range(5):
+    checkpoint.save_json({"step": step})
+    report(step=step)
+"""
+
+
+def test_keep_checkpoints_holds_after_a_run_killed_between_a_publish_and_its_pruning(
+    experiment_dir: Path, tmp_path: Path
+) -> None:
+    entry = tmp_path / "killed_after_publish.py"
+    entry.write_text(KILLED_AFTER_A_PUBLISH)
+    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
+                      keep_checkpoints=1) as backend:
+        backend.start_trial({})
+        statuses, _ = collect(backend, [0], until_status(Status.failed), timeout=30)
+        assert statuses[0][0].failure_reason == "killed by SIGKILL", format_logs(backend)
+        assert _checkpoints(backend, 0) == [3]
+
+
 def test_a_failure_reason_outlives_a_retention_deletion_and_a_restore(
     experiment_dir: Path, tmp_path: Path
 ) -> None:

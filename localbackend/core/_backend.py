@@ -393,7 +393,9 @@ class LocalBackend(BackendCore, TrialLogs):
         its tree is gone, whether or not this driver calls anything again.
         """
         with self._lock:
-            checkpoints.delete(self._table, self._paths, self._checkpoint_target(trial_id))
+            target_id = self._checkpoint_target(trial_id)
+            checkpoints.delete(self._table, self._paths, target_id)
+            self._retention.forget(target_id)
 
     # -- persistence ---------------------------------------------------------
 

@@ -178,6 +178,11 @@ class Retention:
     @property
     def active(self) -> bool:
         """Whether the driver has retention work to do after runs end."""
+        return self.keep_checkpoints is not None or self.ranks_trials
+
+    @property
+    def ranks_trials(self) -> bool:
+        """Whether a rule weighs the experiment's trials against each other."""
         return self.keep_best is not None or self.checkpoint_budget is not None
 
     def saved(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from .._log import LazyLogger
 from .._types import FINISHED_STATUSES, Status
 from ._compact import Summary
 from ._limits import QUICK_FAILURE_SECONDS, RETRIED_KINDS, Retention, bytes_text
-from ._storage import delete_checkpoint_folder, has_checkpoint
+from ._storage import delete_checkpoint_folder, has_checkpoint, prune_checkpoints
 from ._table import TrialTable
 from ._trials import TrialRecord
 
@@ -82,7 +82,14 @@ class RetentionPolicy:
     def after_run(self, record: TrialRecord) -> None:
         """Every run of ``record`` has ended: apply the rules."""
         self._sizes.pop(record.trial_id, None)
-        self.apply()
+        if self.rules.keep_checkpoints is not None:
+            try:
+                prune_checkpoints(record.paths, self.rules.keep_checkpoints)
+            except OSError as err:
+                logger.warning("Could not prune the checkpoints of trial %d to the newest %d: %s",
+                               record.trial_id, self.rules.keep_checkpoints, err)
+        if self.rules.ranks_trials:
+            self.apply()
 
     def apply(self) -> None:
         # From the summaries, so that records kept packed (``_compact``) stay so.
@@ -185,7 +192,8 @@ class RetentionPolicy:
         return files
 
     def _delete(self, record: TrialRecord, reason: str) -> None:
-        if not has_checkpoint(record.paths):
+        # What an unfinished save of a finished trial left counts, and goes.
+        if not has_checkpoint(record.paths, unfinished=True):
             self._cleared.add(record.trial_id)
             return
         try:

@@ -93,12 +93,35 @@ def _json_pieces(obj: Any, split: str | None) -> Iterator[bytes]:
     yield b"\n}"
 
 
-def has_checkpoint(paths: TrialPaths) -> bool:
+def has_checkpoint(paths: TrialPaths, *, unfinished: bool = False) -> bool:
+    """Whether the trial's checkpoint folder holds anything; unfinished saves too, if asked."""
     try:
         with os.scandir(paths.checkpoints) as entries:
-            return any(not e.name.startswith(proto.CHECKPOINT_TMP_PREFIX) for e in entries)
+            return any(unfinished or not e.name.startswith(proto.CHECKPOINT_TMP_PREFIX)
+                       for e in entries)
     except (FileNotFoundError, NotADirectoryError):
         return False
+
+
+def prune_checkpoints(paths: TrialPaths, keep: int) -> None:
+    """Once no run of the trial is alive: its newest ``keep`` published checkpoints, no more.
+
+    A run killed between a save's publish and its pruning left one
+    checkpoint too many, and one killed inside a save left its unfinished
+    folder, which no later save of that run will remove. With no run alive,
+    nobody writes there.
+    """
+    published = published_checkpoints(paths.checkpoints)
+    for _, folder in published[: max(len(published) - keep, 0)]:
+        delete_folder_atomically(Path(folder), paths.checkpoint_retired())
+    try:
+        with os.scandir(paths.checkpoints) as entries:
+            unfinished = [Path(e.path) for e in entries
+                          if e.name.startswith(proto.CHECKPOINT_TMP_PREFIX)]
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for save in unfinished:
+        _discard(save)
 
 
 def copy_checkpoint_folder(src: TrialPaths, tgt: TrialPaths) -> None:
