@@ -43,7 +43,19 @@ def test_limit_flags_become_the_backends_options(tmp_path: Path) -> None:
     assert options["cpus_per_trial"] == 1
     again = cli("tune", "--resume", str(root), "--time-limit", "5")
     assert again.returncode != 0
-    assert "--time-limit" in again.stderr
+    assert "--time-limit cannot change on resume (saved: 120, given: 5)" in again.stderr
+    # Given again with the saved values, in any spelling of them, the flags are fine.
+    same = cli(
+        "tune", "--resume", str(root), "--max-trials", "3", "--view", "plain",
+        "--time-limit", "120.0", "--memory-limit", str(1 << 30), "--heartbeat-timeout", "60",
+        "--max-failures", "1", "--keep-checkpoints", "1", "--keep-best", "1",
+        "--checkpoint-budget", "100MiB", "--cpus-per-trial", "1",
+    )
+    assert same.returncode == 0, same.stdout + same.stderr
+    changed = cli("tune", "--resume", str(root), "--memory-limit", "2GiB")
+    assert changed.returncode != 0
+    assert "--memory-limit cannot change on resume (saved: 1 GiB, given: 2 GiB)" in (
+        changed.stderr), changed.stderr
 
 
 def test_a_bad_limit_is_one_clear_line(tmp_path: Path) -> None:

@@ -201,8 +201,6 @@ def _resumed_tuner(args: argparse.Namespace) -> Tuner:
         for shown, value in (
             ("SCRIPT", args.script), ("--config", args.config), ("-p", args.param),
             ("--experiment-dir", args.experiment_dir),
-            *((f"--{name.replace('_', '-')}", value)
-              for name, value in vars(args).items() if name in _LIMIT_FLAGS),
         )
         if value is not None and value != [] and value is not False
     ]
@@ -237,6 +235,7 @@ def _resumed_tuner(args: argparse.Namespace) -> Tuner:
         raise CliError("this version of localbackend cannot restore an experiment folder yet")
     options = TuneOptions(**state["options"])
     _check_fixed(args, options)
+    _check_limits_kept(args, options, root)
     # Budgets may be raised on resume; what was tuned stays as it was.
     for name in ("max_time", "max_trials", "workers"):
         value = getattr(args, name)
@@ -276,6 +275,48 @@ def _check_fixed(args: argparse.Namespace, saved: TuneOptions) -> None:
             f"{_shown_setting(kept)}, given: {_shown_setting(given)}); drop {option} to carry "
             f"on with the saved value, or start a new tune with {option} "
             f"{_shown_setting(given)} in another --experiment-dir"
+        )
+
+
+def _check_limits_kept(args: argparse.Namespace, options: TuneOptions, root: Path) -> None:
+    """Refuse a limit flag given to ``--resume`` whose value differs from the experiment's.
+
+    Each is read as the backend reads it (``"1GiB"`` is ``1073741824``) and
+    compared with what the experiment folder saved.
+    """
+    given = {name: getattr(args, name, None) for name in _LIMIT_FLAGS}
+    given = {name: value for name, value in given.items() if value is not None}
+    if not given:
+        return
+    from ..core._journal import load_state as load_experiment
+    from ..core._limits import Retention, TrialLimits, bytes_text, check_cpus_per_trial
+
+    saved = load_experiment(root)["options"]
+    wanted = backend_limits(args, options)
+    limits = TrialLimits.check(**{
+        name: wanted[name] for name in TrialLimits.__dataclass_fields__ if name in wanted
+    }).saved()
+    retention = Retention.check(**{
+        name: wanted[name] for name in Retention.__dataclass_fields__ if name in wanted
+    }).saved()
+    for name in given:
+        if name in limits:
+            now, kept = limits[name], (saved.get("limits") or {}).get(name)
+        elif name in retention:
+            now, kept = retention[name], (saved.get("retention") or {}).get(name)
+        elif name == "cpus_per_trial":
+            now, kept = check_cpus_per_trial(wanted.get(name), 0), saved.get(name)
+        else:
+            now, kept = wanted.get(name), saved.get(name)
+        if _same_setting(now, kept):
+            continue
+        flag = "--" + name.replace("_", "-")
+        sizes = name in ("memory_limit", "checkpoint_budget")
+        shown = [bytes_text(v) if sizes and isinstance(v, int) else _shown_setting(v)
+                 for v in (kept, now)]
+        raise CliError(
+            f"--resume {args.resume}: {flag} cannot change on resume (saved: {shown[0]}, "
+            f"given: {shown[1]}); drop {flag} to carry on with the saved value"
         )
 
 
