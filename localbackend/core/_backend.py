@@ -382,15 +382,13 @@ class LocalBackend(BackendCore, TrialLogs):
             checkpoints.check_copy(self._table, self._paths, source, target_id)
             self._ensure_experiment_dir()
             checkpoints.copy(self._paths, source.trial_id, target_id)
-            self._retention.copied()
-            self._retention.forget(target_id)
+            self._retention.copied(target_id)
 
     def delete_checkpoint(self, trial_id: int) -> None:
         """Delete a trial's checkpoints: now, or as soon as its processes are gone.
 
-        A trial whose processes are still ending (a pause or stop within its
-        grace period) has its checkpoints deleted by its keeper the moment
-        its tree is gone, whether or not this driver calls anything again.
+        A trial whose processes are still ending (a pause or stop within its grace
+        period) has them deleted by its keeper the moment its tree is gone.
         """
         with self._lock:
             target_id = self._checkpoint_target(trial_id)

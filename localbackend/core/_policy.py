@@ -211,9 +211,10 @@ class RetentionPolicy:
         record.set_status(record.status, reason=reason, action="checkpoint_deleted",
                           failure=failure)
 
-    def copied(self) -> None:
+    def copied(self, target_id: int) -> None:
         """A checkpoint was copied: links into other trials' files changed, count again."""
         self._sizes.clear()
+        self._cleared.discard(target_id)
 
     def forget(self, trial_id: int) -> None:
         """A trial's checkpoint changed outside a run (a copy into it, a resume)."""

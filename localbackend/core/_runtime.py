@@ -193,7 +193,7 @@ class BackendCore:
             paths.root.mkdir(exist_ok=True, mode=0o700)  # no parents: a deleted folder stays gone
             if checkpoint_trial_id is not None:
                 checkpoints.copy(self._paths, int(checkpoint_trial_id), trial_id)
-                self._retention.copied()
+                self._retention.copied(trial_id)
             atomic_write_json(paths.config, clean)
             launching.create_output_files(
                 paths, logs_too=not self._launcher.capabilities.local_files,
