@@ -207,6 +207,8 @@ def _restore_delivery(
     runs: list[dict[str, Any]] = saved["runs"]
     run = record.runs - 1
     if record.status == Status.in_progress:
+        # Where what is owed ends, when bytes after it are never to be read.
+        owed_until: dict[str, int] | None = None
         if len(runs) > 1:
             # An earlier run's results up to its pause are still owed; what it
             # wrote after that, before this run started, never is.
@@ -216,7 +218,10 @@ def _restore_delivery(
             if started is not None:
                 _skip_to(record, started.get("start_offsets"))
             elif ended is None and keeper is None:
-                _skip_to_end(record)  # the run never started: it wrote nothing
+                # The run never started: it wrote nothing, and what the
+                # earlier run wrote after its pause is never delivered.
+                owed_until = _offsets(record)
+                _skip_to_end(record)
             else:
                 # This run started after the earlier one had ended, so its
                 # output begins at or after the earlier run's exit offsets.
@@ -225,7 +230,8 @@ def _restore_delivery(
             _attach(backend, record, run, keeper, runs[-1], streaming=True)
         elif ended is not None:
             record.following(run, accepted=True)
-            table.run_exited(record, RunExited.from_record(ended))
+            # A run's journal entry does not repeat the trial; exit.json does.
+            table.run_exited(record, RunExited.from_record({**ended, "trial": record.trial_id}))
         else:
             # The run's keeper was killed before it could record an exit:
             # everything the trial wrote came before any pause decision.
@@ -234,8 +240,8 @@ def _restore_delivery(
             record.interrupted()
             record.run_gone(run)
             # Where acceptance ended, so that a second restore still owes
-            # what was read here and not yet delivered.
-            _log_accept_until(record)
+            # what was read here and not yet delivered, and nothing skipped.
+            _log_accept_until(record, owed_until)
             record.set_status(
                 Status.paused, reason="restored: the driver ended while the trial ran",
                 news=True,
@@ -244,8 +250,13 @@ def _restore_delivery(
         return
 
     # Paused, Stopped, Completed or Failed: deliver what was accepted before
-    # the decision and not yet delivered, and nothing after it.
+    # the decision and not yet delivered, and nothing after it. A run
+    # launched after the decision whose start the old driver did not record
+    # (it died inside resume_trial) leaves the decision's bound on the run
+    # before it.
     accept_until = saved.get("accept_until")
+    if accept_until is None and len(runs) > 1 and "accept_until" not in runs[-1]:
+        accept_until = runs[-2].get("accept_until")
     if accept_until is not None:
         table.ingest(record, limits=accept_until, final=ended is not None, owed=True)
     record.interrupted()
@@ -319,12 +330,13 @@ def _attach(
         backend.launcher.terminate(record.trial_id, run)
 
 
-def _log_accept_until(record: TrialRecord) -> None:
-    record.log(
-        "accept_until",
-        results=record.results_reader.offset,
-        stdout=record.stdout_reader.offset,
-    )
+def _offsets(record: TrialRecord) -> dict[str, int]:
+    return {"results": record.results_reader.offset, "stdout": record.stdout_reader.offset}
+
+
+def _log_accept_until(record: TrialRecord, offsets: dict[str, int] | None = None) -> None:
+    """Journal where acceptance ends: ``offsets``, or how far the trial's output was read."""
+    record.log("accept_until", **(offsets or _offsets(record)))
 
 
 def _skip_to(record: TrialRecord, offsets: dict[str, Any] | None) -> None:
