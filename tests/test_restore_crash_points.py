@@ -23,20 +23,24 @@ from tests.test_cli_tune import cli_env
 
 TRIAL = script("crash_point_trial.py")
 
-# argv: experiment, the journal op to die after, its run (or -), the scenario.
+# argv: experiment, the journal op to die after, its run (or -), which such
+# entry (1 for the first), the scenario, the trial script.
 DRIVER = textwrap.dedent("""
     import json, os, signal, sys, time
     from pathlib import Path
     from localbackend import LocalBackend
     from localbackend.core import _journal
 
-    experiment, op, run, scenario, entry = sys.argv[1:6]
+    experiment, op, run, nth, scenario, entry = sys.argv[1:7]
     appended = _journal.Journal.append
+    seen = []
 
     def append(self, name, **fields):
         done = appended(self, name, **fields)
         if name == op and (run == "-" or str(fields.get("run")) == run):
-            os.kill(os.getpid(), signal.SIGKILL)
+            seen.append(name)
+            if len(seen) == int(nth):
+                os.kill(os.getpid(), signal.SIGKILL)
         return done
 
     _journal.Journal.append = append
@@ -74,15 +78,26 @@ DRIVER = textwrap.dedent("""
         fetch(backend)
         backend.pause_trial(0)
         backend.resume_trial(0)
+    elif scenario == "pause-unfetched-resume-pause":
+        backend.start_trial({"steps": 200, "step_seconds": 0.05, "after_term": 1})
+        until(lambda: lines() >= 2)
+        backend.pause_trial(0)
+        backend.resume_trial(0)
+        deadline = time.monotonic() + 30
+        while lines() < 5 and time.monotonic() < deadline:
+            backend.wait(timeout=0.05)  # the paused run ends, the resumed one reports
+        backend.pause_trial(0)
     while True:  # until the kill
         backend.wait(timeout=0.05)
 """)
 
 
-def _killed_driver(tmp_path: Path, op: str, run: str, scenario: str) -> Path:
+def _killed_driver(
+    tmp_path: Path, op: str, run: str, scenario: str, nth: int = 1
+) -> Path:
     experiment = tmp_path / "experiment"
     done = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(experiment), op, run, scenario, str(TRIAL)],
+        [sys.executable, "-c", DRIVER, str(experiment), op, run, str(nth), scenario, str(TRIAL)],
         capture_output=True, text=True, timeout=120, env=cli_env(),
     )
     assert done.returncode == -signal.SIGKILL, (done.returncode, done.stdout, done.stderr)
@@ -147,3 +162,17 @@ def test_a_second_restore_never_delivers_what_a_paused_run_wrote_after_its_pause
     assert not any(r["after_term"] for r in second + third), (second, third)
     assert steps == list(range(1, len(steps) + 1)), (steps, _written(experiment))
     assert any(r["after_term"] for r in _written(experiment)), _written(experiment)
+
+
+def test_what_a_paused_run_wrote_after_its_pause_is_never_delivered_once_its_results_wait(
+    tmp_path: Path,
+) -> None:
+    # Nothing fetched: the paused run's results still wait when its later
+    # output is passed over at its end; the resumed run is paused in turn,
+    # and the driver killed after that pause's status.
+    experiment = _killed_driver(tmp_path, "status", "1", "pause-unfetched-resume-pause", nth=2)
+    _, results = _restored(experiment)
+    steps = [r["step"] for r in results]
+    assert not any(r["after_term"] for r in results), (results, _written(experiment))
+    assert steps == sorted(steps) and steps[:2] == [1, 2], steps
+    assert any(r["after_term"] for r in _written(experiment))

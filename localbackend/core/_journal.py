@@ -106,6 +106,19 @@ def apply(state: dict[str, Any], entry: dict[str, Any]) -> None:
             "results": entry["results"], "stdout": entry["stdout"],
             "iterations": entry["iterations"], "last_metric": entry.get("last_metric"),
         }
+        # Skips behind what is delivered now are done with.
+        left = [gap for gap in trial.get("skipped", ())
+                if gap["results"][1] > entry["results"] or gap["stdout"][1] > entry["stdout"]]
+        if left:
+            trial["skipped"] = left
+        else:
+            trial.pop("skipped", None)
+    elif op == "skipped":
+        # Output passed over for good while results before it were still to
+        # be delivered: a restore delivers those, and steps over this.
+        trial.setdefault("skipped", []).append(
+            {"results": entry["results"], "stdout": entry["stdout"]}
+        )
     elif op == "accept_until":
         trial["accept_until"] = {"results": entry["results"], "stdout": entry["stdout"]}
         if trial["runs"]:

@@ -205,27 +205,23 @@ def _restore_delivery(
     """
     table = backend.table
     runs: list[dict[str, Any]] = saved["runs"]
+    skipped: list[dict[str, Any]] = saved.get("skipped") or []
     run = record.runs - 1
     if record.status == Status.in_progress:
-        # Where what is owed ends, when bytes after it are never to be read.
-        owed_until: dict[str, int] | None = None
         if len(runs) > 1:
             # An earlier run's results up to its pause are still owed; what it
             # wrote after that, before this run started, never is.
             earlier = runs[-2].get("accept_until")
             if earlier is not None:
-                table.ingest(record, limits=earlier, owed=True)
+                _ingest_owed(table, record, earlier, skipped)
             if started is not None:
-                _skip_to(record, started.get("start_offsets"))
+                table.skip_output(record, started.get("start_offsets"))
             elif ended is None and keeper is None:
-                # The run never started: it wrote nothing, and what the
-                # earlier run wrote after its pause is never delivered.
-                owed_until = _offsets(record)
-                _skip_to_end(record)
+                _skip_to_end(table, record)  # the run never started: it wrote nothing
             else:
                 # This run started after the earlier one had ended, so its
                 # output begins at or after the earlier run's exit offsets.
-                _skip_to(record, runs[-2].get("offsets"))
+                table.skip_output(record, runs[-2].get("offsets"))
         if keeper is not None:
             _attach(backend, record, run, keeper, runs[-1], streaming=True)
         elif ended is not None:
@@ -240,13 +236,13 @@ def _restore_delivery(
             record.interrupted()
             record.run_gone(run)
             # Where acceptance ended, so that a second restore still owes
-            # what was read here and not yet delivered, and nothing skipped.
-            _log_accept_until(record, owed_until)
+            # what was read here and not yet delivered.
+            _log_accept_until(record)
             record.set_status(
                 Status.paused, reason="restored: the driver ended while the trial ran",
                 news=True,
             )
-            _skip_to_end(record)
+            _skip_to_end(table, record)
         return
 
     # Paused, Stopped, Completed or Failed: deliver what was accepted before
@@ -258,7 +254,7 @@ def _restore_delivery(
     if accept_until is None and len(runs) > 1 and "accept_until" not in runs[-1]:
         accept_until = runs[-2].get("accept_until")
     if accept_until is not None:
-        table.ingest(record, limits=accept_until, final=ended is not None, owed=True)
+        _ingest_owed(table, record, accept_until, skipped, final=ended is not None)
     record.interrupted()
     if keeper is not None:
         # Still ending after the decision (detach mode). Its later output is
@@ -270,7 +266,7 @@ def _restore_delivery(
         record.exit_signal = ended.get("signal")
     # Everything after the decision is counted (the iteration counter carries
     # on after it) but never delivered.
-    _skip_to_end(record)
+    _skip_to_end(table, record)
 
 
 def _what_is_known(entry: dict[str, Any], run_file: dict[str, Any] | None) -> dict[str, Any]:
@@ -330,23 +326,33 @@ def _attach(
         backend.launcher.terminate(record.trial_id, run)
 
 
-def _offsets(record: TrialRecord) -> dict[str, int]:
-    return {"results": record.results_reader.offset, "stdout": record.stdout_reader.offset}
+def _log_accept_until(record: TrialRecord) -> None:
+    """Journal where acceptance ends: how far the trial's output was read."""
+    record.log(
+        "accept_until",
+        results=record.results_reader.offset,
+        stdout=record.stdout_reader.offset,
+    )
 
 
-def _log_accept_until(record: TrialRecord, offsets: dict[str, int] | None = None) -> None:
-    """Journal where acceptance ends: ``offsets``, or how far the trial's output was read."""
-    record.log("accept_until", **(offsets or _offsets(record)))
+def _ingest_owed(
+    table: TrialTable, record: TrialRecord, limits: dict[str, Any],
+    skipped: list[dict[str, Any]], *, final: bool = False,
+) -> None:
+    """Take in what is owed up to ``limits``, stepping over what a driver skipped for good."""
+    for gap in skipped:
+        (results_from, results_to), (stdout_from, stdout_to) = gap["results"], gap["stdout"]
+        behind = (results_to <= record.results_reader.offset
+                  and stdout_to <= record.stdout_reader.offset)
+        beyond = results_from >= int(limits["results"]) and stdout_from >= int(limits["stdout"])
+        if behind or beyond:
+            continue
+        table.ingest(record, limits={"results": results_from, "stdout": stdout_from}, owed=True)
+        table.skip_output(record, {"results": results_to, "stdout": stdout_to})
+    table.ingest(record, limits=limits, final=final, owed=True)
 
 
-def _skip_to(record: TrialRecord, offsets: dict[str, Any] | None) -> None:
-    offsets = offsets or {}
-    record.results_reader.skip_to(int(offsets.get("results", 0)))
-    record.stdout_reader.skip_to(int(offsets.get("stdout", 0)))
-
-
-def _skip_to_end(record: TrialRecord) -> None:
+def _skip_to_end(table: TrialTable, record: TrialRecord) -> None:
     end = file_size(record.paths.results)
     record.iterations += count_lines(record.paths.results, record.results_reader.offset, end)
-    record.results_reader.skip_to(end)
-    record.stdout_reader.skip_to(file_size(record.paths.stdout))
+    table.skip_output(record, {"results": end, "stdout": file_size(record.paths.stdout)})

@@ -230,9 +230,8 @@ class TrialTable:
             )
             if current:
                 record.exited(event.returncode, event.signal, ended_at)
-        record.results_reader.skip_to(int(offsets.get("results", 0)))
-        record.stdout_reader.skip_to(int(offsets.get("stdout", 0)))
-        if not record.has_news:
+        skipped = self.skip_output(record, offsets)
+        if not record.has_news and not skipped:
             self.mark_delivered(record)
         self.run_gone(record, run)
         self.settle_failures()
@@ -379,6 +378,25 @@ class TrialTable:
         if len(streams) == 1:
             return statuses, streams[0]
         return statuses, list(heapq.merge(*streams, key=_timestamp_key))
+
+    def skip_output(self, record: TrialRecord, offsets: Mapping[str, Any] | None) -> bool:
+        """Pass over the trial's output up to ``offsets`` for good; True if that was journaled.
+
+        No restore may read it again: with no results queued the delivered
+        offsets move past it, else it is journaled ``skipped``, to step over.
+        """
+        offsets = offsets or {}
+        results, stdout = record.results_reader.offset, record.stdout_reader.offset
+        record.results_reader.skip_to(int(offsets.get("results", 0)))
+        record.stdout_reader.skip_to(int(offsets.get("stdout", 0)))
+        moved_to = (record.results_reader.offset, record.stdout_reader.offset)
+        if moved_to == (results, stdout):
+            return False
+        if record.from_results_file or record.from_stdout:
+            record.log("skipped", results=[results, moved_to[0]], stdout=[stdout, moved_to[1]])
+        else:
+            self.mark_delivered(record)
+        return True
 
     def mark_delivered(self, record: TrialRecord) -> None:
         """Record that everything read so far has been delivered (queues are empty)."""
