@@ -17,6 +17,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from localbackend import LocalBackend, Status
 from tests.helpers import drain, format_logs, script
 from tests.test_cli_tune import cli_env
@@ -127,24 +129,20 @@ def _written(experiment: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def test_a_result_written_before_a_pause_survives_a_driver_killed_inside_the_resume(
-    tmp_path: Path,
-) -> None:
-    # Killed after the resumed run's launch was journaled, before its status.
-    experiment = _killed_driver(tmp_path, "launch", "1", "pause-resume-unfetched")
-    status, results = _restored(experiment)
-    assert status == Status.paused
-    assert [r["step"] for r in results] == [1], _written(experiment)
-
-
-def test_a_driver_killed_once_a_run_that_ended_alone_is_journaled_restores(
-    tmp_path: Path,
-) -> None:
+@pytest.mark.parametrize(("op", "run", "scenario", "status", "steps"), [
+    # Killed after the resumed run's launch was journaled, before its status:
+    # the result written before the pause is still owed.
+    ("launch", "1", "pause-resume-unfetched", Status.paused, [1]),
     # Killed after the run's exit was journaled, before the trial's new status.
-    experiment = _killed_driver(tmp_path, "exited", "0", "ends-alone")
-    status, results = _restored(experiment)
-    assert status == Status.completed
-    assert [r["step"] for r in results] == [1, 2]
+    ("exited", "0", "ends-alone", Status.completed, [1, 2]),
+], ids=["inside-a-resume", "after-a-run-ended-alone"])
+def test_a_driver_killed_between_two_entries_of_one_change_restores_every_result_once(
+    tmp_path: Path, op: str, run: str, scenario: str, status: str, steps: list[int]
+) -> None:
+    experiment = _killed_driver(tmp_path, op, run, scenario)
+    restored_status, results = _restored(experiment)
+    assert restored_status == status
+    assert [r["step"] for r in results] == steps, _written(experiment)
 
 
 def test_a_second_restore_never_delivers_what_a_paused_run_wrote_after_its_pause(

@@ -21,11 +21,18 @@ from tests.helpers import collect, format_logs, script, status_history, until_st
 TRIAL = script("limits_trial.py")
 
 
-def _backend(experiment_dir: Path, **options: Any) -> LocalBackend:
+def _backend(experiment_dir: Path, trial: Path = TRIAL, **options: Any) -> LocalBackend:
     return LocalBackend(
-        TRIAL, experiment_dir=experiment_dir, binary=[sys.executable], grace_period=1.0,
+        trial, experiment_dir=experiment_dir, binary=[sys.executable], grace_period=1.0,
         **options,
     )
+
+
+def _script(tmp_path: Path, text: str) -> Path:
+    """A trial script with ``text``."""
+    entry = tmp_path / "trial.py"
+    entry.write_text(text)
+    return entry
 
 
 def _checkpoints(backend: LocalBackend, trial_id: int) -> list[int]:
@@ -90,8 +97,7 @@ def test_keep_best_keeps_only_the_best_finished_trials_checkpoints(
     script_dir.mkdir()
     entry = script_dir / "loss_trial.py"
     entry.write_text(LOSS_TRIAL)
-    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
-                      keep_best=2, metric="loss", mode="min") as backend:
+    with _backend(experiment_dir, entry, keep_best=2, metric="loss", mode="min") as backend:
         for loss in (4, 1, 3, 2):
             backend.start_trial({"loss": loss, "block": 0})
         collect(backend, [0, 1, 2, 3], until_status(Status.completed), timeout=30)
@@ -115,10 +121,8 @@ def test_keep_best_keeps_only_the_best_finished_trials_checkpoints(
 def test_a_budget_that_paused_trials_prevent_meeting_is_reported_once(
     experiment_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    entry = tmp_path / "loss_trial.py"
-    entry.write_text(LOSS_TRIAL)
-    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
-                      checkpoint_budget=150_000, metric="loss") as backend:
+    entry = _script(tmp_path, LOSS_TRIAL)
+    with _backend(experiment_dir, entry, checkpoint_budget=150_000, metric="loss") as backend:
         # Two paused trials hold 2 x 100 kB: over the budget, and untouchable.
         for loss in (1, 2):
             backend.start_trial({"loss": loss, "block": 1, "size": 100_000})
@@ -160,11 +164,9 @@ if args.block:
 def test_keep_best_after_a_restore_still_knows_the_best(
     experiment_dir: Path, tmp_path: Path
 ) -> None:
-    entry = tmp_path / "loss_trial.py"
-    entry.write_text(LOSS_TRIAL)
+    entry = _script(tmp_path, LOSS_TRIAL)
     options: dict[str, Any] = {"keep_best": 1, "metric": "loss", "mode": "min"}
-    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
-                      **options) as backend:
+    with _backend(experiment_dir, entry, **options) as backend:
         for loss in (1, 5):
             backend.start_trial({"loss": loss})
         collect(backend, [0, 1], until_status(Status.completed), timeout=30)
@@ -181,10 +183,8 @@ def test_keep_best_after_a_restore_still_knows_the_best(
 def test_a_copy_sharing_its_files_is_counted_once_against_the_budget(
     experiment_dir: Path, tmp_path: Path
 ) -> None:
-    entry = tmp_path / "loss_trial.py"
-    entry.write_text(LOSS_TRIAL)
-    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
-                      checkpoint_budget=150_000, metric="loss") as backend:
+    entry = _script(tmp_path, LOSS_TRIAL)
+    with _backend(experiment_dir, entry, checkpoint_budget=150_000, metric="loss") as backend:
         backend.start_trial({"loss": 1, "size": 100_000})
         collect(backend, [0], until_status(Status.completed), timeout=30)
         backend.copy_checkpoint(0, 1)
@@ -202,12 +202,11 @@ def test_a_budget_is_met_by_deleting_a_copy_together_with_its_source(
     # A copy shares its source's files by hard link: deleting either alone
     # frees nothing of them, deleting both frees them all. The worst two are
     # a source and its copy; the best trial alone fits the budget.
-    entry = tmp_path / "loss_trial.py"
-    entry.write_text(LOSS_TRIAL.replace(
+    entry = _script(tmp_path, LOSS_TRIAL.replace(
         "with checkpoint.save() as folder:\n    (folder",
         "if args.size:\n    with checkpoint.save() as folder:\n        (folder"))
-    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
-                      checkpoint_budget=500_000, metric="loss", mode="min") as backend:
+    with _backend(experiment_dir, entry, checkpoint_budget=500_000, metric="loss",
+                  mode="min") as backend:
         backend.start_trial({"loss": 2, "size": 400_000})
         collect(backend, [0], until_status(Status.completed), timeout=30)
         backend.start_trial({"loss": 3, "size": 10 if copy_saves else 0}, checkpoint_trial_id=0)
@@ -225,10 +224,8 @@ def test_a_budget_is_met_by_deleting_a_copy_together_with_its_source(
 def test_a_budget_counts_a_checkpoint_deleted_by_hand_as_gone(
     experiment_dir: Path, tmp_path: Path
 ) -> None:
-    entry = tmp_path / "loss_trial.py"
-    entry.write_text(LOSS_TRIAL)
-    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
-                      checkpoint_budget=250_000, metric="loss") as backend:
+    entry = _script(tmp_path, LOSS_TRIAL)
+    with _backend(experiment_dir, entry, checkpoint_budget=250_000, metric="loss") as backend:
         for loss in (1, 2):
             backend.start_trial({"loss": loss, "size": 100_000})
         collect(backend, [0, 1], until_status(Status.completed), timeout=30)
@@ -256,10 +253,8 @@ with checkpoint.save() as folder:
 def test_a_budget_deletes_what_a_save_killed_halfway_left(
     experiment_dir: Path, tmp_path: Path
 ) -> None:
-    entry = tmp_path / "killed_mid_save.py"
-    entry.write_text(KILLED_MID_SAVE)
-    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
-                      checkpoint_budget=250_000, metric="loss") as backend:
+    entry = _script(tmp_path, KILLED_MID_SAVE)
+    with _backend(experiment_dir, entry, checkpoint_budget=250_000, metric="loss") as backend:
         backend.start_trial({})
         collect(backend, [0], until_status(Status.failed), timeout=30)
         left = backend.trial_dir(0) / "checkpoints"
@@ -294,10 +289,8 @@ for step in range(5):
 def test_keep_checkpoints_holds_after_a_run_killed_between_a_publish_and_its_pruning(
     experiment_dir: Path, tmp_path: Path
 ) -> None:
-    entry = tmp_path / "killed_after_publish.py"
-    entry.write_text(KILLED_AFTER_A_PUBLISH)
-    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
-                      keep_checkpoints=1) as backend:
+    entry = _script(tmp_path, KILLED_AFTER_A_PUBLISH)
+    with _backend(experiment_dir, entry, keep_checkpoints=1) as backend:
         backend.start_trial({})
         statuses, _ = collect(backend, [0], until_status(Status.failed), timeout=30)
         assert statuses[0][0].failure_reason == "killed by SIGKILL", format_logs(backend)
@@ -307,10 +300,8 @@ def test_keep_checkpoints_holds_after_a_run_killed_between_a_publish_and_its_pru
 def test_a_failure_reason_outlives_a_retention_deletion_and_a_restore(
     experiment_dir: Path, tmp_path: Path
 ) -> None:
-    entry = tmp_path / "loss_trial.py"
-    entry.write_text(LOSS_TRIAL + "\nif args.loss > 4:\n    raise SystemExit(3)\n")
-    with LocalBackend(entry, experiment_dir=experiment_dir, binary=[sys.executable],
-                      keep_best=1, metric="loss") as backend:
+    entry = _script(tmp_path, LOSS_TRIAL + "\nif args.loss > 4:\n    raise SystemExit(3)\n")
+    with _backend(experiment_dir, entry, keep_best=1, metric="loss") as backend:
         backend.start_trial({"loss": 5})
         collect(backend, [0], until_status(Status.failed), timeout=30)
         backend.start_trial({"loss": 1})
