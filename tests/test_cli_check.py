@@ -209,3 +209,18 @@ def test_the_hint_for_a_trial_too_short_to_pause_names_the_scripts_own_options()
     assert "-p steps=0 -p delay=0.01" in output, output
     assert "epoch_seconds" not in output and "epochs=" not in output, output
     assert code == 1, output
+
+
+def test_a_script_whose_result_lines_are_not_json_is_told_so() -> None:
+    # json.dumps writes NaN, which is not JSON: every line is skipped.
+    code, verdicts, output = check(BROKEN / "writes_nan.py")
+    assert code == 1, output
+    assert verdicts["reporting"] == "FAIL", output
+    assert "not a JSON object" in output and "NaN" in output, output
+    assert "the script reported no result" not in output, output
+    # The trial ran to its end because nothing it wrote was a result, not
+    # because it had too little work: the later checks wait for reporting.
+    assert "ended before it could be paused" not in output, output
+    later = ("sigterm", "resume", "exact-resume", "copied-checkpoint")
+    assert all(verdicts[name] == "SKIP" for name in later), output
+    assert output.count("needs a script that passes the reporting check") == 4, output

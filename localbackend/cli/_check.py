@@ -47,6 +47,7 @@ from ._check_verdicts import (
     judge_resume,
     judge_sigterm,
     more_work,
+    rejected_line,
 )
 from ._check_warm import judge_warm_start, preload_names
 from ._common import CliError, format_value
@@ -207,6 +208,11 @@ def _run_checks(
     entrypoint = backend.entrypoint_path()
     verdicts = [judge_reporting(trials.run(a), entrypoint, metric, attr, params)]
     usable = verdicts[0].outcome == PASS
+    if not_paused is not None and rejected_line(trials.trial[b]) is not None:
+        # Never paused since what it wrote was no result, not for want of work.
+        needs = "needs a script that passes the reporting check"
+        return [*verdicts, *(Verdict(n, SKIP, needs, "fix the reporting check first")
+                             for n in LATER_CHECKS)]
     if not_paused is not None:
         fix = more_work(params, "it still runs after its first result")
         return [*verdicts, *(Verdict(n, SKIP, not_paused, fix) for n in LATER_CHECKS)]

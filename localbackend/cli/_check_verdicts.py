@@ -74,6 +74,16 @@ def judge_reporting(
             "run it alone to see why: localbackend run "
             + " ".join([str(entrypoint), *(f"-p {p}" for p in params)]),
         )
+    rejected = rejected_line(trial)
+    if rejected is not None:
+        number, text = rejected
+        return Verdict(
+            "reporting", FAIL,
+            f"line {number} of its results file is not a JSON object, so it was skipped: "
+            f"{text!r}",
+            "write each result as one JSON object per line; NaN and Infinity are not JSON, so "
+            "write null for a metric that has no value (localbackend.report checks this)",
+        )
     if not results:
         return Verdict("reporting", FAIL, "the script reported no result", report_how)
     missing = [r for r in results if metric not in r]
@@ -345,6 +355,26 @@ def _number(value: Any) -> bool:
     return (
         isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     )
+
+
+def rejected_line(trial: Any) -> Optional[tuple[int, str]]:
+    """The first whole line of the trial's results file that is not a JSON object, if any."""
+    import orjson
+
+    try:
+        with open(TrialPaths(trial.trial_dir).results, "rb") as source:
+            for number, line in enumerate(source, start=1):
+                if not line.endswith(b"\n"):
+                    return None  # still being written
+                try:
+                    if isinstance(orjson.loads(line), dict):
+                        continue
+                except orjson.JSONDecodeError:
+                    pass
+                return number, line.decode("utf-8", "replace").strip()[:120]
+    except OSError:
+        return None
+    return None
 
 
 def ending(trial: Any) -> str:
