@@ -276,6 +276,7 @@ class TrialTable:
         *, kind: str = "lost",
     ) -> None:
         if run == record.runs - 1 and record.status == Status.in_progress:
+            self.ingest(record, final=True)  # what it wrote before it was lost is owed
             record.lost(signal_name, datetime.datetime.now())
             self._accept_until(record)
             self._note_in_stderr(record, reason)
@@ -382,9 +383,8 @@ class TrialTable:
     def skip_output(self, record: TrialRecord, offsets: Mapping[str, Any] | None) -> bool:
         """Pass over the trial's output up to ``offsets`` for good; True if that was journaled.
 
-        No restore may read it again: with no results queued the delivered
-        offsets move past it, else it is journaled ``skipped``, to step over.
-        """
+        With no results queued the delivered offsets move past it, else it is
+        journaled ``skipped``, for a restore to step over: none reads it again."""
         offsets = offsets or {}
         results, stdout = record.results_reader.offset, record.stdout_reader.offset
         record.results_reader.skip_to(int(offsets.get("results", 0)))

@@ -234,3 +234,40 @@ def test_a_client_without_tls_cannot_reach_a_tls_scheduler(
     with pytest.raises(BackendConfigurationError):
         DaskLauncher(cluster.address, connect_timeout=2.0)
 
+
+
+def test_what_a_run_wrote_before_its_worker_was_lost_is_delivered_once(
+    own_cluster: Cluster, tmp_path: Path
+) -> None:
+    # Nothing is fetched until the worker is gone and its run's tree with it:
+    # the loss is taken in with results that were never read.
+    cluster = own_cluster
+    with backend_on(cluster, tmp_path / "exp", "checkpointing.py") as backend:
+        backend.start_trial({"epochs": 1000, "block_at": 2})
+        wait_for(lambda: (backend.trial_dir(0) / "blocked").exists(), timeout=DEADLINE,
+                 what="the trial blocked after epoch 2", on_fail=cluster.logs)
+        record = run_record(backend, 0, 0)
+        victim = cluster.worker_running(record["keeper"])
+        assert victim is not None, cluster.logs()
+        cluster.kill_worker(victim)
+        wait_gone([record["pid"], record["keeper"]], timeout=DEADLINE)
+        statuses, results = collect(backend, [0], until_status("Failed"), timeout=DEADLINE)
+        assert statuses[0][0].failure_kind == "lost"
+        assert [result["epoch"] for _, result in results] == [0, 1, 2], format_logs(backend)
+
+
+def test_a_trial_started_once_the_scheduler_is_gone_fails_naming_the_scheduler(
+    own_cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster = own_cluster
+    with backend_on(cluster, tmp_path / "exp", "checkpointing.py") as backend:
+        backend.start_trial({"epochs": 1})
+        collect(backend, [0], until_status("Completed"), timeout=DEADLINE)
+        assert cluster.scheduler is not None
+        cluster.scheduler.kill()
+        cluster.scheduler.wait()
+        backend.start_trial({"epochs": 1})
+        statuses, _ = collect(backend, [1], until_status("Failed"), timeout=DEADLINE)
+        reason = statuses[1][0].failure_reason
+        assert f"the Dask scheduler at {cluster.address} cannot be reached" in reason, reason
+        assert "restore" in reason, reason

@@ -27,6 +27,8 @@ class Connection:
     client: Any
     cluster: Any = None
     owns_client: bool = True
+    # The scheduler's address, which the client no longer says once it lost it.
+    address: str = ""
 
     def close(self) -> None:
         if self.owns_client:
@@ -95,7 +97,15 @@ def connect(target: Any, security: Any, timeout: float) -> Connection:
             "scheduler", target, f"refused to stop retrying tasks of lost workers ({err!r})",
             "Check that the scheduler runs the same Python and distributed versions as here.",
         ) from err
+    connection.address = str(getattr(connection.client, "scheduler_address", None) or target)
     return connection
+
+
+def unreachable_scheduler(connection: Connection) -> Optional[str]:
+    """The scheduler's address once the client lost it (reconnecting, or given up), else None."""
+    if getattr(connection.client, "status", "running") == "running":
+        return None
+    return connection.address or "its address"
 
 
 def _client_within(target: str, security: Any, timeout: float) -> Any:

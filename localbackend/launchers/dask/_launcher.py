@@ -44,7 +44,7 @@ from .._base import (
 from ..local._launcher import LocalLauncher, attached_run_end
 from . import _task as task
 from ._calls import WorkerCalls
-from ._connect import check_options, connect
+from ._connect import check_options, connect, unreachable_scheduler
 from ._followed import FollowedRuns, started_run
 from ._lease import LeaseWriter
 from ._outcomes import end_event, failure_event, started_event, worker_died
@@ -285,7 +285,8 @@ class DaskLauncher(Launcher):
                 error = future.exception(timeout=30)  # None once cancelled
             except Exception as err:  # cancelled, or the scheduler is gone
                 error = err
-            event = failure_event(trial_id, number, error, run.address, run.started)
+            event = failure_event(trial_id, number, error, run.address, run.started,
+                                  scheduler=unreachable_scheduler(self._connection))
             handle = run.handle or started_run(trial_id, number, run.spec.paths)
             if not worker_died(error):
                 # The task is gone, not its worker: the tree may run on there,

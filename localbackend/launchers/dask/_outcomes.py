@@ -43,17 +43,24 @@ def worker_died(error: Optional[BaseException]) -> bool:
 
 def failure_event(
     trial_id: int, run: int, error: Optional[BaseException], address: Optional[str],
-    started: bool,
+    started: bool, scheduler: Optional[str] = None,
 ) -> RunEvent:
     """The end of a run whose task failed: its worker died, or the task could not run.
 
     ``error`` is None for a task that Dask cancelled (it gives no exception then).
+    ``scheduler``: its address, when the client has lost it.
     """
     if worker_died(error):
         last = getattr(getattr(error, "last_worker", None), "address", None) or address \
             or "unknown"
         return RunLost(trial_id, run, f"worker lost: {address or last}")
-    if error is None or "Cancelled" in type(error).__name__:
+    if scheduler is not None:
+        reason = (
+            f"the Dask scheduler at {scheduler} cannot be reached: start it again (its "
+            "workers with it), then LocalBackend.restore the experiment with a DaskLauncher "
+            "on it, or `localbackend tune --resume`"
+        )
+    elif error is None or "Cancelled" in type(error).__name__:
         reason = (
             "the Dask task of this run was cancelled, by another client or by a scheduler "
             "that restarted"
