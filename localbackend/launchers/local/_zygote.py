@@ -135,8 +135,7 @@ class Zygote:
         """None when this run may start warm, else the reason it starts cold."""
         modules = tuple(str(name) for name in spec.get("preload") or ())
         if self.state is None and self.broken is None:
-            self.broken = self._prepare(
-                modules, spec.get("env") or {}, str(spec.get("cwd") or os.getcwd()))
+            self.broken = self._prepare(modules, spec.get("env") or {})
         if self.broken is not None:
             return self.broken
         state = self.state
@@ -164,13 +163,19 @@ class Zygote:
     # -- checks -------------------------------------------------------------
 
     def _cold_path_reason(self, cwd: str, state: WarmState) -> Optional[str]:
-        """Why the sys.path of a cold start in ``cwd`` is unknown, or None once it is known."""
+        """Why the sys.path of a cold start in ``cwd`` is unknown, or None once it is known.
+
+        Probed once per working folder; the probe also tells the shadowing
+        check what a cold interpreter has imported when its script starts.
+        """
         if cwd in state.cold_paths:
             return None
         try:
-            state.cold_paths[cwd] = _cold_start(cwd)[0]
+            cold_path, cold_modules = _cold_start(cwd)
         except (OSError, ValueError) as err:
             return f"the module path of a cold start in {cwd} could not be found ({err})"
+        state.cold_paths[cwd] = cold_path
+        self.shadowing.set_cold_modules(cold_modules)
         return None
 
     @staticmethod
@@ -243,9 +248,7 @@ class Zygote:
 
     # -- preparing ----------------------------------------------------------
 
-    def _prepare(
-        self, modules: tuple[str, ...], env: Mapping[str, str], cwd: str
-    ) -> Optional[str]:
+    def _prepare(self, modules: tuple[str, ...], env: Mapping[str, str]) -> Optional[str]:
         """Import the modules once, as the trial's environment would; the reason if not."""
         refused = cuda_modules(modules)
         if refused:
@@ -285,11 +288,6 @@ class Zygote:
         setter = _openblas_setter() if limit_blas else None
         if limit_blas and setter is None and any("openblas" in lib for lib in _mapped_libraries()):
             return "OpenBLAS is loaded but its thread count cannot be given back to the trial"
-        try:
-            cold_path, cold_modules = _cold_start(cwd)
-        except (OSError, ValueError) as err:
-            return f"the module path of a cold start in {cwd} could not be found ({err})"
-        self.shadowing.set_cold_modules(cold_modules)
         reason = self._libraries_reason() or self.process_reason(modules)
         if reason is not None:
             return reason
@@ -299,7 +297,7 @@ class Zygote:
         gc.freeze()
         global _prepared
         self.state = _prepared = WarmState(
-            modules=modules, cold_paths={cwd: cold_path}, import_env=import_env,
+            modules=modules, cold_paths={}, import_env=import_env,
             openblas_setter=setter, stdio=_stdio_codecs(),
             clearenv=getattr(ctypes.CDLL(None), "clearenv", None),
         )
