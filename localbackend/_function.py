@@ -12,9 +12,9 @@ from typing import Any, Optional
 
 from ._errors import BackendConfigurationError
 from ._files import atomic_write_bytes
+from ._paths import TrialPaths
 from ._types import TrialResult
 from .core._backend import LocalBackend
-from .core._command import normalize_config
 
 RUNNER_MODULE = "localbackend._function_trial"
 # The runner's file stands as the entry point (it must exist); the runner is
@@ -49,6 +49,13 @@ def serialize_function(fn: Callable[..., Any]) -> bytes:
                 "fn", name, "is defined in an interactive session, which a trial process "
                 "cannot import",
                 "Move it to a module (a .py file) and import it from there.",
+            )
+        if not os.path.isfile(main_file):
+            # `python -` names its script "<stdin>": there is no file to run again.
+            raise BackendConfigurationError(
+                "fn", name, f"is defined in a main script that is no file ({main_file}), "
+                "which a trial process cannot run again",
+                "Save the script as a .py file and run that, or move the function to a module.",
             )
         main_script = os.path.abspath(main_file)
     try:
@@ -111,13 +118,12 @@ class FunctionBackend(LocalBackend):
     ) -> TrialResult:
         """As :meth:`LocalBackend.start_trial`, with the function pickled into the trial folder."""
         with self._lock:
-            normalize_config(config)  # a bad config leaves no trial folder behind
-            payload = self._payload()
-            self._ensure_experiment_dir()
-            paths = self._paths.trial(self.new_trial_id())
-            paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write_bytes(paths.function, payload)
+            self._payload()  # a restored backend with no function says so first
             return super().start_trial(config, checkpoint_trial_id, **options)
+
+    def _write_trial_files(self, paths: TrialPaths) -> None:
+        """The pickled function, in the new trial's folder before its first run."""
+        atomic_write_bytes(paths.function, self._payload())
 
     def _payload(self) -> bytes:
         """The pickled function; after ``restore``, read back from a trial folder."""

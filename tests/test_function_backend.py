@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from localbackend import BackendConfigurationError, FunctionBackend, Status, checkpoint, report
+from localbackend import (
+    BackendConfigurationError,
+    FunctionBackend,
+    LocalBackend,
+    LocalBackendError,
+    Status,
+    checkpoint,
+    report,
+)
 from tests.helpers import collect, format_logs, until_status, wait_for
 
 
@@ -114,3 +124,48 @@ def test_a_pickled_backend_starts_new_trials_of_the_same_function(tmp_path: Path
         restored.start_trial({"lr": 0.125, "epochs": 1})
         _, results = collect(restored, [2], until_status(Status.completed))
         assert [r["loss"] for _, r in results if "loss" in r] == [0.125]
+
+
+def test_a_function_of_a_script_read_from_standard_input_is_named(tmp_path: Path) -> None:
+    # `python -` gives __main__ the file name "<stdin>", which no trial can run.
+    driver = (
+        "from localbackend import BackendConfigurationError, FunctionBackend\n"
+        "def train(x):\n"
+        "    return {'x': x}\n"
+        "try:\n"
+        f"    FunctionBackend(train, experiment_dir={str(tmp_path / 'exp')!r})\n"
+        "except BackendConfigurationError as err:\n"
+        "    print('REFUSED', err)\n"
+    )
+    done = subprocess.run([sys.executable, "-"], input=driver, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "REFUSED fn='__main__.train'" in done.stdout, done.stdout + done.stderr
+    assert "<stdin>" in done.stdout
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize("call", [
+    {"checkpoint_trial_id": 99},
+    {"limits": {"time_limit": -1}},
+], ids=["no such checkpoint trial", "bad limit"])
+def test_a_failed_start_leaves_no_trial_folder(call: dict[str, Any], tmp_path: Path) -> None:
+    with FunctionBackend(train, experiment_dir=tmp_path / "exp") as backend:
+        with pytest.raises(LocalBackendError):
+            backend.start_trial({"lr": 0.5, "epochs": 1}, **call)
+        assert not (tmp_path / "exp" / "0").exists()
+        assert backend.start_trial({"lr": 0.5, "epochs": 1}).trial_id == 0
+        collect(backend, [0], until_status(Status.completed))
+
+
+def test_a_function_experiment_restored_as_a_local_backend_runs_the_function(
+    tmp_path: Path,
+) -> None:
+    with FunctionBackend(train, experiment_dir=tmp_path / "exp") as backend:
+        backend.start_trial({"lr": 0.5, "epochs": 1})
+        collect(backend, [0], until_status(Status.completed))
+    with LocalBackend.restore(tmp_path / "exp") as restored:
+        assert isinstance(restored, FunctionBackend)
+        restored.start_trial({"lr": 0.25, "epochs": 1})
+        _, results = collect(restored, [1], until_status(Status.completed))
+        assert [r["loss"] for _, r in results if "loss" in r] == [0.25], format_logs(restored)

@@ -284,7 +284,7 @@ def test_close_from_another_thread_releases_the_lock(tmp_path: Path) -> None:
     backend = LocalBackend(script, experiment_dir=tmp_path / "exp")
     backend.start_trial({})
     drain(backend, [0])
-    lock = backend._experiment_lock
+    lock = backend._folder.lock
     # Everything the lock holds stays referenced, so that nothing is released
     # by garbage collection: only an explicit release frees the folder.
     held_parts = dict(vars(lock))

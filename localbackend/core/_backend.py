@@ -16,9 +16,10 @@ from . import _checkpoints as checkpoints
 from . import _waiting as waiting
 from ._command import check_entry_point, normalize_config
 from ._experiment import ExperimentFolder
+from ._journal import load_state
 from ._limits import Retention, TrialLimits
 from ._logs import TrialLogs
-from ._options import BackendOptions, check_experiment_dir
+from ._options import BackendOptions, check_experiment_dir, made_by
 from ._runtime import BackendCore
 from ._storage import has_checkpoint
 
@@ -78,23 +79,17 @@ class LocalBackend(BackendCore, TrialLogs):
         *,
         experiment_dir: str | os.PathLike[str] | None = None,
         binary: str | Sequence[str] | None = None,
-        pass_args_as_json: bool = False,
-        delete_checkpoints: bool = False,
+        pass_args_as_json: bool = False, delete_checkpoints: bool = False,
         grace_period: float = 10.0,
         env: Mapping[str, str] | None = None,
-        num_gpus: int | None = None,
-        num_gpus_per_trial: int = 1,
+        num_gpus: int | None = None, num_gpus_per_trial: int = 1,
         gpus_to_use: Sequence[int] | None = None,
-        rotate_gpus: bool = True,
-        detach: bool = False,
-        launcher: Launcher | None = None,
-        preload: Sequence[str] | None = None,
+        rotate_gpus: bool = True, detach: bool = False,
+        launcher: Launcher | None = None, preload: Sequence[str] | None = None,
         time_limit: float | None = None, memory_limit: int | str | None = None,
         cpus_per_trial: int | None = None, threads_per_trial: int | None = None,
-        heartbeat_timeout: float | None = None,
-        max_failures: int = 0,
-        keep_checkpoints: int | None = None,
-        keep_best: int | None = None,
+        heartbeat_timeout: float | None = None, max_failures: int = 0,
+        keep_checkpoints: int | None = None, keep_best: int | None = None,
         metric: str | None = None, mode: str = "min",
         checkpoint_budget: int | str | None = None,
     ) -> None:
@@ -417,10 +412,13 @@ class LocalBackend(BackendCore, TrialLogs):
         latest checkpoint, unless the experiment runs in detach mode, where
         trials still running are re-attached and keep streaming. ``launcher``
         is where the trials run, as for the constructor (a ``LocalLauncher``
-        by default).
+        by default). It comes back as the class that made it, when that is
+        a subclass of this one (a ``FunctionBackend``'s as a ``FunctionBackend``).
         """
-        backend = cls.__new__(cls)
-        backend._reopen(Path(experiment_dir).expanduser().absolute(), launcher)
+        root = Path(experiment_dir).expanduser().absolute()
+        saved = load_state(root)["options"]
+        backend = cls.__new__(made_by(saved, cls))
+        backend._reopen(root, launcher, saved)
         return backend
 
     def __getstate__(self) -> dict[str, Any]:
@@ -434,10 +432,12 @@ class LocalBackend(BackendCore, TrialLogs):
         # Set up this very object: callbacks handed out during set-up (the
         # launcher's, the table's, the take-over's) must reach it, not a copy.
         if state.get("created"):
-            self._reopen(Path(state["experiment_dir"]).expanduser().absolute(), None)
+            root = Path(state["experiment_dir"]).expanduser().absolute()
+            self._reopen(root, None, load_state(root)["options"])
             return
         options = dict(state["options"])
         cwd = options.pop("cwd", None)
+        options.pop("made_by", None)  # pickle has rebuilt that very class
         for group in ("limits", "retention"):  # stored grouped, passed one by one
             options.update(options.pop(group, None) or {})
         # The base class's own: a subclass may take other constructor arguments.

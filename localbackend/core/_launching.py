@@ -193,7 +193,7 @@ def remove_unstarted(paths: TrialPaths) -> None:
         return
     # rmtree needs file descriptors, which may be what ran out; the files
     # start_trial creates are known by name, and unlink needs none.
-    for path in (paths.config, paths.results, paths.stdout, paths.stderr):
+    for path in (paths.config, paths.function, paths.results, paths.stdout, paths.stderr):
         try:
             path.unlink()
         except OSError:

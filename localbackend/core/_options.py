@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .._errors import BackendConfigurationError
 from ._command import check_entry_point, parse_binary
 from ._limits import Retention, TrialLimits, check_cpus_per_trial, check_threads_per_trial
+
+T = TypeVar("T")
 
 
 def check_grace_period(grace_period: object) -> float:
@@ -234,3 +237,22 @@ class BackendOptions:
             "cpus_per_trial": self.cpus_per_trial,
             "threads_per_trial": self.threads_per_trial,
         }
+
+
+def made_by(saved: Mapping[str, Any], called: type[T]) -> type[T]:
+    """The class an experiment's ``saved`` options name, where it is a subclass of ``called``.
+
+    ``LocalBackend.restore`` rebuilds an experiment as the class that made it
+    (a ``FunctionBackend``'s must write its function into each new trial);
+    a class that is gone, or that is not a ``called``, gives ``called``.
+    """
+    module, _, qualname = str(saved.get("made_by") or "").partition(":")
+    if not module:
+        return called
+    try:
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except Exception:  # a module that fails to import: the class is gone
+        return called
+    return found if isinstance(found, type) and issubclass(found, called) else called

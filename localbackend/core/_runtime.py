@@ -37,7 +37,6 @@ from ._experiment import ExperimentFolder
 from ._gpus import GpuAllocator
 from ._journal import Journal, load_state
 from ._limits import check_cpus_per_trial
-from ._lock import ExperimentLock
 from ._notify import FileWatcher
 from ._options import BackendOptions
 from ._policy import RetentionPolicy, Retries
@@ -67,10 +66,10 @@ class BackendCore:
         if options.num_gpus is not None:
             self._gpus = self._make_allocator()
 
-    def _reopen(self, root: Path, launcher: Launcher | None) -> None:
-        """Set up a new instance on an existing experiment folder (``LocalBackend.restore``)."""
+    def _reopen(self, root: Path, launcher: Launcher | None, saved: Mapping[str, Any]) -> None:
+        """Set up a new instance on an experiment folder, whose options ``saved`` holds."""
         try:
-            self._configure(BackendOptions.from_saved(load_state(root)["options"]))
+            self._configure(BackendOptions.from_saved(saved))
             self._folder = ExperimentFolder(root, created=True)
             self._setup_runtime(launcher)
             self._folder.lock.acquire(self._take_over_callback(), take_over=True)
@@ -144,10 +143,6 @@ class BackendCore:
     def _journal(self) -> Journal | None:
         return self._folder.journal
 
-    @property
-    def _experiment_lock(self) -> ExperimentLock:
-        return self._folder.lock
-
     def _journal_or_fail(self) -> Journal:
         if self._folder.journal is None:
             raise RuntimeError("the experiment's journal is not open")
@@ -160,7 +155,7 @@ class BackendCore:
 
     def _options(self) -> dict[str, Any]:
         """Constructor arguments, as stored in the experiment folder for ``restore``."""
-        return self._o.saved()
+        return {**self._o.saved(), "made_by": f"{type(self).__module__}:{type(self).__qualname__}"}
 
     def _check_entry_point_still_there(self) -> None:
         """Our error if the entry point went away; one stat while it is unchanged."""
@@ -195,6 +190,7 @@ class BackendCore:
                 checkpoints.copy(self._paths, int(checkpoint_trial_id), trial_id)
                 self._retention.copied(trial_id)
             atomic_write_json(paths.config, clean)
+            self._write_trial_files(paths)
             launching.create_output_files(
                 paths, logs_too=not self._launcher.capabilities.local_files,
             )
@@ -233,13 +229,15 @@ class BackendCore:
             raise
         return record
 
+    def _write_trial_files(self, paths: TrialPaths) -> None:
+        """Files a subclass adds to a new trial's folder before its first run (none here)."""
+
     def _relaunch(self, record: TrialRecord, clean: dict[str, Any] | None) -> None:
         """Launch the next run of a paused trial; a failure leaves it paused, as it was."""
         previous_config = record.config
         try:
             if clean is not None:
                 atomic_write_json(record.paths.config, clean)
-            if clean is not None:
                 record.config = clean
             self._launch(record, reason="resume_trial")
         except (OSError, TrialLaunchError) as err:
