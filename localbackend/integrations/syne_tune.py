@@ -190,6 +190,10 @@ class SyneTuneBackend(TrialBackend):
         """As in Syne Tune: the trial script, as a string."""
         return str(self.entrypoint_path())
 
+    @entry_point.setter
+    def entry_point(self, entry_point: str) -> None:
+        self.set_entrypoint(entry_point)  # as Syne Tune's set_entrypoint assigns it
+
     @property
     def binary(self) -> str | Sequence[str]:
         """As in Syne Tune: the program that runs the script (default: this Python)."""

@@ -254,6 +254,10 @@ def test_syne_tune_local_backend_surface(tmp_path: Path) -> None:
         assert (folder / "std.out").read_text() == (folder / "stdout.log").read_text()
         assert "[tune-metric]" in (folder / "std.out").read_text()
         assert (folder / "std.err").exists()
+        other = tmp_path / "other.py"
+        other.write_text(EPOCHS_SCRIPT.read_text())
+        ours.entry_point = str(other)  # a plain attribute in Syne Tune's LocalBackend
+        assert ours.entry_point == str(other) == str(ours.local.entrypoint_path())
     with SyneTuneBackend(EPOCHS_SCRIPT, experiment_dir=tmp_path / "e2") as default:
         assert default.binary == sys.executable
 
