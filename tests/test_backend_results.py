@@ -364,6 +364,14 @@ def test_wait_with_a_bad_timeout_raises(timeout: Any, experiment_dir: Path) -> N
         backend.wait(timeout=timeout)
 
 
+def test_a_timeout_too_large_for_a_float_waits_as_long_as_it_takes(
+    experiment_dir: Path,
+) -> None:
+    with backend_for("report_then_exit.py", experiment_dir) as backend:
+        backend.start_trial({})
+        assert backend.wait(timeout=10**400) == [0]
+
+
 # -- logs ---------------------------------------------------------------------------
 
 

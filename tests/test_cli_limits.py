@@ -58,13 +58,19 @@ def test_limit_flags_become_the_backends_options(tmp_path: Path) -> None:
         changed.stderr), changed.stderr
 
 
-def test_a_bad_limit_is_one_clear_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag, value, said", [
+    ("--memory-limit", "lots", "memory_limit='lots' is not a size"),
+    ("--memory-limit", "1" + "0" * 30, "memory_limit=1" + "0" * 30 + " must be"),
+    ("--max-failures", "1" + "0" * 30, "max_failures=1" + "0" * 30 + " must be"),
+    ("--keep-checkpoints", "1" + "0" * 30, "keep_checkpoints=1" + "0" * 30 + " must be"),
+])
+def test_a_bad_limit_is_one_clear_line(tmp_path: Path, flag: str, value: str, said: str) -> None:
     done = cli(
         "tune", str(TRAIN), "--config", str(SPACE), "--metric", "loss",
-        "--experiment-dir", str(tmp_path / "run"), "--memory-limit", "lots",
+        "--experiment-dir", str(tmp_path / "run"), flag, value,
     )
     assert done.returncode != 0
-    assert "memory_limit='lots' is not a size" in done.stderr, done.stderr
+    assert said in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 

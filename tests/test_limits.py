@@ -219,6 +219,13 @@ def test_a_trial_that_keeps_writing_is_not_hung(experiment_dir: Path) -> None:
         ("cpus_per_trial", "2"), ("heartbeat_timeout", 0), ("heartbeat_timeout", float("inf")),
         ("max_failures", -1), ("max_failures", 1.0), ("keep_checkpoints", 0),
         ("keep_best", 0), ("checkpoint_budget", -1), ("mode", "best"),
+        # More than the journal's JSON (and the kernel) can hold: refused, not
+        # accepted and then failing every start.
+        ("memory_limit", 2**64), ("memory_limit", "1" + "0" * 30), ("max_failures", 10**30),
+        ("keep_checkpoints", 2**63), ("keep_best", 2**64), ("checkpoint_budget", 10**30),
+        ("threads_per_trial", 2**64), ("num_gpus", 10**30), ("num_gpus_per_trial", 10**30),
+        # Longer than a timer can be set for: refused, not a keeper that dies.
+        ("time_limit", 1e300), ("heartbeat_timeout", 1e300), ("grace_period", 1e300),
     ],
 )
 def test_bad_values_raise_our_error_naming_the_value(
@@ -329,12 +336,24 @@ def test_numpy_numbers_are_limits_and_other_things_are_not(experiment_dir: Path)
 
     with _backend(experiment_dir, time_limit=np.float64(60), memory_limit=np.int64(1 << 30),
                   max_failures=np.int64(1)) as backend:
-        for bad in (5, ["time_limit"], {"time_limit": 10**400}):
+        for bad in (5, ["time_limit"], {"time_limit": 10**400}, {"max_failures": 10**30},
+                    {"memory_limit": 2**64}, {"time_limit": 1e300}):
             with pytest.raises(BackendConfigurationError):
                 backend.start_trial({"mode": "sleep"}, limits=bad)  # type: ignore[arg-type]
+        assert backend.new_trial_id() == 0  # a refused start leaves no trial behind
         backend.start_trial({"mode": "sleep", "seconds": 60},
                             limits={"time_limit": np.float64(0.5)})
         statuses, _ = collect(backend, [0], until_status(Status.failed), timeout=30)
         assert statuses[0][0].failure_reason == "time limit (0.5 s)"
     with pytest.raises(BackendConfigurationError, match=r"'0\.1B'"):
         _backend(experiment_dir, memory_limit="0.1B")
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (60.0, "60"), (0.5, "0.5"), (86400.0, "86400"), (1.25, "1.25"), (0.0004, "0.0004"),
+    (1e-07, "0.0000001"), (2.0004, "2"),
+])
+def test_seconds_are_written_for_people_however_small(seconds: float, text: str) -> None:
+    from localbackend.core._limits import seconds_text
+
+    assert seconds_text(seconds) == text

@@ -9,6 +9,7 @@ with the backend's options, so a ``restore`` applies them again.
 
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
 import re
@@ -31,6 +32,12 @@ _UNITS = {
     "gib": 1024**3, "tib": 1024**4,
 }
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+# The largest count or size a limit takes: the journal's JSON and the kernel
+# hold 64-bit integers, and a larger one could be checked here but never stored.
+LARGEST = 2**63 - 1
+# The longest time a limit or a grace period takes (about 31 years): a
+# keeper sets its timers in nanoseconds, which hold about 292 years.
+LONGEST_SECONDS = 10**9
 
 
 def parse_bytes(name: str, value: object) -> Optional[int]:
@@ -49,9 +56,9 @@ def parse_bytes(name: str, value: object) -> Optional[int]:
         value = int(float(match[1]) * _UNITS[unit])
     elif not isinstance(value, bool) and isinstance(value, numbers.Integral):
         value = int(value)  # numpy integers
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= LARGEST:
         raise BackendConfigurationError(
-            name, given, "must be a positive number of bytes",
+            name, given, f"must be a positive number of bytes, at most {LARGEST}",
             f"Use for example {name}='2GiB', or leave it unset for no limit.",
         )
     return value
@@ -66,9 +73,9 @@ def _seconds(name: str, value: object) -> Optional[float]:
             number = float(value)
         except (OverflowError, ValueError):
             number = None
-    if number is None or not math.isfinite(number) or number <= 0:
+    if number is None or not math.isfinite(number) or not 0 < number <= LONGEST_SECONDS:
         raise BackendConfigurationError(
-            name, value, "must be a positive, finite number of seconds",
+            name, value, f"must be a positive, finite number of seconds, at most {LONGEST_SECONDS}",
             f"Use for example {name}=600, or leave it unset for no limit.",
         )
     return number
@@ -79,9 +86,9 @@ def _count(name: str, value: object, *, low: int, allow_none: bool = True) -> Op
         return None
     if not isinstance(value, bool) and isinstance(value, numbers.Integral):
         value = int(value)  # numpy integers
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= LARGEST:
         raise BackendConfigurationError(
-            name, value, f"must be a whole number >= {low}",
+            name, value, f"must be a whole number from {low} to {LARGEST}",
             f"Use for example {name}={max(low, 1)}" + (", or leave it unset." if allow_none
                                                      else "."),
         )
@@ -210,8 +217,12 @@ def check_threads_per_trial(value: object) -> Optional[int]:
 
 
 def seconds_text(value: float) -> str:
-    """Seconds for people: ``60``, ``0.5``, ``86400`` (never in exponent form)."""
-    return f"{value:.3f}".rstrip("0").rstrip(".")
+    """Seconds for people: ``60``, ``0.5``, ``86400``, ``0.0004`` (never in exponent form)."""
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    if text == "0" and value > 0:
+        # Under a millisecond: the shortest digits that give the number back.
+        text = format(decimal.Decimal(repr(value)), "f")
+    return text
 
 
 def bytes_text(value: int) -> str:

@@ -12,9 +12,17 @@ from typing import Any, TypeVar
 
 from .._errors import BackendConfigurationError
 from ._command import check_entry_point, parse_binary
-from ._limits import Retention, TrialLimits, check_cpus_per_trial, check_threads_per_trial
+from ._limits import (
+    LONGEST_SECONDS,
+    Retention,
+    TrialLimits,
+    check_cpus_per_trial,
+    check_threads_per_trial,
+)
 
 T = TypeVar("T")
+# More GPUs than one machine holds: the allocator keeps a count for each.
+MOST_GPUS = 2**16
 
 
 def check_grace_period(grace_period: object) -> float:
@@ -22,10 +30,11 @@ def check_grace_period(grace_period: object) -> float:
         isinstance(grace_period, bool)
         or not isinstance(grace_period, (int, float))
         or not math.isfinite(grace_period)
-        or grace_period < 0
+        or not 0 <= grace_period <= LONGEST_SECONDS
     ):
         raise BackendConfigurationError(
-            "grace_period", grace_period, "must be a finite number of seconds >= 0",
+            "grace_period", grace_period,
+            f"must be a finite number of seconds >= 0, at most {LONGEST_SECONDS}",
             "Use for example grace_period=10.0.",
         )
     return float(grace_period)
@@ -33,19 +42,21 @@ def check_grace_period(grace_period: object) -> float:
 
 def check_gpu_counts(num_gpus: object, num_gpus_per_trial: object) -> None:
     if num_gpus is not None and (
-        isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 0
+        isinstance(num_gpus, bool) or not isinstance(num_gpus, int)
+        or not 0 <= num_gpus <= MOST_GPUS
     ):
         raise BackendConfigurationError(
-            "num_gpus", num_gpus, "must be a whole number >= 0 or None",
+            "num_gpus", num_gpus, f"must be a whole number from 0 to {MOST_GPUS}, or None",
             "Leave it unset to detect the GPUs.",
         )
     if (
         isinstance(num_gpus_per_trial, bool)
         or not isinstance(num_gpus_per_trial, int)
-        or num_gpus_per_trial < 1
+        or not 1 <= num_gpus_per_trial <= MOST_GPUS
     ):
         raise BackendConfigurationError(
-            "num_gpus_per_trial", num_gpus_per_trial, "must be a whole number >= 1",
+            "num_gpus_per_trial", num_gpus_per_trial,
+            f"must be a whole number from 1 to {MOST_GPUS}",
             "Use for example num_gpus_per_trial=1.",
         )
 

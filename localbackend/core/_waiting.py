@@ -35,14 +35,15 @@ def deadline_of(timeout: float | None) -> float:
     if timeout is not None and (
         isinstance(timeout, bool)
         or not isinstance(timeout, (int, float))
-        or math.isnan(timeout)
-        or timeout < 0
+        or not timeout >= 0  # NaN too
     ):
         raise BackendConfigurationError(
             "timeout", timeout, "must be None or a number of seconds >= 0",
             "Use for example wait(timeout=1.0).",
         )
-    return math.inf if timeout is None else time.monotonic() + timeout
+    if timeout is None or timeout > 1e300:  # an int too large for a float is forever too
+        return math.inf
+    return time.monotonic() + timeout
 
 
 def news(table: TrialTable) -> tuple[list[int], bool]:
