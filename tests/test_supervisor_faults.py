@@ -10,8 +10,10 @@ written straight to the live supervisor's stdin.
 from __future__ import annotations
 
 import fcntl
+import json
 import resource
 import struct
+import sys
 import termios
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,30 @@ def test_a_failed_fork_fails_only_that_launch(experiment_dir: Path, faults: Faul
         collect(backend, [running], until_status(Status.stopped))
 
 
+def test_an_unforeseen_error_in_a_launch_fails_only_that_launch(
+    experiment_dir: Path, faults: Faults
+) -> None:
+    with steady_backend(experiment_dir) as backend:
+        running = backend.start_trial({}).trial_id
+        keeps_reporting(backend, running)
+        pid = supervisor_pid(backend)
+        faults.marker.write_text("unexpected")
+        unlucky = backend.start_trial({}).trial_id
+        statuses, _ = collect(
+            backend, [running, unlucky], lambda s, _r: s[unlucky][1] != Status.in_progress
+        )
+        assert statuses[unlucky][1] == Status.failed, format_logs(backend)
+        assert "RuntimeError: an injected failure of no known kind" in (
+            statuses[unlucky][0].stderr_tail or ""), format_logs(backend)
+        keeps_reporting(backend, running)
+        faults.marker.unlink()
+        # The supervisor lives on, with the signals a keeper needs unblocked again.
+        runs_to_completion(backend)
+        assert supervisor_pid(backend) == pid
+        backend.stop_trial(running)
+        collect(backend, [running], until_status(Status.stopped))
+
+
 def test_a_failed_fork_of_a_queued_resume_fails_only_that_run(
     experiment_dir: Path, faults: Faults
 ) -> None:
@@ -175,6 +201,14 @@ GARBAGE = [
     b'{"op": "terminate", "trial": "zero", "run": 0}',
     b'{"op": "terminate", "trial": true, "run": 0}',
     b'{"op": "terminate"}',
+    # Every field there, but of the wrong type: the supervisor itself reads
+    # env and preload to judge a warm start, before any keeper exists.
+    *(json.dumps({
+        "op": "spawn", "trial": 98, "run": 0, "executable": sys.executable, "argv": ["x"],
+        "env": {}, "cwd": "/", "stdout": "o", "stderr": "e", "results": "r",
+        "exit_file": "x", "run_file": "u", "grace": 1, **wrong,
+    }).encode() for wrong in ({"env": 1, "preload": ["json"]}, {"preload": 1},
+                              {"argv": "python"}, {"grace": "soon"})),
     b'{"op": "' + b"x" * 200_000 + b'"}',
 ]
 

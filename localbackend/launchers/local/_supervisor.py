@@ -54,6 +54,30 @@ _FIELDS = {
     "shutdown": (),
 }
 _INTEGER_FIELDS = ("trial", "run")
+# The type of each field of a spawn command that the supervisor or a keeper
+# reads (each kind checked by _fits); a field that may be left out
+# is checked where it is given.
+_SPAWN_TYPES = {
+    "executable": "str", "cwd": "str", "stdout": "str", "stderr": "str", "results": "str",
+    "exit_file": "str", "run_file": "str", "checkpoints": "str", "checkpoint_request": "str",
+    "command_file": "str", "command_text": "str", "argv": "strings", "preload": "strings",
+    "env": "variables", "grace": "number", "delete_on_completion": "bool", "limits": "object",
+}
+_WHAT = {
+    "str": "a string", "strings": "a list of strings", "variables": "an object of strings",
+    "number": "a number", "bool": "true or false", "object": "an object",
+}
+
+
+def _fits(kind: str, value: object) -> bool:
+    """Whether ``value`` is of the kind ``_SPAWN_TYPES`` names."""
+    if kind == "strings":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if kind == "variables":
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, {"str": str, "bool": bool, "object": dict}[kind])
 
 
 class BadCommand(ValueError):
@@ -83,6 +107,10 @@ def parse_command(line: bytes) -> dict[str, Any]:
         value = command.get(name)
         if name in fields and (not isinstance(value, int) or isinstance(value, bool)):
             raise BadCommand(f"{op!r} has {name}={_brief(value)}, not an integer")
+    if op == "spawn":
+        for name, kind in _SPAWN_TYPES.items():
+            if name in command and not _fits(kind, command[name]):
+                raise BadCommand(f"'spawn' has {name}={_brief(command[name])}, not {_WHAT[kind]}")
     return command
 
 
@@ -159,8 +187,21 @@ class _Supervisor:
                         # dying here would end every trial for one bad line.
                         self._log(f"skipped a bad command line ({err}): {_shorten(line)}")
                         continue
-                    if self._handle(command):
-                        return
+                    try:
+                        if self._handle(command):
+                            return
+                    except Exception as err:  # one command's failure is not every trial's
+                        self._log(f"could not carry out {_shorten(line)}: {err!r}")
+                        self._report_unstarted(command, err)
+
+    def _report_unstarted(self, command: dict[str, Any], err: Exception) -> None:
+        """A spawn that failed before its keeper existed is that run's failure, as a fork's."""
+        trial, run = command.get("trial"), command.get("run")
+        if command["op"] == "spawn" and (trial, run) not in self.keepers.values():
+            write_event(self.event_fd, {
+                "ev": "spawn_failed", "trial": trial, "run": run, "errno": None,
+                "error": f"{type(err).__name__}: {err} (in the supervisor)",
+            })
 
     @staticmethod
     def _log(message: str) -> None:
@@ -224,8 +265,10 @@ class _Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, KEEPER_SIGNALS)
         try:
             pid = os.fork()
-        except OSError as err:
+        except BaseException as err:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, KEEPER_SIGNALS)
+            if not isinstance(err, OSError):
+                raise
             write_event(
                 self.event_fd,
                 {

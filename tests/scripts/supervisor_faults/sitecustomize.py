@@ -7,7 +7,8 @@ driver's environment. Only in the supervisor (recognised by its command line,
 when the variables below are set, it:
 
 - ``LOCALBACKEND_TEST_FORK_MARKER=<path>``: makes ``os.fork`` raise
-  ``OSError(EAGAIN)`` while ``<path>`` exists, as a full process table would;
+  ``OSError(EAGAIN)`` while ``<path>`` exists, as a full process table would
+  (``RuntimeError`` while it holds ``unexpected``: a failure of no known kind);
 - ``LOCALBACKEND_TEST_FORK_LOG=<path>``: appends ``<caller> ok|failed`` to
   ``<path>`` for every fork, naming the supervisor function that asked for
   the keeper (``_handle`` for a new run, ``_reap`` for a queued one);
@@ -41,6 +42,9 @@ def _install_fork_fault(marker: str, log: str | None) -> None:
             with open(log, "a") as out:
                 out.write(f"{caller} {'failed' if failing else 'ok'}\n")
         if failing:
+            with open(marker) as kind:
+                if kind.read().strip() == "unexpected":
+                    raise RuntimeError("an injected failure of no known kind")
             raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
         return real_fork()
 
