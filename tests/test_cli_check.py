@@ -202,6 +202,17 @@ def test_a_trial_that_ends_just_before_its_pause_is_skipped_with_a_hint(
     assert code == 0, output
 
 
+def test_a_run_that_had_done_all_its_work_when_paused_is_skipped_not_judged() -> None:
+    # Its exit 0 after the SIGTERM says nothing of a handler: it was done already.
+    code, verdicts, output = check(BROKEN / "done_before_pause.py", "-p", "epochs=3")
+    assert verdicts["reporting"] == "PASS", output
+    for name in ("sigterm", "resume", "exact-resume", "copied-checkpoint"):
+        assert verdicts[name] == "SKIP", output
+    assert "had reported all 3 results" in output, output
+    assert "-p epochs=3" in output, output
+    assert code == 0, output
+
+
 def test_the_hint_for_a_trial_too_short_to_pause_names_the_scripts_own_options() -> None:
     code, verdicts, output = check(OWN_OPTIONS, "-p", "steps=0", "-p", "delay=0.01")
     assert verdicts["reporting"] == "FAIL", output

@@ -205,6 +205,17 @@ def _run_checks(
     resumed_run = trials.results[b][len(paused_run) :]
 
     reference = trials.results[a]
+    if (
+        not_paused is None and written_after == 0 and b_pause_trial.exit_code == 0
+        and trials.status[a] == Status.completed and len(paused_run) >= len(reference)
+    ):
+        # Its exit 0 after SIGTERM says nothing of a handler: it had done all it
+        # does before the pause, so it ended between the last read and the pause.
+        not_paused = (
+            f"the paused run had reported all {len(reference)} results of an uninterrupted "
+            f"run before the pause reached it, and then ended ({ending(b_pause_trial)}), so "
+            "nothing was paused"
+        )
     entrypoint = backend.entrypoint_path()
     verdicts = [judge_reporting(trials.run(a), entrypoint, metric, attr, params)]
     usable = verdicts[0].outcome == PASS
