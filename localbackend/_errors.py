@@ -119,7 +119,10 @@ class TrialLaunchError(LocalBackendError):
         self.argv = argv
         self.problem = problem
         self.hint = hint
-        super().__init__(f"cannot start trial {trial_id} ({argv[0]!r}): {problem}. {hint}")
+        # A problem that is a sentence of its own (a supervisor's) keeps one full stop.
+        super().__init__(
+            f"cannot start trial {trial_id} ({argv[0]!r}): {problem.rstrip('.')}. {hint}"
+        )
 
 
 class SupervisorError(LocalBackendError):

@@ -323,3 +323,11 @@ def test_the_supported_python_versions_agree_everywhere() -> None:
     spelled = [f"{a}.{b}" for a, b in named]
     listed = ", ".join(spelled[:-1]) + f" or {spelled[-1]}" if len(spelled) > 1 else spelled[0]
     assert f"On a fresh machine with Python {listed}, " in README
+
+
+def test_a_launch_error_whose_problem_is_a_sentence_has_one_full_stop() -> None:
+    error = localbackend.TrialLaunchError(
+        0, ["python3"], "the supervisor could not start. Check the process limit.", "Retry.")
+    assert str(error) == (
+        "cannot start trial 0 ('python3'): the supervisor could not start. Check the process "
+        "limit. Retry.")
