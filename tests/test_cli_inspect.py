@@ -71,6 +71,29 @@ def test_status_json_matches_the_trial_files(experiment: Path) -> None:
         assert trial["runs"] >= 1 and trial["results"] >= 1
 
 
+def test_status_shows_what_the_tuner_was_given_not_what_a_paused_run_wrote_after(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "asha"
+    done = cli(
+        "tune", str(REPO / "tests" / "scripts" / "late_report.py"), "--metric", "loss",
+        "-p", "epochs=9", "-p", "lr=loguniform(1e-3,1)", "--max-trials", "4", "--seed", "1",
+        "--workers", "2", "--grace-period", "5", "--experiment-dir", str(folder),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Each pause made its run write loss=-1000 to its results file.
+    written = [json.loads(line) for trial in range(4)
+               for line in (folder / str(trial) / "results.jsonl").read_text().splitlines()]
+    assert any(result["loss"] == -1000.0 for result in written)
+    shown = json.loads(cli("status", str(folder), "--json").stdout)
+    best = json.loads((folder / "best.json").read_text())
+    assert shown["best"]["value"] == best["value"] != -1000.0
+    assert min(t["best"] for t in shown["trials"]) == best["value"], shown["trials"]
+    assert all(t["last"] != -1000.0 for t in shown["trials"]), shown["trials"]
+    table = cli("status", str(folder)).stdout
+    assert "-1000" not in table, table
+
+
 def test_logs_prints_a_trial_log(experiment: Path) -> None:
     result = cli("logs", str(experiment), "0", "--stderr")
     assert result.returncode == 0

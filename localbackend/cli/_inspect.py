@@ -68,6 +68,9 @@ def trial_rows(files: TunerPaths, tuner: Optional[dict[str, Any]], metric: Optio
                resource_attr: Optional[str]) -> list[dict[str, Any]]:
     mode = (tuner or {}).get("options", {}).get("mode", "min")
     labels = (tuner or {}).get("labels", {})
+    # What `localbackend tune` was given of each trial; a result a paused run
+    # wrote after its pause is in its results file, but never given to it.
+    views = (tuner or {}).get("trials", {})
     now = time.time()
     rows = []
     for trial_id in trial_ids_on_disk(files.root):
@@ -85,17 +88,13 @@ def trial_rows(files: TunerPaths, tuner: Optional[dict[str, Any]], metric: Optio
                 started = when
         if started is not None:
             runtime += now - started
-        count = 0
-        last: Optional[dict[str, Any]] = None
-        best: Optional[float] = None
-        for result in iter_jsonl(paths.results):
-            count += 1
-            last = result
-            value = result.get(metric) if metric else None
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                number = float(value)
-                if best is None or (number < best if mode == "min" else number > best):
-                    best = number
+        count, last, best = _results_written(paths.results, metric, mode)
+        resource = (last or {}).get(resource_attr) if resource_attr else None
+        last_value = (last or {}).get(metric) if metric else None
+        view = views.get(str(trial_id))
+        if isinstance(view, dict) and metric:
+            count, best = int(view.get("results") or 0), view.get("best_value")
+            resource, last_value = view.get("last_resource"), view.get("last_value")
         rows.append(
             {
                 "trial_id": trial_id,
@@ -104,8 +103,8 @@ def trial_rows(files: TunerPaths, tuner: Optional[dict[str, Any]], metric: Optio
                 "pauses": sum(1 for e in history if e.get("status") == Status.paused),
                 "label": labels.get(str(trial_id), ""),
                 "results": count,
-                "resource": (last or {}).get(resource_attr) if resource_attr else None,
-                "last": (last or {}).get(metric) if metric else None,
+                "resource": resource,
+                "last": last_value,
                 "best": best,
                 "last_result": last,
                 "runtime": runtime,
@@ -117,6 +116,21 @@ def trial_rows(files: TunerPaths, tuner: Optional[dict[str, Any]], metric: Optio
             }
         )
     return rows
+
+
+def _results_written(
+    path: Path, metric: Optional[str], mode: str
+) -> tuple[int, Optional[dict[str, Any]], Optional[float]]:
+    """How many results a trial's results file holds, the last one, and the best ``metric``."""
+    results = list(iter_jsonl(path))
+    best: Optional[float] = None
+    for result in results:
+        value = result.get(metric) if metric else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+            if best is None or (number < best if mode == "min" else number > best):
+                best = number
+    return len(results), results[-1] if results else None, best
 
 
 def status(args: argparse.Namespace) -> int:
