@@ -72,6 +72,11 @@ def connect(target: Any, security: Any, timeout: float) -> Connection:
         _check_tls(target, security)
         try:
             client = _client_within(target, security, timeout)
+        except ValueError as err:  # distributed cannot parse it: no port, an unknown scheme
+            raise BackendConfigurationError(
+                "scheduler", target, f"is not a scheduler address ({err})",
+                "Pass for example 'tcp://host:8786', 'tls://host:8786' or 'local:4'.",
+            ) from err
         except (OSError, TimeoutError, TypeError) as err:
             raise BackendConfigurationError(
                 "scheduler", target, f"cannot be reached within {timeout:g} s ({err})",

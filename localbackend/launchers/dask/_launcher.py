@@ -43,12 +43,13 @@ from .._base import (
 )
 from ..local._launcher import LocalLauncher, attached_run_end
 from . import _task as task
-from ._calls import WorkerCalls
+from ._calls import CALL_SECONDS, WorkerCalls
 from ._connect import check_options, connect, unreachable_scheduler
 from ._followed import FollowedRuns, started_run
 from ._lease import LeaseWriter
 from ._outcomes import end_event, failure_event, started_event, worker_died
 from ._shared import check_shared_folder
+from ._submission import Submitter
 
 # Beyond the grace period, how long shutdown waits for the runs' tasks to return.
 _SHUTDOWN_MARGIN = 10.0
@@ -103,10 +104,12 @@ class DaskLauncher(Launcher):
         self._capabilities = LauncherCapabilities(
             detach=True, local_files=False, host_gpus=False, poll_interval=float(poll_interval)
         )
-        self._gpus_per_trial = gpus_per_trial
         self._lease_timeout = float(lease_timeout)
         self._token = os.urandom(8).hex()
         self._topic = f"localbackend-{self._token}"
+        self._submitter = Submitter(self.dask_client, token=self._token, topic=self._topic,
+                                    lease_timeout=self._lease_timeout,
+                                    gpus_per_trial=gpus_per_trial)
         self._detach = False
         self._on_session: Callable[[dict[str, Any]], None] = lambda session: None
         self._lock = threading.RLock()
@@ -122,7 +125,6 @@ class DaskLauncher(Launcher):
         # Runs whose task's outcome was lost with its worker, computed again.
         self._recomputing: set[tuple[int, int]] = set()
         self._lease: LeaseWriter | None = None
-        self._gpu_cluster: bool | None = None
         self._worker_calls = WorkerCalls(self.dask_client)
         self._closed = False
 
@@ -164,24 +166,20 @@ class DaskLauncher(Launcher):
                           "lease_timeout": self._lease_timeout})
 
     def _submit(self, spec: RunSpec) -> None:
-        if not self._gpu_cluster and self._gpus_per_trial:
-            # Asked again until a GPU worker is seen: workers may join late
-            # (dask-jobqueue's scale() returns before they arrive).
-            workers = self.dask_client.scheduler_info().get("workers", {}).values()
-            self._gpu_cluster = any("GPU" in (w.get("resources") or {}) for w in workers)
-        asks = self._gpus_per_trial if self._gpu_cluster else 0
         lease = self._lease.path if self._lease is not None else ""
-        future = self.dask_client.submit(
-            task.run_on_worker, spec, token=self._token, topic=self._topic,
-            lease=str(lease), lease_timeout=self._lease_timeout,
-            detach=self._detach, gpus_per_trial=asks,
-            key=f"localbackend-{self._token}-trial-{spec.trial_id}-run-{spec.run}",
-            pure=False, retries=0, resources={"GPU": asks} if asks else None,
-        )
+        try:
+            future = self._submitter.submit(spec, lease=str(lease), detach=self._detach)
+        except Exception as err:
+            scheduler = unreachable_scheduler(self._connection)
+            if scheduler is None:
+                raise SupervisorError(f"Dask did not take the run: {err!r}") from err
+            # It fails as a run that the lost scheduler failed does.
+            self._ready.append(failure_event(spec.trial_id, spec.run, err, None, False,
+                                             scheduler=scheduler))
+            self._post("wake", None)
+            return
         self._runs[(spec.trial_id, spec.run)] = _Run(spec, future)
-        future.add_done_callback(
-            functools.partial(self._on_done, (spec.trial_id, spec.run))
-        )
+        future.add_done_callback(functools.partial(self._on_done, (spec.trial_id, spec.run)))
 
     # -- what comes back -------------------------------------------------------------
 
@@ -365,7 +363,7 @@ class DaskLauncher(Launcher):
 
     def wait_for_run_end(self, handle: RunHandle, timeout: float) -> None:
         self._worker_calls.ask(task.wait_for_keeper, handle.host, handle.keeper,
-                               handle.keeper_create_time, float(timeout))
+                               handle.keeper_create_time, float(timeout), wait=float(timeout))
 
     def wait_for_session_end(self, session: Mapping[str, Any], timeout: float) -> None:
         if "token" not in session:
@@ -374,7 +372,7 @@ class DaskLauncher(Launcher):
             return
         try:
             self.dask_client.run(task.wait_for_session, str(session["token"]), float(timeout),
-                                 on_error="ignore")
+                                 on_error="ignore", callback_timeout=float(timeout) + CALL_SECONDS)
         except Exception:
             pass  # no worker, no session left to wait for
 
@@ -402,7 +400,10 @@ class DaskLauncher(Launcher):
             self._ready.extend(self.events())
         with self._lock:
             for (trial_id, run), left in self._runs.items():
-                left.future.cancel()
+                try:
+                    left.future.cancel()
+                except Exception:  # the client closed: nothing is left to cancel there
+                    pass
                 self._ready.append(RunLost(trial_id, run, "still running when the launcher "
                                            "shut down; ended with its session"))
             self._runs.clear()
@@ -429,7 +430,8 @@ class DaskLauncher(Launcher):
                 self._lease.abandon()
         try:
             if end_sessions and self._lease is not None:
-                client.run(task.end_session, self._token, on_error="ignore")
+                client.run(task.end_session, self._token, on_error="ignore",
+                           callback_timeout=CALL_SECONDS)
                 # Every session of this driver has ended: nobody reads it again.
                 self._lease.path.unlink(missing_ok=True)
             client.unsubscribe_topic(self._topic)

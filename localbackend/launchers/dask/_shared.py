@@ -24,16 +24,30 @@ _HINT = (
 )
 
 
+_NOT_INSTALLED_HINT = (
+    "Install localbackend (the version the driver runs) in the Python environment of every "
+    "Dask worker."
+)
+# How long the check waits for one worker; one that does not answer (a hung
+# host) is left to the check that each run's task makes where it lands.
+PROBE_SECONDS = 10.0
+
+
 def check_shared_folder(client: Any, root: Path, token: str) -> None:
-    """Raise ``ExperimentError`` unless every current worker reads and writes ``root``."""
+    """Raise ``ExperimentError`` unless each current worker that answers can use ``root``."""
     paths = ExperimentPaths(root)
     probe = paths.visibility_probe(token, "driver")
     secret = os.urandom(16).hex()
     atomic_write_bytes(probe, secret.encode())
     answers: dict[str, Any] = {}
     try:
-        answers = client.run(answer_probe, str(root), token, secret, on_error="return")
+        answers = _ask_each(client, answer_probe, str(root), token, secret)
         for worker, answer in sorted(answers.items()):
+            if _not_installed(answer):
+                raise ExperimentError(
+                    str(root), f"cannot be checked: localbackend cannot be imported on Dask "
+                    f"worker {worker} ({answer})", _NOT_INSTALLED_HINT,
+                )
             problem = _problem(answer, secret)
             if problem:
                 raise ExperimentError(
@@ -45,6 +59,35 @@ def check_shared_folder(client: Any, root: Path, token: str) -> None:
                 path.unlink()
             except OSError:
                 pass
+
+
+def _ask_each(client: Any, function: Any, *args: Any) -> dict[str, Any]:
+    """``function``'s answer on each current worker, asked at once; those that answer in time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = sorted(client.scheduler_info().get("workers", {}))
+    if not workers:
+        return {}
+
+    def ask(worker: str) -> dict[str, Any]:
+        try:
+            answer: dict[str, Any] = client.run(function, *args, workers=[worker],
+                                                on_error="return", callback_timeout=PROBE_SECONDS)
+            return answer
+        except TimeoutError:
+            return {}
+
+    with ThreadPoolExecutor(max_workers=min(16, len(workers))) as pool:
+        return {k: v for answer in pool.map(ask, workers) for k, v in answer.items()}
+
+
+def _not_installed(answer: Any) -> bool:
+    """Whether a worker's answer says that it could not import localbackend to run the check."""
+    # Dask hands back a function that fails to unpickle there as a plain
+    # Exception that holds the ModuleNotFoundError's text.
+    return isinstance(answer, BaseException) and (
+        isinstance(answer, ImportError) or "No module named 'localbackend" in str(answer)
+    )
 
 
 def _problem(answer: Any, secret: str) -> Optional[str]:
