@@ -27,6 +27,7 @@ from localbackend import (
     Status,
     TrialNotFoundError,
 )
+from localbackend.launchers import LocalLauncher
 from tests.crash_helpers import STEPS
 from tests.helpers import format_logs, wait_for
 
@@ -143,6 +144,14 @@ CASES = [
          BackendConfigurationError, "-2"),
     Case("env value not str", lambda b, t: LocalBackend(STEPS, env={"THREADS": 4}),
          BackendConfigurationError, "THREADS"),
+    Case("launcher not a Launcher", lambda b, t: LocalBackend(STEPS, launcher=object()),
+         BackendConfigurationError, "launcher=<object object"),
+    Case("launcher class, not an instance",
+         lambda b, t: LocalBackend(STEPS, launcher=LocalLauncher),  # type: ignore[arg-type]
+         BackendConfigurationError, "LocalLauncher"),
+    Case("restore on a launcher that is not one",
+         lambda b, t: LocalBackend.restore(b.experiment_dir, launcher="local"),  # type: ignore[arg-type]
+         BackendConfigurationError, "launcher='local'"),
     Case("restore non-experiment", lambda b, t: LocalBackend.restore(t), ExperimentError,
          str(Path("x").parent)),
     Case("restore newer format", lambda b, t: LocalBackend.restore(_newer_experiment(t)),

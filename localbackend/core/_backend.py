@@ -119,7 +119,7 @@ class LocalBackend(BackendCore, TrialLogs):
             self._cpu_allocator()  # cpus_per_trial is checked against the cores here
         except BaseException:
             # A launcher handed in (a Dask client, a cluster) is not left connected.
-            if launcher is not None:
+            if isinstance(launcher, Launcher):
                 launcher.let_go()
             raise
 

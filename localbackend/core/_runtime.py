@@ -28,7 +28,7 @@ from .._errors import (
 )
 from .._paths import ExperimentPaths, TrialPaths
 from .._types import FINISHED_STATUSES, Status, TrialResult
-from ..launchers._base import Launcher
+from ..launchers._base import Launcher, check_launcher
 from . import _checkpoints as checkpoints
 from . import _launching as launching
 from . import _waiting as waiting
@@ -74,7 +74,7 @@ class BackendCore:
             self._setup_runtime(launcher)
             self._folder.lock.acquire(self._take_over_callback(), take_over=True)
         except BaseException:
-            if launcher is not None:
+            if isinstance(launcher, Launcher):
                 launcher.let_go()  # not left connected (a Dask client, a cluster)
             raise
         try:
@@ -111,6 +111,7 @@ class BackendCore:
             from ..launchers.local._launcher import LocalLauncher
 
             launcher = LocalLauncher()
+        check_launcher(launcher)
         if self._o.detach and not launcher.capabilities.detach:
             raise BackendConfigurationError(
                 "detach", True, f"is not supported by {type(launcher).__name__}",

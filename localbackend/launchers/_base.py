@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .._errors import BackendConfigurationError
 from .._paths import TrialPaths
 
 
@@ -82,6 +83,21 @@ class RunSpec:
     # Modules to import once in a zygote and start the run from by fork
     # (warm start); a launcher that cannot falls back to a cold start.
     preload: tuple[str, ...] = ()
+
+    def environment(
+        self, host: Mapping[str, str], gpus: Optional[Iterable[str]] = None
+    ) -> dict[str, str]:
+        """The run's whole environment on a host whose own is ``host``.
+
+        ``env_defaults`` under ``host`` under ``env``; the GPUs (``gpus``, or
+        else the spec's own) as ``CUDA_VISIBLE_DEVICES``. Every launcher
+        builds a run's environment here.
+        """
+        env = {**self.env_defaults, **host, **self.env}
+        chosen = tuple(self.gpus if gpus is None else gpus)
+        if chosen:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(chosen)
+        return env
 
 
 @dataclass(frozen=True)
@@ -326,7 +342,20 @@ class Launcher(ABC):
         self.shutdown()
 
 
+def check_launcher(launcher: object) -> Launcher:
+    """``launcher`` if it is a ``Launcher`` instance, else our error naming it."""
+    if not isinstance(launcher, Launcher):
+        what = "a class, not an instance" if isinstance(launcher, type) else "not a Launcher"
+        raise BackendConfigurationError(
+            "launcher", launcher, f"is {what}",
+            "Pass an instance of localbackend.launchers.Launcher, for example "
+            "launcher=LocalLauncher() or launcher=DaskLauncher('tcp://host:8786').",
+        )
+    return launcher
+
+
 __all__ = [
+    "check_launcher",
     "Launcher",
     "LauncherCapabilities",
     "RunEvent",

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
@@ -444,6 +444,26 @@ def test_a_run_gets_its_argv_environment_and_working_folder(
         "CONTRACT_SET": "set", "CONTRACT_DEFAULT": "default", "CONTRACT_BOTH": "explicit",
         "LOCALBACKEND_TRIAL_ID": "0", "LOCALBACKEND_RESULTS_FILE": str(spec.paths.results),
     }
+
+
+def test_a_run_sees_the_gpus_it_was_given(launcher_factory: LauncherFactory) -> None:
+    f = launcher_factory
+    launcher = f.new()
+    if not launcher.capabilities.host_gpus:
+        pytest.skip("the backend hands this launcher no GPUs: its hosts pick their own")
+    spec = f.spec(0, CONTRACT_TRIAL, {"mode": "record", "show": "CUDA_VISIBLE_DEVICES"})
+    f.start(launcher, replace(spec, gpus=("1", "3")))  # the RunSpec alone says which
+    assert f.events(launcher).exited(0).returncode == 0, f.logs()
+    seen = json.loads((spec.paths.root / "seen.json").read_text())
+    assert seen["env"] == {"CUDA_VISIBLE_DEVICES": "1,3"}
+
+
+def test_a_launcher_is_opened_before_it_starts_runs(launcher_factory: LauncherFactory) -> None:
+    f = launcher_factory
+    launcher = f.kit.make()
+    f.made.append(launcher)
+    with pytest.raises(LocalBackendError, match="open"):
+        launcher.start(f.spec(0, CONTRACT_TRIAL, {"mode": "exit", "code": 0}))
 
 
 @pytest.mark.parametrize(

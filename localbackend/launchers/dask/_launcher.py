@@ -110,7 +110,7 @@ class DaskLauncher(Launcher):
         self._submitter = Submitter(self.dask_client, token=self._token, topic=self._topic,
                                     lease_timeout=self._lease_timeout,
                                     gpus_per_trial=gpus_per_trial)
-        self._detach = False
+        self._detach = self._opened = False
         self._on_session: Callable[[dict[str, Any]], None] = lambda session: None
         self._lock = threading.RLock()
         self._inbox: deque[tuple[str, Any]] = deque()
@@ -138,16 +138,16 @@ class DaskLauncher(Launcher):
         return self._connection.client
 
     def open(self, *, detach: bool, on_session: Callable[[dict[str, Any]], None]) -> None:
-        self._detach = detach
-        self._on_session = on_session
+        self._detach, self._on_session, self._opened = detach, on_session, True
         self.dask_client.subscribe_topic(self._topic, self._on_topic)
 
     # -- starting runs ---------------------------------------------------------------
 
     def start(self, spec: RunSpec) -> None:
         with self._lock:
-            if self._closed:
-                raise SupervisorError("this DaskLauncher was shut down; create a new one")
+            if self._closed or not self._opened:
+                raise SupervisorError("this DaskLauncher was shut down; create a new one"
+                                      if self._closed else "this DaskLauncher is not open")
             if self._lease is None:
                 self._begin(spec.paths.root.parent)
             if (any(t == spec.trial_id for t, _ in self._runs)

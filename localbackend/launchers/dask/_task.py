@@ -66,11 +66,7 @@ def run_on_worker(
     holder, gpus = _take_gpus(worker.state.total_resources, gpus_per_trial)
     started: dict[str, Any] | None = None
     try:
-        env = dict(spec.env_defaults)
-        env.update(os.environ)
-        env.update(spec.env)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        env = spec.environment(os.environ, gpus)  # the GPUs of this worker's resources
         command = spawn_command(spec, executable=resolve_program(spec.argv[0]), env=env)
         session = sessions.session_for(token, detach, watch)
         if _ran_before(spec):  # first: a run stopped after it started is named as well

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional
 
+from ..._errors import LocalBackendError
 from ..._files import read_json_object, which
 from ..._paths import TrialPaths
 from .._base import (
@@ -60,7 +61,8 @@ class LocalLauncher(Launcher):
     def client(self) -> SupervisorClient:
         """The supervisor's client (after ``open``)."""
         if self._client is None:
-            raise RuntimeError("the launcher is not open; LocalBackend opens it")
+            raise LocalBackendError("this launcher is not open: call open() first "
+                                    "(LocalBackend opens the launcher it is given)")
         return self._client
 
     def open(self, *, detach: bool, on_session: Callable[[dict[str, Any]], None]) -> None:
@@ -70,12 +72,9 @@ class LocalLauncher(Launcher):
         self._client = SupervisorClient(detach=detach, on_start=started)
 
     def start(self, spec: RunSpec) -> None:
-        env = dict(spec.env_defaults)
-        env.update(os.environ)
-        env.update(spec.env)
-        self.client.spawn(
-            spawn_command(spec, executable=resolve_program(spec.argv[0]), env=env)
-        )
+        self.client.spawn(spawn_command(
+            spec, executable=resolve_program(spec.argv[0]), env=spec.environment(os.environ),
+        ))
 
     def ensure_ready(self) -> None:
         """Start the supervisor now, so that a failure shows before a trial exists."""
