@@ -165,3 +165,37 @@ def test_the_trials_tz_sets_its_local_time_as_it_would_cold(tmp_path: Path) -> N
     _started_warm(warm)
     assert cold["facts"]["offset"] == "+0900", cold["logs"]
     assert warm["facts"] == cold["facts"]
+
+
+def test_a_stdout_that_cannot_be_flushed_at_exit_ends_as_it_would_cold(tmp_path: Path) -> None:
+    entry = _write(tmp_path / "src", "full.py", """\
+        import sys
+        sys.stdout = open("/dev/full", "w")
+        print("lost")
+    """)
+    cold, warm = _cold_and_warm(tmp_path, entry, ["json"])
+    _started_warm(warm)
+    assert cold["exit_code"] == 120 and "No space left on device" in cold["stderr"], cold["logs"]
+    assert (warm["status"], warm["exit_code"], warm["stderr"]) == (
+        cold["status"], cold["exit_code"], cold["stderr"]), warm["logs"]
+
+
+@pytest.mark.parametrize("enabled_by", ["a preload module", "PYTHONFAULTHANDLER"])
+def test_a_crash_dumps_the_stack_warm_where_it_does_cold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enabled_by: str
+) -> None:
+    src = tmp_path / "src"
+    _write(src, "crash_reports.py", "import faulthandler\nfaulthandler.enable()\n")
+    by_module = enabled_by == "a preload module"
+    entry = _write(src, "crash.py", "import ctypes\n" + (
+        "import crash_reports\n" if by_module else "") + "ctypes.string_at(0)\n")
+    # In the driver's environment: the supervisor imports from it, and both runs inherit it.
+    monkeypatch.setenv("PYTHONPATH", str(src))
+    if not by_module:
+        monkeypatch.setenv("PYTHONFAULTHANDLER", "1")
+    cold, warm = _cold_and_warm(
+        tmp_path, entry, ["crash_reports", "ctypes"] if by_module else ["ctypes"])
+    _started_warm(warm)
+    for run in (cold, warm):
+        assert run["signal"] == "SIGSEGV", run["logs"]
+        assert "Fatal Python error: Segmentation fault" in run["stderr"], run["logs"]

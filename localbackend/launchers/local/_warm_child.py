@@ -135,6 +135,7 @@ def _run(
         state.clearenv()  # the C environment; os.environ is emptied next
     os.environ.clear()
     os.environ.update(env)
+    _fault_handler(env)
     argv = [str(word) for word in spec["argv"]]
     module = argv[2] if argv[1] == "-m" else None
     # sys.path[0]: for python -m the cwd (sys.argv[0] becomes the module's
@@ -209,6 +210,18 @@ def _default_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _fault_handler(env: Mapping[str, str]) -> None:
+    """``faulthandler`` on where a cold start has it: with ``PYTHONFAULTHANDLER``, or
+    enabled by a preload module (as the script's own import of it would, cold), whose
+    handlers ``_default_signals`` reset."""
+    import faulthandler
+
+    enabled = faulthandler.is_enabled()
+    faulthandler.disable()
+    if enabled or env.get("PYTHONFAULTHANDLER"):
+        faulthandler.enable()
 
 
 def _fresh_descriptors(out: int, err: int) -> None:
@@ -425,8 +438,9 @@ def _flush_at_exit(stream: Any, report: bool) -> bool:
             try:
                 import traceback
 
+                # As the interpreter reports it: the flush at exit has no Python frame.
                 sys.stderr.write(f"Exception ignored in: {stream!r}\n")
-                traceback.print_exception(error, file=sys.stderr)
+                sys.stderr.write("".join(traceback.format_exception_only(error)))
             except Exception:
                 pass
         return False
