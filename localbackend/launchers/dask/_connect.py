@@ -70,13 +70,9 @@ def connect(target: Any, security: Any, timeout: float) -> Connection:
         connection = _local_cluster(target, security)
     elif isinstance(target, str) and target:
         _check_tls(target, security)
+        _check_address(target)
         try:
             client = _client_within(target, security, timeout)
-        except ValueError as err:  # distributed cannot parse it: no port, an unknown scheme
-            raise BackendConfigurationError(
-                "scheduler", target, f"is not a scheduler address ({err})",
-                "Pass for example 'tcp://host:8786', 'tls://host:8786' or 'local:4'.",
-            ) from err
         except (OSError, TimeoutError, TypeError) as err:
             raise BackendConfigurationError(
                 "scheduler", target, f"cannot be reached within {timeout:g} s ({err})",
@@ -111,6 +107,28 @@ def unreachable_scheduler(connection: Connection) -> Optional[str]:
     if getattr(connection.client, "status", "running") == "running":
         return None
     return connection.address or "its address"
+
+
+def _check_address(target: str) -> None:
+    """Our error for an address that distributed cannot parse (no port, an unknown scheme).
+
+    Checked before any ``Client`` is made: a client that fails in its
+    constructor is collected later, and its ``__del__`` can then wait for
+    good on a lock of distributed's loop runner that another client holds.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, location = parse_address(target)
+        get_backend(scheme)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            parse_host_port(location)
+    except ValueError as err:
+        raise BackendConfigurationError(
+            "scheduler", target, f"is not a scheduler address ({err})",
+            "Pass for example 'tcp://host:8786', 'tls://host:8786' or 'local:4'.",
+        ) from err
 
 
 def _client_within(target: str, security: Any, timeout: float) -> Any:
