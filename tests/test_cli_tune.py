@@ -295,6 +295,8 @@ def test_live_table(tmp_path: Path) -> None:
     [
         (["-p", "lr=uniform(0.5)"], "uniform needs two numbers"),
         (["-p", "lr=normal(0,1)"], "unknown spec normal"),
+        (["-p", "lr=loguniform(1e-3,1"], "loguniform(...) is not closed"),
+        (["-p", "lr=Int(16,256"], "int(...) is not closed"),
         (["-p", "lr=loguniform(0,1)"], "lower bound > 0"),
         (["-p", "lr=uniform(0.5,0.1)"], "lower < upper"),
         (["-p", "lr"], "'lr' is not name=spec"),
@@ -576,3 +578,19 @@ def test_the_live_table_left_on_screen_shows_how_the_tune_ended() -> None:
     with pytest.raises(RuntimeError):
         view.close(broken)
     assert not view.live.is_started  # the terminal is given back all the same
+
+
+def test_a_tune_that_gives_up_counts_its_trials_as_status_does(tmp_path: Path) -> None:
+    experiment = tmp_path / "run"
+    done = cli(
+        "tune", str(REPO / "tests" / "scripts" / "fail.py"), "-p", "code=1",
+        "-p", "tag=choice(a,b)", "--scheduler", "random", "--metric", "loss",
+        "--max-trials", "3", "--workers", "1", "--experiment-dir", str(experiment),
+    )
+    assert done.returncode == 1, shown(done)
+    table = json.loads(cli("status", str(experiment), "--json").stdout)
+    assert [t["status"] for t in table["trials"]] == ["Failed"] * 3
+    assert "3 trials (3 Failed)" in done.stdout, shown(done)
+    # No result was delivered: no results.csv or best.json to point at.
+    assert not (experiment / "results.csv").exists() and not (experiment / "best.json").exists()
+    assert "results.csv" not in done.stdout and "best.json" not in done.stdout, shown(done)

@@ -24,6 +24,8 @@ from ._common import CliError
 
 _SPEC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$", re.DOTALL)
 _FUNCTIONS = ("uniform", "loguniform", "int", "choice")
+# The start of a spec, ``name(``: with a known name, the rest must be a spec too.
+_OPENED = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 _EXAMPLES = "uniform(0,0.5), loguniform(1e-4,1e-1), int(16,256), choice(sgd,adam) or a plain value"
 # PBT's explore step: multiply by one of these, or resample with this probability.
 _PERTURB_FACTORS = (0.8, 1.2)
@@ -224,6 +226,11 @@ def parse_spec(name: str, spec: str, where: str) -> Any:
     """A domain for ``uniform(...)`` and friends, else the plain value."""
     match = _SPEC.match(spec)
     if match is None:
+        opened = _OPENED.match(spec)
+        if opened is not None and opened.group(1).lower() in _FUNCTIONS:
+            # A spec with a typo is refused, not tuned over as a plain string.
+            raise CliError(f"{where}: {opened.group(1).lower()}(...) is not closed in "
+                           f"{spec.strip()!r}; use one of {_EXAMPLES}")
         return _plain_value(name, spec.strip(), where)
     function = match.group(1).lower()
     args = [part.strip() for part in match.group(2).split(",")] if match.group(2).strip() else []

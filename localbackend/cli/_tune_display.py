@@ -111,7 +111,10 @@ def summary(state: TuneState, log: ResultsLog, files: TunerPaths, reason: str) -
         f"{len(state.trials)} trials ({shown or 'none'}) in "
         f"{format_duration(time.monotonic() - state.session_start)}"
     )
-    lines.append(f"results: {files.results_csv}  best: {files.best}")
+    written = [f"{name}: {path}" for name, path in (("results", files.results_csv),
+                                                     ("best", files.best)) if path.exists()]
+    if written:
+        lines.append("  ".join(written))
     if reason in ("interrupted", "budget"):
         why = "interrupted" if reason == "interrupted" else "time budget reached"
         more = " --max-time SECONDS" if reason == "budget" else ""

@@ -312,6 +312,9 @@ class Tuner:
             self._end(trial_id, view, Status.stopped)
 
     def _on_end(self, trial_id: int, view: TrialView, trial: Any, status: str) -> None:
+        # The end is recorded before it is judged: a judgement that gives up
+        # on the tune must find this trial ended, not still running.
+        self._end(trial_id, view, status)
         if status == Status.failed:
             how, last = how_it_failed(trial)
             self.event({"event": "failed", "trial": trial_id, "how": how, "last": last})
@@ -324,7 +327,6 @@ class Tuner:
                 }
             )
             self.judge.completed(trial_id, view.results)
-        self._end(trial_id, view, status)
 
     def _end(self, trial_id: int, view: TrialView, status: str) -> None:
         view.phase = "ended"
