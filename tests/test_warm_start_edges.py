@@ -180,21 +180,33 @@ def test_a_stdout_that_cannot_be_flushed_at_exit_ends_as_it_would_cold(tmp_path:
         cold["status"], cold["exit_code"], cold["stderr"]), warm["logs"]
 
 
-@pytest.mark.parametrize("enabled_by", ["a preload module", "PYTHONFAULTHANDLER"])
-def test_a_crash_dumps_the_stack_warm_where_it_does_cold(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enabled_by: str
+def test_faulthandler_enabled_by_a_preload_module_is_off_in_the_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A signal handler of a preload module, like any other: a cold start of a
+    # script that does not import that module has none.
     src = tmp_path / "src"
     _write(src, "crash_reports.py", "import faulthandler\nfaulthandler.enable()\n")
-    by_module = enabled_by == "a preload module"
-    entry = _write(src, "crash.py", "import ctypes\n" + (
-        "import crash_reports\n" if by_module else "") + "ctypes.string_at(0)\n")
-    # In the driver's environment: the supervisor imports from it, and both runs inherit it.
-    monkeypatch.setenv("PYTHONPATH", str(src))
-    if not by_module:
-        monkeypatch.setenv("PYTHONFAULTHANDLER", "1")
-    cold, warm = _cold_and_warm(
-        tmp_path, entry, ["crash_reports", "ctypes"] if by_module else ["ctypes"])
+    entry = _write(src, "probe.py", """\
+        import faulthandler
+        with open("/proc/self/status") as status:
+            caught = next(line for line in status if line.startswith("SigCgt:"))
+        facts({"enabled": faulthandler.is_enabled(), "SIGSEGV": bool(int(caught.split()[1], 16)
+               & (1 << 10))})
+    """, facts=True)
+    monkeypatch.setenv("PYTHONPATH", str(src))  # the supervisor imports from the driver's path
+    cold, warm = _cold_and_warm(tmp_path, entry, ["crash_reports"])
+    _started_warm(warm)
+    assert cold["facts"] == {"enabled": False, "SIGSEGV": False}, cold["logs"]
+    assert warm["facts"] == cold["facts"], warm["logs"]
+
+
+def test_pythonfaulthandler_dumps_a_crash_warm_as_it_does_cold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = _write(tmp_path / "src", "crash.py", "import ctypes\nctypes.string_at(0)\n")
+    monkeypatch.setenv("PYTHONFAULTHANDLER", "1")  # in the driver's environment, which both get
+    cold, warm = _cold_and_warm(tmp_path, entry, ["ctypes"])
     _started_warm(warm)
     for run in (cold, warm):
         assert run["signal"] == "SIGSEGV", run["logs"]

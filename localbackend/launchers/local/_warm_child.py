@@ -213,14 +213,15 @@ def _default_signals() -> None:
 
 
 def _fault_handler(env: Mapping[str, str]) -> None:
-    """``faulthandler`` on where a cold start has it: with ``PYTHONFAULTHANDLER``, or
-    enabled by a preload module (as the script's own import of it would, cold), whose
-    handlers ``_default_signals`` reset."""
+    """``faulthandler`` as a cold start has it: on only with ``PYTHONFAULTHANDLER``.
+
+    A preload module that enabled it left it saying it is on, with its
+    handlers reset by ``_default_signals``: a signal handler of a preload
+    module, which does not reach the trial."""
     import faulthandler
 
-    enabled = faulthandler.is_enabled()
     faulthandler.disable()
-    if enabled or env.get("PYTHONFAULTHANDLER"):
+    if env.get("PYTHONFAULTHANDLER"):
         faulthandler.enable()
 
 
