@@ -213,11 +213,8 @@ def _default_signals() -> None:
 
 
 def _fault_handler(env: Mapping[str, str]) -> None:
-    """``faulthandler`` as a cold start has it: on only with ``PYTHONFAULTHANDLER``.
-
-    A preload module that enabled it left it saying it is on, with its
-    handlers reset by ``_default_signals``: a signal handler of a preload
-    module, which does not reach the trial."""
+    """``faulthandler`` on only with ``PYTHONFAULTHANDLER``, as cold: a preload module's
+    (its handlers reset by ``_default_signals``) does not reach the trial."""
     import faulthandler
 
     faulthandler.disable()
@@ -439,9 +436,12 @@ def _flush_at_exit(stream: Any, report: bool) -> bool:
             try:
                 import traceback
 
-                # As the interpreter reports it: the flush at exit has no Python frame.
-                sys.stderr.write(f"Exception ignored in: {stream!r}\n")
-                sys.stderr.write("".join(traceback.format_exception_only(error)))
+                # As the interpreter reports it (no Python frame): 3.13 names the
+                # flush, then the stream's finaliser fails to flush it again.
+                only = "".join(traceback.format_exception_only(error))
+                if sys.version_info >= (3, 13):
+                    sys.stderr.write(f"Exception ignored on flushing sys.stdout:\n{only}")
+                sys.stderr.write(f"Exception ignored in: {stream!r}\n{only}")
             except Exception:
                 pass
         return False
