@@ -17,6 +17,7 @@ from typing import Any, Optional
 from ..._errors import ExperimentError
 from ..._files import atomic_write_bytes
 from ..._paths import ExperimentPaths
+from ._calls import CALL_SECONDS
 
 _HINT = (
     "Put the experiment folder on a filesystem that the driver and every Dask worker mount "
@@ -28,9 +29,6 @@ _NOT_INSTALLED_HINT = (
     "Install localbackend (the version the driver runs) in the Python environment of every "
     "Dask worker."
 )
-# How long the check waits for one worker; one that does not answer (a hung
-# host) is left to the check that each run's task makes where it lands.
-PROBE_SECONDS = 10.0
 
 
 def check_shared_folder(client: Any, root: Path, token: str) -> None:
@@ -62,7 +60,11 @@ def check_shared_folder(client: Any, root: Path, token: str) -> None:
 
 
 def _ask_each(client: Any, function: Any, *args: Any) -> dict[str, Any]:
-    """``function``'s answer on each current worker, asked at once; those that answer in time."""
+    """``function``'s answer on each current worker, asked at once; those that answer in time.
+
+    A worker that does not answer within a call's time (a hung host) is left to
+    the check that each run's task makes where it lands.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     workers = sorted(client.scheduler_info().get("workers", {}))
@@ -72,7 +74,7 @@ def _ask_each(client: Any, function: Any, *args: Any) -> dict[str, Any]:
     def ask(worker: str) -> dict[str, Any]:
         try:
             answer: dict[str, Any] = client.run(function, *args, workers=[worker],
-                                                on_error="return", callback_timeout=PROBE_SECONDS)
+                                                on_error="return", callback_timeout=CALL_SECONDS)
             return answer
         except TimeoutError:
             return {}
